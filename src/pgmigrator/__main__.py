@@ -1,0 +1,5 @@
+"""``python -m pgmigrator``: the command line."""
+
+from pgmigrator.cli import main
+
+main()

@@ -1,0 +1,185 @@
+"""The ``pgmigrator`` command line: a thin edge over the pipeline, config and metrics layers.
+
+Every error raised on purpose is printed as a message and a hint, with a non-zero exit; never a
+traceback (``--log-level debug`` shows one for unexpected errors).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from pgmigrator import config as configmod
+from pgmigrator.dsn import Target
+from pgmigrator.errors import ConfigError, PgMigratorError
+from pgmigrator.log import get_logger, setup_logging
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = get_logger("cli")
+
+
+def common_options(fn: F) -> F:
+    options = [
+        click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML config file"),
+        click.option("--name", help="pipeline name (default: default)"),
+        click.option("--source", help="source connection string (or PGMIGRATOR_SOURCE)"),
+        click.option("--dest", help="destination connection string (or PGMIGRATOR_DEST)"),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="log level"),
+        click.option("--log-format", type=click.Choice(["text", "json"]), help="log format"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def load_settings(config_file: Path | None, **flags: Any) -> configmod.Settings:
+    settings = configmod.load(config_file, **flags)
+    setup_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def handle_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PgMigratorError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            if exc.hint:
+                click.echo(f"  hint: {exc.hint}", err=True)
+            sys.exit(2 if isinstance(exc, ConfigError) else 1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # a bug: say so plainly, keep the traceback for --log-level debug
+            logging.getLogger("pgmigrator").debug("unexpected error", exc_info=True)
+            click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+            click.echo("  hint: this is a bug in pgmigrator; re-run with --log-level debug for details and report it", err=True)
+            sys.exit(70)
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="pgmigrator")
+def main() -> None:
+    """Move and stream PostgreSQL data without downtime."""
+
+
+@main.command()
+@common_options
+@click.option("--tables", multiple=True, help="include pattern schema.table (glob), repeatable")
+@click.option("--exclude", multiple=True, help="exclude pattern schema.table (glob), repeatable")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@handle_errors
+def preflight(config_file: Path | None, tables: tuple[str, ...], exclude: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+    """Check both servers for everything that would block or weaken a migration."""
+    from pgmigrator.pipeline import preflight as pf
+
+    settings = load_settings(config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags)
+    settings.require("source", "dest")
+    checks = pf.run(Target(settings.source or "", "source"), Target(settings.dest or "", "destination"),
+                    settings.tables, settings.exclude)
+    if as_json:
+        click.echo(orjson.dumps([c.to_dict() for c in checks], option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(pf.render(checks))
+    sys.exit(1 if any(c.status == pf.BLOCKER for c in checks) else 0)
+
+
+@main.command()
+@common_options
+@click.option("--workers", type=int, help="parallel COPY workers (default: number of cores)")
+@click.option("--tables", multiple=True, help="include pattern schema.table (glob), repeatable")
+@click.option("--exclude", multiple=True, help="exclude pattern schema.table (glob), repeatable")
+@click.option("--slot", help="replication slot name (default pgmigrator_<name>)")
+@click.option("--publication", help="publication name (default pgmigrator_<name>)")
+@click.option("--resume", is_flag=True, help="continue an interrupted clone: copy only unfinished tables")
+@click.option("--drop-if-exists", is_flag=True, help="drop and recreate destination objects that already exist")
+@handle_errors
+def clone(config_file: Path | None, tables: tuple[str, ...], exclude: tuple[str, ...], resume: bool, drop_if_exists: bool,
+          **flags: Any) -> None:
+    """Copy schema and rows under one snapshot; keep the slot for a later `follow`."""
+    from pgmigrator.pipeline.clone import Clone, CloneOptions
+    from pgmigrator.pipeline.progress import Progress
+
+    settings = load_settings(config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags)
+    result = Clone(settings, CloneOptions(resume=resume, drop_if_exists=drop_if_exists), Progress()).run()
+    click.echo(f"clone complete: {len(result.tables_copied)} table(s) copied"
+               + (f", {len(result.tables_skipped)} already done" if result.tables_skipped else "")
+               + f"; slot {result.slot} kept for `pgmigrator follow`")
+
+
+@main.command()
+@common_options
+@click.option("--tables", multiple=True, help="include pattern schema.table (glob), repeatable")
+@click.option("--exclude", multiple=True, help="exclude pattern schema.table (glob), repeatable")
+@click.option("--workers", type=int, help="tables checked in parallel")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@handle_errors
+def verify(config_file: Path | None, tables: tuple[str, ...], exclude: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+    """Compare row counts and checksums of every table on both sides."""
+    from pgmigrator.pipeline import verify as vf
+
+    settings = load_settings(config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags)
+    settings.require("source", "dest")
+    checks = vf.verify(Target(settings.source or "", "source"), Target(settings.dest or "", "destination"),
+                       settings.tables, settings.exclude, settings.workers)
+    if as_json:
+        click.echo(orjson.dumps([c.to_dict() for c in checks], option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(vf.render(checks))
+    sys.exit(1 if any(c.status != "ok" for c in checks) else 0)
+
+
+@main.command()
+@common_options
+@click.option("--slot", help="replication slot name (default pgmigrator_<name>)")
+@click.option("--publication", help="publication name (default pgmigrator_<name>)")
+@handle_errors
+def cleanup(config_file: Path | None, **flags: Any) -> None:
+    """Drop the slot, publication, replication origin and state of a pipeline (never your tables)."""
+    from pgmigrator.pipeline.cleanup import cleanup as do_cleanup
+
+    settings = load_settings(config_file, **flags)
+    done = do_cleanup(settings)
+    click.echo("\n".join(done) if done else "nothing to clean up")
+
+
+@main.command()
+@click.option("--dir", "base", type=click.Path(path_type=Path), default=Path(".demo"), show_default=True,
+              help="where the throwaway clusters live")
+@click.option("--scale", type=int, default=10, show_default=True, help="pgbench scale of the sample data")
+@click.option("--keep", is_flag=True, help="leave the clusters running at the end")
+@handle_errors
+def demo(base: Path, scale: int, keep: bool) -> None:
+    """Start two throwaway clusters, load sample data and migrate it while you watch."""
+    from pgmigrator.demo import run_demo
+
+    setup_logging("info", "text")
+    run_demo(base.resolve(), scale, keep)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect configuration."""
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+@handle_errors
+def config_check(file: Path) -> None:
+    """Validate a config file without running anything."""
+    settings = configmod.load(file)
+    click.echo(orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2).decode())
+    click.echo(f"{file}: valid", err=True)
+
+
+if __name__ == "__main__":
+    main()

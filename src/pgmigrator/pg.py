@@ -1,0 +1,70 @@
+"""Opening PostgreSQL connections and turning driver errors into the project's error tree.
+
+Every connection made by pgmigrator goes through :func:`connect` so that an unreachable host, a
+wrong password or a missing database gives one clear message naming the server (without secrets).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from pgmigrator.dsn import Target
+from pgmigrator.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    DiskFull,
+    DatabaseError,
+    PgMigratorError,
+    PrivilegeError,
+)
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+SESSION_SETTINGS = (
+    "SET application_name = 'pgmigrator'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; "
+    "SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET bytea_output = 'hex'"
+)
+
+
+def translate(exc: BaseException, target: Target, doing: str) -> PgMigratorError:
+    """Map a psycopg error to our tree, with a message naming ``target`` and what we were doing."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = f"{target.role} ({target.safe})"
+    if sqlstate in ("28P01", "28000") or "password authentication failed" in text:
+        return AuthenticationFailed(f"{where}: authentication failed while {doing}: {text}",
+                                    hint="check the user and password in the connection string, and pg_hba.conf on the server")
+    if sqlstate == "3D000":
+        return DatabaseError(f"{where}: {text}", sqlstate=sqlstate,
+                             hint="create the database first, or fix dbname in the connection string")
+    if sqlstate == "42501":
+        return PrivilegeError(f"{where}: permission denied while {doing}: {text}",
+                              hint="grant the privilege to the role, or connect as a role that has it")
+    if sqlstate == "53100":
+        return DiskFull(f"{where}: disk full while {doing}: {text}",
+                        hint="free space on the server (or grow the volume), then re-run with --resume")
+    if sqlstate is None and isinstance(exc, psycopg.OperationalError):
+        return ConnectionFailed(f"{where}: cannot connect or connection lost while {doing}: {text}",
+                                hint="check host and port, that the server runs and accepts TCP connections (listen_addresses, firewall)")
+    return DatabaseError(f"{where}: {doing} failed: {text} (SQLSTATE {sqlstate})", sqlstate=sqlstate)
+
+
+def connect(target: Target, *, autocommit: bool = True, replication: bool = False, settings: bool = True) -> Conn:
+    """Connect to ``target``; raise a translated error (never a bare psycopg one)."""
+    kwargs: dict[str, Any] = {"autocommit": autocommit, "connect_timeout": 10, "application_name": "pgmigrator"}
+    if replication:
+        kwargs["replication"] = "database"
+    try:
+        conn = psycopg.connect(target.dsn, **kwargs)
+        if settings and not replication:
+            conn.execute(SESSION_SETTINGS)
+            if not autocommit:
+                conn.commit()
+        return conn
+    except psycopg.Error as exc:
+        raise translate(exc, target, "connecting") from exc
+
+
+def server_major(conn: Conn) -> int:
+    return int(conn.info.server_version) // 10000

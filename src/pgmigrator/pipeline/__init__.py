@@ -1,0 +1,1 @@
+"""Orchestration: clone (schema, snapshot, parallel copy), verification, and later streaming."""

@@ -1,0 +1,197 @@
+"""``pgmigrator clone``: schema, one exported snapshot, parallel binary COPY, post-data, sequences.
+
+Fresh run: publication, then a logical slot whose exported snapshot every COPY worker (and pg_dump)
+imports while the replication session stays idle; pre-data applied in one transaction with the
+pipeline's state row; chunks copied largest first; post-data built on several connections.
+
+``--resume``: the original snapshot died with the crashed process, so unfinished tables are
+truncated and copied again under a fresh snapshot from a temporary helper slot, and record that
+snapshot's LSN as their sync LSN (DESIGN.md rule 2): a later ``follow`` skips their changes up to
+it. Resume is per table, not per chunk: ctid ranges of one table copied under two snapshots would
+lose rows that an UPDATE moved from a pending chunk into a finished one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from pgmigrator.config import Settings
+from pgmigrator.dsn import Target
+from pgmigrator.errors import CopyError, PgMigratorError, PreflightError, StateError
+from pgmigrator.log import get_logger
+from pgmigrator.lsn import Lsn
+from pgmigrator.pg import Conn, connect, server_major
+from pgmigrator.pipeline import plan
+from pgmigrator.pipeline.copyrun import CopyRun
+from pgmigrator.pipeline.progress import Progress
+from pgmigrator.pipeline.sequences import refresh_matviews, sync_sequences
+from pgmigrator.schema.apply import apply_post_data, apply_pre_data
+from pgmigrator.schema.dump import dump_section, find_pg_dump, split
+from pgmigrator.source import catalog
+from pgmigrator.source.catalog import TableInfo
+from pgmigrator.source.slots import ReplicationSession, ensure_publication, slot_status
+from pgmigrator.store.state import StateStore
+
+log = get_logger("clone")
+
+
+@dataclass
+class CloneOptions:
+    resume: bool = False
+    drop_if_exists: bool = False
+
+
+@dataclass
+class CloneResult:
+    slot: str
+    consistent_lsn: Lsn | None
+    tables_copied: list[str] = field(default_factory=list)
+    tables_skipped: list[str] = field(default_factory=list)
+    rows: int = 0
+    bytes: int = 0
+
+
+class Clone:
+    def __init__(self, settings: Settings, options: CloneOptions, progress: Progress) -> None:
+        settings.require("source", "dest")
+        self.settings = settings
+        self.options = options
+        self.progress = progress
+        self.source = Target(settings.source or "", "source")
+        self.dest = Target(settings.dest or "", "destination")
+
+    def run(self) -> CloneResult:
+        self.progress.set_phase("connecting")
+        with connect(self.source) as src, connect(self.dest) as dst:
+            _require_logical(src)
+            tables = self._select_tables(src)
+            store = StateStore(dst, self.settings.name)
+            store.ensure_schema()
+            existing = store.load()
+            if existing is not None and not self.options.resume:
+                raise StateError(f"pipeline {self.settings.name!r} already has state on the destination (phase {existing.phase})",
+                                 hint="continue it with --resume, or start over with `pgmigrator cleanup` (drop the copied tables yourself or use --drop-if-exists)")
+            if existing is None and self.options.resume:
+                raise StateError(f"nothing to resume: no pipeline {self.settings.name!r} on the destination",
+                                 hint="run the clone without --resume")
+            pg_dump, _ = find_pg_dump(server_major(src))
+            if existing is None:
+                result = self._fresh(src, dst, store, tables, pg_dump)
+            else:
+                result = self._resume(src, dst, store, tables, existing.slot)
+            self._finish(src, dst, store, tables)
+            return result
+
+    def _select_tables(self, src: Conn) -> list[TableInfo]:
+        everything = catalog.list_tables(src)
+        missing = catalog.unmatched_patterns(everything, self.settings.tables)
+        if missing:
+            raise PreflightError(f"table pattern(s) matching no table on the source: {', '.join(missing)}",
+                                 hint="patterns are globs over schema.table, e.g. 'public.*' or 'sales.order_*'")
+        tables = catalog.select(everything, self.settings.tables, self.settings.exclude)
+        if not tables:
+            raise PreflightError("no table selected on the source", hint="check --tables / --exclude")
+        self._excluded = [t for t in everything if t not in tables]
+        return tables
+
+    def _fresh(self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], pg_dump: object) -> CloneResult:
+        _check_destination(dst, tables, self.options.drop_if_exists)
+        ensure_publication(src, self.settings.publication_name, tables)
+        self.progress.set_phase("schema")
+        session = ReplicationSession(self.source)
+        try:
+            slot = session.create_slot(self.settings.slot_name)
+            run = CopyRun(self.settings, self.source, self.dest, slot.snapshot, self.progress)
+            run.start_workers(min(self.settings.workers, max(1, sum(t.has_data for t in tables))))
+            pre = dump_section(pg_dump, self.source, "pre-data", snapshot=slot.snapshot, exclude=self._excluded,  # type: ignore[arg-type]
+                               clean=self.options.drop_if_exists)
+            post = dump_section(pg_dump, self.source, "post-data", snapshot=slot.snapshot, exclude=self._excluded)  # type: ignore[arg-type]
+            run.wait_ready()
+        except BaseException:
+            session.close()
+            raise
+        session.close()  # every importer holds the snapshot now; the slot itself persists
+
+        def record(conn: Conn) -> None:
+            StateStore(conn, self.settings.name).create(slot.name, self.settings.publication_name, "copy")
+            StateStore(conn, self.settings.name).update(consistent_lsn=slot.consistent_lsn, post_data=post.text)
+
+        try:
+            apply_pre_data(dst, pre, record)
+            self.progress.set_phase("copy")
+            data_tables = [t for t in tables if t.has_data]
+            run.copy(store, data_tables, sync_lsn=None)
+        finally:
+            run.stop()
+        return CloneResult(slot.name, slot.consistent_lsn, [t.qualified for t in tables if t.has_data], [],
+                           run.rows, run.bytes)
+
+    def _resume(self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], slot_name: str) -> CloneResult:
+        if slot_status(src, slot_name) is None:
+            raise StateError(f"the slot {slot_name!r} of pipeline {self.settings.name!r} is gone from the source",
+                             hint="changes since the clone started are lost: `pgmigrator cleanup`, then clone again with --drop-if-exists")
+        states = {(r.schema, r.name): r for r in store.tables()}
+        todo = [t for t in tables if t.has_data and getattr(states.get((t.schema, t.name)), "state", None) not in ("copied", "ready")]
+        done = [t.qualified for t in tables if t.has_data and t not in todo]
+        log.info("resuming clone", to_copy=len(todo), already_copied=len(done))
+        if not todo:
+            return CloneResult(slot_name, None, [], done)
+        self.progress.set_phase("copy")
+        session = ReplicationSession(self.source)
+        try:
+            helper = session.create_slot(f"{slot_name}_resync", temporary=True)
+            run = CopyRun(self.settings, self.source, self.dest, helper.snapshot, self.progress)
+            run.start_workers(min(self.settings.workers, len(todo)))
+            run.wait_ready()
+        finally:
+            session.close()  # the temporary helper slot goes with it; the workers keep the snapshot
+        try:
+            for table in todo:
+                dst.execute(sql.SQL("TRUNCATE ONLY {}").format(table.ident))
+            run.copy(store, todo, sync_lsn=helper.consistent_lsn)
+        finally:
+            run.stop()
+        return CloneResult(slot_name, helper.consistent_lsn, [t.qualified for t in todo], done, run.rows, run.bytes)
+
+    def _finish(self, src: Conn, dst: Conn, store: StateStore, tables: Sequence[TableInfo]) -> None:
+        pipeline = store.require()
+        self.progress.set_phase("post-data")
+        store.set_phase("post-data")
+        script = split(pipeline.post_data or "")
+        apply_post_data(self.dest, script, self.settings.name, store.post_data_done(), self.settings.workers)
+        self.progress.set_phase("sequences")
+        synced = sync_sequences(src, dst)
+        refreshed = refresh_matviews(src, dst)
+        store.set_phase("copied")
+        self.progress.set_phase("done")
+        log.info("clone finished", sequences=synced, materialized_views=refreshed)
+
+
+def _require_logical(src: Conn) -> None:
+    row = src.execute("SHOW wal_level").fetchone()
+    if row is None or row[0] != "logical":
+        raise PreflightError(f"source wal_level is {row[0] if row else '?'!r}, logical decoding needs 'logical'",
+                             hint="ALTER SYSTEM SET wal_level = logical; then restart the source server")
+
+
+def _check_destination(dst: Conn, tables: Sequence[TableInfo], drop_if_exists: bool) -> None:
+    """Refuse to copy into destination tables that exist, unless asked to drop them."""
+    if drop_if_exists:
+        return
+    present = []
+    for table in tables:
+        regclass = dst.execute("SELECT to_regclass(%s)", (sql.Identifier(table.schema, table.name).as_string(dst),)).fetchone()
+        if regclass and regclass[0] is not None:
+            has_rows = table.has_data and dst.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {})").format(table.ident)).fetchone()
+            present.append(f"{table.qualified}{' (holds rows)' if has_rows and has_rows[0] else ' (empty)'}")
+    if present:
+        shown = ", ".join(present[:10]) + (f" and {len(present) - 10} more" if len(present) > 10 else "")
+        raise PreflightError(f"destination already has table(s): {shown}",
+                             hint="pass --drop-if-exists to drop and recreate them, or clone into an empty database")
+
+
+__all__ = ["Clone", "CloneOptions", "CloneResult", "PgMigratorError", "psycopg", "CopyError"]

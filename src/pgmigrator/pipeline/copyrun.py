@@ -1,0 +1,146 @@
+"""Running COPY worker processes for one snapshot and following their progress.
+
+The parent plans the chunks (recorded in the state store), hands them to the workers largest first,
+and turns worker messages into progress and table states. A table whose chunk fails after its
+retries is marked ``errored`` while the other tables go on; the run then reports every failed table.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import time
+from typing import Any
+
+from pgmigrator.config import Settings
+from pgmigrator.dsn import Target
+from pgmigrator.errors import CopyError, DiskFull, PgMigratorError
+from pgmigrator.log import get_logger
+from pgmigrator.lsn import Lsn
+from pgmigrator.pipeline import plan
+from pgmigrator.pipeline.copyworker import ChunkTask, worker_main
+from pgmigrator.pipeline.progress import Progress
+from pgmigrator.source.catalog import TableInfo
+from pgmigrator.store.state import StateStore
+
+log = get_logger("copy")
+MB = 1024 * 1024
+
+
+class CopyRun:
+    def __init__(self, settings: Settings, source: Target, dest: Target, snapshot: str, progress: Progress) -> None:
+        self.settings = settings
+        self.source = source
+        self.dest = dest
+        self.snapshot = snapshot
+        self.progress = progress
+        self.ctx = mp.get_context("spawn")
+        self.tasks: Any = self.ctx.Queue()
+        self.results: Any = self.ctx.Queue()
+        self.procs: list[Any] = []
+        self.rows = 0
+        self.bytes = 0
+
+    def start_workers(self, count: int) -> None:
+        for wid in range(count):
+            proc = self.ctx.Process(target=worker_main, name=f"pgmigrator-copy-{wid}", daemon=True,
+                                    args=(wid, self.source.dsn, self.dest.dsn, self.snapshot, self.tasks, self.results,
+                                          self.settings.copy_.max_attempts))
+            proc.start()
+            self.procs.append(proc)
+        log.info("copy workers started", workers=count)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until every worker has imported the snapshot (the exporter must stay idle until then)."""
+        ready: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(ready) < len(self.procs):
+            msg = self._next(deadline)
+            if msg[0] == "ready":
+                ready.add(msg[1])
+            elif msg[0] == "fatal":
+                raise CopyError(f"copy worker {msg[1]}: {msg[2]}", hint=msg[3])
+
+    def _next(self, deadline: float) -> tuple[Any, ...]:
+        while True:
+            try:
+                return self.results.get(timeout=0.2)  # type: ignore[no-any-return]
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise CopyError("copy workers did not start in time") from None
+                if not any(p.is_alive() for p in self.procs):
+                    raise CopyError("every copy worker exited", hint="see the log above; re-run with --resume") from None
+
+    def copy(self, store: StateStore, tables: list[TableInfo], sync_lsn: Lsn | None, block_size: int = plan.BLOCK_SIZE) -> None:
+        pending: dict[tuple[str, str], int] = {}
+        items: list[tuple[int, ChunkTask]] = []
+        by_key = {(t.schema, t.name): t for t in tables}
+        threshold = self.settings.copy_.split_threshold_mb * MB
+        for table in tables:
+            ranges = plan.block_ranges(table.size_bytes, threshold, self.settings.copy_.chunk_mb * MB, block_size)
+            store.plan_table(table.schema, table.name, ranges, sync_lsn)
+            pending[(table.schema, table.name)] = len(ranges)
+            self.progress.table_planned(table.qualified, table.size_bytes, table.est_rows, chunks=len(ranges))
+            copy_in = plan.copy_in_sql(table).as_string(store.conn)
+            for i, (lo, hi) in enumerate(ranges):
+                out = plan.copy_out_sql(table, lo, hi).as_string(store.conn)
+                items.append((plan.estimate_chunk_bytes(table, lo, hi, block_size),
+                              ChunkTask(self.settings.name, table.schema, table.name, i, out, copy_in)))
+        for task in plan.order_tasks(items):
+            self.tasks.put(task)
+        failed = self._follow(store, pending, by_key)
+        if failed:
+            names = ", ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
+            if any("disk full" in v for v in failed.values()):
+                raise DiskFull(f"copy stopped, destination disk full ({names})",
+                               hint="free space on the destination, then `pgmigrator clone --resume`")
+            raise CopyError(f"{len(failed)} table(s) failed to copy: {names}",
+                            hint="fix the cause, then `pgmigrator clone --resume` copies only the unfinished tables")
+
+    def _follow(self, store: StateStore, pending: dict[tuple[str, str], int], by_key: dict[tuple[str, str], TableInfo]) -> dict[str, str]:
+        failed: dict[str, str] = {}
+        while any(n > 0 for n in pending.values()):
+            msg = self._next(float("inf"))
+            kind = msg[0]
+            if kind == "progress":
+                self.progress.add_bytes(by_key[msg[1][:2]].qualified, msg[2])
+            elif kind == "done":
+                key = msg[1][:2]
+                self.rows += msg[2]
+                self.bytes += msg[3]
+                self.progress.chunk_done(by_key[key].qualified, msg[2], msg[3])
+                pending[key] -= 1
+                if pending[key] == 0:
+                    store.table_copied(*key)
+                    self.progress.table_done(by_key[key].qualified)
+            elif kind == "retry":
+                log.warning("chunk retried", table=by_key[msg[1][:2]].qualified, chunk=msg[1][2], attempt=msg[2], error=msg[3])
+            elif kind == "failed":
+                key = msg[1][:2]
+                name = by_key[key].qualified
+                failed[name] = msg[2]
+                pending[key] = 0
+                store.set_table_state(key[0], key[1], "errored", msg[2])
+                self.progress.table_errored(name, msg[2])
+                log.error("table copy failed", table=name, error=msg[2], hint=msg[3] or "")
+                if "disk full" in msg[2]:
+                    break
+            elif kind == "fatal":
+                log.error("copy worker lost its snapshot", worker=msg[1], error=msg[2])
+        return failed
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.is_alive():
+                self.tasks.put(None)
+        deadline = time.monotonic() + 10
+        for proc in self.procs:
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+        self.tasks.cancel_join_thread()
+        self.results.cancel_join_thread()
+
+
+__all__ = ["CopyRun", "PgMigratorError"]

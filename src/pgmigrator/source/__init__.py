@@ -1,0 +1,1 @@
+"""Source side: catalog discovery, replication sessions (slots, exported snapshots, publications)."""

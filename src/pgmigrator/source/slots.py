@@ -1,0 +1,123 @@
+"""Replication slots with exported snapshots, and publications.
+
+``CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')`` only works on a replication connection with the
+simple-query protocol, so it goes through psycopg's low-level ``pgconn``. The snapshot it exports
+stays importable only while that connection runs nothing else: keep the session idle until every
+COPY worker has imported it (DESIGN.md rule 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from psycopg import pq, sql
+
+from pgmigrator.dsn import Target
+from pgmigrator.errors import ReplicationError
+from pgmigrator.log import get_logger
+from pgmigrator.lsn import Lsn
+from pgmigrator.pg import Conn, connect
+from pgmigrator.source.catalog import TableInfo
+
+log = get_logger("slots")
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedSlot:
+    name: str
+    consistent_lsn: Lsn
+    snapshot: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotStatus:
+    name: str
+    plugin: str | None
+    active: bool
+    active_pid: int | None
+    confirmed_flush: Lsn | None
+    restart_lsn: Lsn | None
+    retained_bytes: int | None
+
+
+class ReplicationSession:
+    """A replication connection used to create a slot and hold its exported snapshot."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.conn = connect(target, replication=True)
+
+    def create_slot(self, name: str, *, temporary: bool = False) -> ExportedSlot:
+        ident = sql.Identifier(name).as_string(self.conn)
+        temp = "TEMPORARY " if temporary else ""
+        command = f"CREATE_REPLICATION_SLOT {ident} {temp}LOGICAL pgoutput (SNAPSHOT 'export')"
+        res = self.conn.pgconn.exec_(command.encode())
+        if res.status != pq.ExecStatus.TUPLES_OK:
+            raise _slot_error(name, res, self.target)
+        values = [(res.get_value(0, i) or b"").decode() for i in range(res.nfields)]
+        slot = ExportedSlot(values[0], Lsn.parse(values[1]), values[2])
+        log.info("slot created", slot=name, consistent_lsn=str(slot.consistent_lsn), snapshot=slot.snapshot, temporary=temporary)
+        return slot
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _slot_error(name: str, res: pq.abc.PGresult, target: Target) -> ReplicationError:
+    state = (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
+    text = (res.error_message or b"").decode(errors="replace").strip()
+    if state == "42710":
+        return ReplicationError(f"replication slot {name!r} already exists on the source",
+                                hint="a previous clone left it: continue with --resume, or run `pgmigrator cleanup` first")
+    if state == "53400":
+        return ReplicationError(f"no free replication slot on the source: {text}",
+                                hint="raise max_replication_slots on the source (restart needed) or drop unused slots")
+    if state == "55000" and "wal_level" in text:
+        return ReplicationError(f"source: {text}", hint="set wal_level = logical on the source and restart it")
+    return ReplicationError(f"source ({target.safe}): cannot create slot {name!r}: {text} (SQLSTATE {state})")
+
+
+def slot_status(conn: Conn, name: str) -> SlotStatus | None:
+    row = conn.execute(
+        "SELECT slot_name, plugin, active, active_pid, confirmed_flush_lsn::text, restart_lsn::text,"
+        " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = %s",
+        (name,)).fetchone()
+    if row is None:
+        return None
+    flush = Lsn.parse(row[4]) if row[4] else None
+    restart = Lsn.parse(row[5]) if row[5] else None
+    return SlotStatus(row[0], row[1], row[2], row[3], flush, restart, row[6])
+
+
+def drop_slot(conn: Conn, name: str) -> bool:
+    status = slot_status(conn, name)
+    if status is None:
+        return False
+    if status.active and status.active_pid:
+        conn.execute("SELECT pg_terminate_backend(%s)", (status.active_pid,))
+    conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+    log.info("slot dropped", slot=name)
+    return True
+
+
+def ensure_publication(conn: Conn, name: str, tables: Sequence[TableInfo]) -> None:
+    """Create (or re-point) a publication on exactly these tables; partitions publish via their leaves."""
+    roots = sorted({(t.root_schema, t.root_name) for t in tables})
+    if not roots:
+        raise ReplicationError("no table to publish", hint="check --tables / --exclude")
+    table_list = sql.SQL(", ").join(sql.Identifier(s, n) for s, n in roots)
+    exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
+    if exists:
+        conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(name), table_list))
+    else:
+        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), table_list))
+    log.info("publication ready", publication=name, tables=len(roots))
+
+
+def drop_publication(conn: Conn, name: str) -> bool:
+    if not conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone():
+        return False
+    conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
+    log.info("publication dropped", publication=name)
+    return True

@@ -1,0 +1,1 @@
+"""Persisted pipeline state: checkpoints, table and chunk states, post-data progress."""

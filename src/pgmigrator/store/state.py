@@ -1,0 +1,215 @@
+"""The state store: a ``pgmigrator`` schema on the destination.
+
+It records, per pipeline name, the slot and its consistent point, the phase reached, every table's
+copy state (with the LSN of the snapshot it was copied under, DESIGN.md rule 2), every chunk, and
+every post-data statement. Chunk rows are committed in the same destination transaction as the
+chunk's data, so the store never claims more than the destination holds.
+
+Table states follow supabase/etl's machine: ``init -> copying -> copied -> ready`` plus ``errored``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from pgmigrator.errors import StateError
+from pgmigrator.lsn import Lsn
+from pgmigrator.pg import Conn
+
+SCHEMA = "pgmigrator"
+
+_DDL = """
+CREATE SCHEMA IF NOT EXISTS pgmigrator;
+CREATE TABLE IF NOT EXISTS pgmigrator.pipelines (
+    name text PRIMARY KEY,
+    slot text NOT NULL,
+    publication text NOT NULL,
+    phase text NOT NULL,
+    consistent_lsn pg_lsn,
+    post_data text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS pgmigrator.tables (
+    pipeline text NOT NULL REFERENCES pgmigrator.pipelines (name) ON DELETE CASCADE,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    state text NOT NULL DEFAULT 'init',
+    sync_lsn pg_lsn,
+    rows bigint NOT NULL DEFAULT 0,
+    bytes bigint NOT NULL DEFAULT 0,
+    copies int NOT NULL DEFAULT 0,
+    error text,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, schema_name, table_name)
+);
+CREATE TABLE IF NOT EXISTS pgmigrator.chunks (
+    pipeline text NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    chunk int NOT NULL,
+    lo_block bigint,
+    hi_block bigint,
+    done boolean NOT NULL DEFAULT false,
+    rows bigint NOT NULL DEFAULT 0,
+    bytes bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (pipeline, schema_name, table_name, chunk),
+    FOREIGN KEY (pipeline, schema_name, table_name) REFERENCES pgmigrator.tables ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS pgmigrator.post_data (
+    pipeline text NOT NULL REFERENCES pgmigrator.pipelines (name) ON DELETE CASCADE,
+    seq int NOT NULL,
+    done boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (pipeline, seq)
+);
+"""
+
+TABLE_STATES = ("init", "copying", "copied", "catching_up", "ready", "errored")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineRow:
+    name: str
+    slot: str
+    publication: str
+    phase: str
+    consistent_lsn: Lsn | None
+    post_data: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TableRow:
+    schema: str
+    name: str
+    state: str
+    sync_lsn: Lsn | None
+    rows: int
+    bytes: int
+    copies: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRow:
+    schema: str
+    name: str
+    chunk: int
+    lo_block: int | None
+    hi_block: int | None
+    done: bool
+
+
+def _lsn(value: object) -> Lsn | None:
+    return None if value is None else Lsn.parse(str(value))
+
+
+class StateStore:
+    """Reads and writes one pipeline's rows. All methods commit (autocommit connection)."""
+
+    def __init__(self, conn: Conn, pipeline: str) -> None:
+        self.conn = conn
+        self.pipeline = pipeline
+
+    def ensure_schema(self) -> None:
+        self.conn.execute(_DDL)
+
+    def exists(self) -> bool:
+        row = self.conn.execute("SELECT to_regclass('pgmigrator.pipelines') IS NOT NULL").fetchone()
+        return bool(row and row[0])
+
+    def load(self) -> PipelineRow | None:
+        if not self.exists():
+            return None
+        row = self.conn.execute(
+            "SELECT name, slot, publication, phase, consistent_lsn::text, post_data FROM pgmigrator.pipelines WHERE name = %s",
+            (self.pipeline,),
+        ).fetchone()
+        return None if row is None else PipelineRow(row[0], row[1], row[2], row[3], _lsn(row[4]), row[5])
+
+    def require(self) -> PipelineRow:
+        row = self.load()
+        if row is None:
+            raise StateError(f"no state for pipeline {self.pipeline!r} on the destination",
+                             hint="run `pgmigrator clone` first (or pass the --name used then)")
+        return row
+
+    def create(self, slot: str, publication: str, phase: str) -> None:
+        self.conn.execute(
+            "INSERT INTO pgmigrator.pipelines (name, slot, publication, phase) VALUES (%s, %s, %s, %s)",
+            (self.pipeline, slot, publication, phase),
+        )
+
+    def update(self, **fields: object) -> None:
+        assigns = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in fields)
+        query = sql.SQL("UPDATE pgmigrator.pipelines SET {}, updated_at = now() WHERE name = %(_name)s").format(assigns)
+        self.conn.execute(query, {**{k: (str(v) if isinstance(v, Lsn) else v) for k, v in fields.items()}, "_name": self.pipeline})
+
+    def set_phase(self, phase: str) -> None:
+        self.update(phase=phase)
+
+    def tables(self) -> list[TableRow]:
+        rows = self.conn.execute(
+            "SELECT schema_name, table_name, state, sync_lsn::text, rows, bytes, copies FROM pgmigrator.tables"
+            " WHERE pipeline = %s ORDER BY schema_name, table_name", (self.pipeline,)).fetchall()
+        return [TableRow(r[0], r[1], r[2], _lsn(r[3]), r[4], r[5], r[6]) for r in rows]
+
+    def chunks(self) -> list[ChunkRow]:
+        rows = self.conn.execute(
+            "SELECT schema_name, table_name, chunk, lo_block, hi_block, done FROM pgmigrator.chunks"
+            " WHERE pipeline = %s ORDER BY schema_name, table_name, chunk", (self.pipeline,)).fetchall()
+        return [ChunkRow(*r) for r in rows]
+
+    def plan_table(self, schema: str, name: str, ranges: list[tuple[int | None, int | None]], sync_lsn: Lsn | None) -> None:
+        """(Re)start a table's copy: state ``copying``, the snapshot's LSN and fresh chunks, atomically."""
+        lsn = None if sync_lsn is None else str(sync_lsn)
+        with self.conn.transaction():
+            self.conn.execute(
+                "INSERT INTO pgmigrator.tables (pipeline, schema_name, table_name, state, sync_lsn, copies)"
+                " VALUES (%s, %s, %s, 'copying', %s::pg_lsn, 1) ON CONFLICT (pipeline, schema_name, table_name) DO UPDATE"
+                " SET state = 'copying', sync_lsn = excluded.sync_lsn, rows = 0, bytes = 0,"
+                " copies = pgmigrator.tables.copies + 1, error = NULL, updated_at = now()", (self.pipeline, schema, name, lsn))
+            self.conn.execute("DELETE FROM pgmigrator.chunks WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
+                              (self.pipeline, schema, name))
+            with self.conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO pgmigrator.chunks (pipeline, schema_name, table_name, chunk, lo_block, hi_block)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(self.pipeline, schema, name, i, lo, hi) for i, (lo, hi) in enumerate(ranges)])
+
+    def table_copied(self, schema: str, name: str) -> None:
+        self.conn.execute(
+            "UPDATE pgmigrator.tables t SET state = 'copied', updated_at = now(),"
+            " rows = (SELECT coalesce(sum(rows), 0) FROM pgmigrator.chunks c WHERE c.pipeline = t.pipeline"
+            "   AND c.schema_name = t.schema_name AND c.table_name = t.table_name),"
+            " bytes = (SELECT coalesce(sum(bytes), 0) FROM pgmigrator.chunks c WHERE c.pipeline = t.pipeline"
+            "   AND c.schema_name = t.schema_name AND c.table_name = t.table_name)"
+            " WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
+            (self.pipeline, schema, name))
+
+    def set_table_state(self, schema: str, name: str, state: str, error: str | None = None) -> None:
+        if state not in TABLE_STATES:
+            raise ValueError(f"unknown table state {state!r}")
+        self.conn.execute(
+            "UPDATE pgmigrator.tables SET state = %s, error = %s, updated_at = now()"
+            " WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
+            (state, error, self.pipeline, schema, name))
+
+    def post_data_done(self) -> set[int]:
+        rows = self.conn.execute("SELECT seq FROM pgmigrator.post_data WHERE pipeline = %s AND done", (self.pipeline,))
+        return {r[0] for r in rows.fetchall()}
+
+    def drop_pipeline(self) -> None:
+        if self.exists():
+            self.conn.execute("DELETE FROM pgmigrator.pipelines WHERE name = %s", (self.pipeline,))
+
+
+def chunk_done_sql() -> bytes:
+    """The statement a copy worker runs in the chunk's own transaction (parameters $1..$6)."""
+    return (b"UPDATE pgmigrator.chunks SET done = true, rows = $5, bytes = $6"
+            b" WHERE pipeline = $1 AND schema_name = $2 AND table_name = $3 AND chunk = $4")
+
+
+def post_data_done_sql() -> str:
+    return ("INSERT INTO pgmigrator.post_data (pipeline, seq, done) VALUES (%s, %s, true)"
+            " ON CONFLICT (pipeline, seq) DO UPDATE SET done = true")
