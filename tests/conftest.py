@@ -54,9 +54,21 @@ def clusters() -> Iterator[tuple[devcluster.Cluster, devcluster.Cluster]]:
 
 def _drop_everything(cluster: devcluster.Cluster, dbname: str) -> None:
     with cluster.connect() as conn:
-        for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (dbname,)).fetchall():
-            conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,))
-            wait_for(lambda s=slot: not conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (s,)).fetchone()[0], 10)
+        for (slot,) in conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (dbname,)
+        ).fetchall():
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s AND active",
+                (slot,),
+            )
+            wait_for(
+                lambda s=slot: (
+                    not conn.execute(
+                        "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (s,)
+                    ).fetchone()[0]
+                ),
+                10,
+            )
             conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
         for (origin,) in conn.execute("SELECT roname FROM pg_replication_origin").fetchall():
             conn.execute("SELECT pg_replication_origin_drop(%s)", (origin,))
@@ -76,7 +88,12 @@ def pair(clusters: tuple[devcluster.Cluster, devcluster.Cluster]) -> Iterator[Pa
         _drop_everything(dest, dbname)
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> object:
+def wait_for(
+    condition: Callable[[], object],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> object:
     """Poll ``condition`` until it returns something truthy; fail the test on timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -88,13 +105,27 @@ def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: f
         time.sleep(interval)
 
 
-def pgmigrator(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def pgmigrator(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run the real command line in a child process."""
     full_env = {**os.environ, "PGMIGRATOR_STATE_DIR": tempfile.gettempdir(), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pgmigrator", *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pgmigrator", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
 
 
 def start_pgmigrator(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     full_env = {**os.environ, "PGMIGRATOR_STATE_DIR": tempfile.gettempdir(), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "pgmigrator", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=full_env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pgmigrator", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        start_new_session=True,
+    )

@@ -27,11 +27,17 @@ log = get_logger("cli")
 
 def common_options(fn: F) -> F:
     options = [
-        click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML config file"),
+        click.option(
+            "--config", "config_file", type=click.Path(path_type=Path), help="YAML config file"
+        ),
         click.option("--name", help="pipeline name (default: default)"),
         click.option("--source", help="source connection string (or PGMIGRATOR_SOURCE)"),
         click.option("--dest", help="destination connection string (or PGMIGRATOR_DEST)"),
-        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="log level"),
+        click.option(
+            "--log-level",
+            type=click.Choice(["debug", "info", "warning", "error"]),
+            help="log level",
+        ),
         click.option("--log-format", type=click.Choice(["text", "json"]), help="log format"),
     ]
     for option in reversed(options):
@@ -61,8 +67,12 @@ def handle_errors(fn: F) -> F:
         except Exception as exc:  # a bug: say so plainly, keep the traceback for --log-level debug
             logging.getLogger("pgmigrator").debug("unexpected error", exc_info=True)
             click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
-            click.echo("  hint: this is a bug in pgmigrator; re-run with --log-level debug for details and report it", err=True)
+            click.echo(
+                "  hint: this is a bug in pgmigrator; re-run with --log-level debug for details and report it",
+                err=True,
+            )
             sys.exit(70)
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -78,14 +88,26 @@ def main() -> None:
 @click.option("--exclude", multiple=True, help="exclude pattern schema.table (glob), repeatable")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @handle_errors
-def preflight(config_file: Path | None, tables: tuple[str, ...], exclude: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+def preflight(
+    config_file: Path | None,
+    tables: tuple[str, ...],
+    exclude: tuple[str, ...],
+    as_json: bool,
+    **flags: Any,
+) -> None:
     """Check both servers for everything that would block or weaken a migration."""
     from pgmigrator.pipeline import preflight as pf
 
-    settings = load_settings(config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags)
+    settings = load_settings(
+        config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags
+    )
     settings.require("source", "dest")
-    checks = pf.run(Target(settings.source or "", "source"), Target(settings.dest or "", "destination"),
-                    settings.tables, settings.exclude)
+    checks = pf.run(
+        Target(settings.source or "", "source"),
+        Target(settings.dest or "", "destination"),
+        settings.tables,
+        settings.exclude,
+    )
     if as_json:
         click.echo(orjson.dumps([c.to_dict() for c in checks], option=orjson.OPT_INDENT_2).decode())
     else:
@@ -100,20 +122,38 @@ def preflight(config_file: Path | None, tables: tuple[str, ...], exclude: tuple[
 @click.option("--exclude", multiple=True, help="exclude pattern schema.table (glob), repeatable")
 @click.option("--slot", help="replication slot name (default pgmigrator_<name>)")
 @click.option("--publication", help="publication name (default pgmigrator_<name>)")
-@click.option("--resume", is_flag=True, help="continue an interrupted clone: copy only unfinished tables")
-@click.option("--drop-if-exists", is_flag=True, help="drop and recreate destination objects that already exist")
+@click.option(
+    "--resume", is_flag=True, help="continue an interrupted clone: copy only unfinished tables"
+)
+@click.option(
+    "--drop-if-exists",
+    is_flag=True,
+    help="drop and recreate destination objects that already exist",
+)
 @handle_errors
-def clone(config_file: Path | None, tables: tuple[str, ...], exclude: tuple[str, ...], resume: bool, drop_if_exists: bool,
-          **flags: Any) -> None:
+def clone(
+    config_file: Path | None,
+    tables: tuple[str, ...],
+    exclude: tuple[str, ...],
+    resume: bool,
+    drop_if_exists: bool,
+    **flags: Any,
+) -> None:
     """Copy schema and rows under one snapshot; keep the slot for a later `follow`."""
     from pgmigrator.pipeline.clone import Clone, CloneOptions
     from pgmigrator.pipeline.progress import Progress
 
-    settings = load_settings(config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags)
-    result = Clone(settings, CloneOptions(resume=resume, drop_if_exists=drop_if_exists), Progress()).run()
-    click.echo(f"clone complete: {len(result.tables_copied)} table(s) copied"
-               + (f", {len(result.tables_skipped)} already done" if result.tables_skipped else "")
-               + f"; slot {result.slot} kept for `pgmigrator follow`")
+    settings = load_settings(
+        config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags
+    )
+    result = Clone(
+        settings, CloneOptions(resume=resume, drop_if_exists=drop_if_exists), Progress()
+    ).run()
+    click.echo(
+        f"clone complete: {len(result.tables_copied)} table(s) copied"
+        + (f", {len(result.tables_skipped)} already done" if result.tables_skipped else "")
+        + f"; slot {result.slot} kept for `pgmigrator follow`"
+    )
 
 
 @main.command()
@@ -123,14 +163,27 @@ def clone(config_file: Path | None, tables: tuple[str, ...], exclude: tuple[str,
 @click.option("--workers", type=int, help="tables checked in parallel")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @handle_errors
-def verify(config_file: Path | None, tables: tuple[str, ...], exclude: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+def verify(
+    config_file: Path | None,
+    tables: tuple[str, ...],
+    exclude: tuple[str, ...],
+    as_json: bool,
+    **flags: Any,
+) -> None:
     """Compare row counts and checksums of every table on both sides."""
     from pgmigrator.pipeline import verify as vf
 
-    settings = load_settings(config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags)
+    settings = load_settings(
+        config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags
+    )
     settings.require("source", "dest")
-    checks = vf.verify(Target(settings.source or "", "source"), Target(settings.dest or "", "destination"),
-                       settings.tables, settings.exclude, settings.workers)
+    checks = vf.verify(
+        Target(settings.source or "", "source"),
+        Target(settings.dest or "", "destination"),
+        settings.tables,
+        settings.exclude,
+        settings.workers,
+    )
     if as_json:
         click.echo(orjson.dumps([c.to_dict() for c in checks], option=orjson.OPT_INDENT_2).decode())
     else:
@@ -153,9 +206,17 @@ def cleanup(config_file: Path | None, **flags: Any) -> None:
 
 
 @main.command()
-@click.option("--dir", "base", type=click.Path(path_type=Path), default=Path(".demo"), show_default=True,
-              help="where the throwaway clusters live")
-@click.option("--scale", type=int, default=10, show_default=True, help="pgbench scale of the sample data")
+@click.option(
+    "--dir",
+    "base",
+    type=click.Path(path_type=Path),
+    default=Path(".demo"),
+    show_default=True,
+    help="where the throwaway clusters live",
+)
+@click.option(
+    "--scale", type=int, default=10, show_default=True, help="pgbench scale of the sample data"
+)
 @click.option("--keep", is_flag=True, help="leave the clusters running at the end")
 @handle_errors
 def demo(base: Path, scale: int, keep: bool) -> None:

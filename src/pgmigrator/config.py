@@ -25,7 +25,7 @@ from pydantic_settings import (
 from pgmigrator import dsn as dsnmod
 from pgmigrator.errors import ConfigError
 
-_file_data: ContextVar[dict[str, Any]] = ContextVar("_file_data", default={})
+_file_data: ContextVar[dict[str, Any] | None] = ContextVar("_file_data", default=None)
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,40}$"
@@ -39,7 +39,9 @@ def _split_csv(value: Any) -> Any:
 
 class CopySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    split_threshold_mb: int = Field(1024, ge=1, description="tables larger than this are split in ctid chunks")
+    split_threshold_mb: int = Field(
+        1024, ge=1, description="tables larger than this are split in ctid chunks"
+    )
     chunk_mb: int = Field(512, ge=1, description="target chunk size for split tables")
     max_attempts: int = Field(5, ge=1, description="attempts per chunk when the destination fails")
 
@@ -51,15 +53,29 @@ class Settings(BaseSettings):
         env_prefix="PGMIGRATOR_", env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    name: str = Field("default", pattern=NAME_PATTERN, description="pipeline name: slot, publication, origin and state file derive from it")
+    name: str = Field(
+        "default",
+        pattern=NAME_PATTERN,
+        description="pipeline name: slot, publication, origin and state file derive from it",
+    )
     source: str | None = Field(None, description="source connection string")
     dest: str | None = Field(None, description="destination connection string")
-    slot: str | None = Field(None, pattern=NAME_PATTERN, description="replication slot (default pgmigrator_<name>)")
-    publication: str | None = Field(None, pattern=NAME_PATTERN, description="publication (default pgmigrator_<name>)")
+    slot: str | None = Field(
+        None, pattern=NAME_PATTERN, description="replication slot (default pgmigrator_<name>)"
+    )
+    publication: str | None = Field(
+        None, pattern=NAME_PATTERN, description="publication (default pgmigrator_<name>)"
+    )
     workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1, le=64)
-    tables: Annotated[list[str], NoDecode] = Field(default_factory=list, description="include patterns schema.table (glob)")
-    exclude: Annotated[list[str], NoDecode] = Field(default_factory=list, description="exclude patterns schema.table (glob)")
-    copy_: CopySettings = Field(default_factory=CopySettings, alias="copy")
+    tables: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="include patterns schema.table (glob)"
+    )
+    exclude: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="exclude patterns schema.table (glob)"
+    )
+    copy_: CopySettings = Field(
+        default_factory=lambda: CopySettings.model_validate({}), alias="copy"
+    )
     log_level: LogLevel = "info"
     log_format: Literal["text", "json"] = "text"
     state_dir: Path = Field(default_factory=lambda: Path.home() / ".pgmigrator")
@@ -93,7 +109,10 @@ class Settings(BaseSettings):
         if missing:
             flags = ", ".join(f"--{f}" for f in missing)
             envs = ", ".join(f"PGMIGRATOR_{f.upper()}" for f in missing)
-            raise ConfigError(f"missing setting(s): {', '.join(missing)}", hint=f"pass {flags}, set {envs}, or put them in the --config file")
+            raise ConfigError(
+                f"missing setting(s): {', '.join(missing)}",
+                hint=f"pass {flags}, set {envs}, or put them in the --config file",
+            )
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to print, log or serve."""
@@ -117,28 +136,34 @@ class Settings(BaseSettings):
 
 class _FileSource(PydanticBaseSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return _file_data.get().get(field_name), field_name, False
+        return (_file_data.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_file_data.get())
+        return dict(_file_data.get() or {})
 
 
 def read_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}", hint="check the --config path") from None
+        raise ConfigError(
+            f"cannot read config file {path}: {exc.strerror}", hint="check the --config path"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
-                          hint="fix the YAML syntax (indentation, quotes, colons)") from None
+        raise ConfigError(
+            f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
+            hint="fix the YAML syntax (indentation, quotes, colons)",
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of settings, not {type(data).__name__}"
+        )
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
@@ -149,7 +174,10 @@ def load(config_file: Path | None = None, **flags: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in flags.items() if v is not None and v != ()})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, config_file), hint="see `pgmigrator --help` and the README's configuration section") from None
+        raise ConfigError(
+            _describe(exc, config_file),
+            hint="see `pgmigrator --help` and the README's configuration section",
+        ) from None
     finally:
         _file_data.reset(token)
 

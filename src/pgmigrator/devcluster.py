@@ -40,7 +40,9 @@ def find_bindir() -> Path:
     """Locate the PostgreSQL server binaries (newest major first); raise a helpful error if absent."""
     override = os.environ.get("PGMIGRATOR_PG_BINDIR")
     candidates = [override] if override else []
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+    versions = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True
+    )
     candidates += versions
     on_path = shutil.which("initdb")
     if on_path:
@@ -48,8 +50,10 @@ def find_bindir() -> Path:
     for cand in candidates:
         if cand and (Path(cand) / "initdb").exists() and (Path(cand) / "pg_ctl").exists():
             return Path(cand)
-    raise ToolMissing("no PostgreSQL server binaries (initdb, pg_ctl) found",
-                      hint="install the server: `apt-get install postgresql` (Debian/Ubuntu), or set PGMIGRATOR_PG_BINDIR")
+    raise ToolMissing(
+        "no PostgreSQL server binaries (initdb, pg_ctl) found",
+        hint="install the server: `apt-get install postgresql` (Debian/Ubuntu), or set PGMIGRATOR_PG_BINDIR",
+    )
 
 
 def free_port() -> int:
@@ -65,7 +69,9 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     res = subprocess.run(_as_postgres(cmd), capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
     if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}"
+        )
     return res  # type: ignore[no-any-return]
 
 
@@ -87,7 +93,9 @@ class Cluster:
     def logfile(self) -> Path:
         return self.base / self.name / "server.log"
 
-    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER, password: str | None = PASSWORD) -> str:
+    def dsn(
+        self, dbname: str = "postgres", user: str = SUPERUSER, password: str | None = PASSWORD
+    ) -> str:
         parts = f"host=127.0.0.1 port={self.port} user={user} dbname={dbname}"
         return parts + (f" password={password}" if password else "")
 
@@ -102,25 +110,73 @@ class Cluster:
             pwfile.write_text(PASSWORD + "\n")
             if os.geteuid() == 0:
                 shutil.chown(pwfile, "postgres", "postgres")
-            _run([str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", SUPERUSER, "-A", "scram-sha-256",
-                  "--auth-local=trust", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+            _run(
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self.datadir),
+                    "-U",
+                    SUPERUSER,
+                    "-A",
+                    "scram-sha-256",
+                    "--auth-local=trust",
+                    f"--pwfile={pwfile}",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ]
+            )
             pwfile.unlink()
         self.port = self.port or free_port()
-        conf = {**DEFAULT_SETTINGS, "port": str(self.port), "unix_socket_directories": f"'{home}'", **self.settings}
-        (self.datadir / "postgresql.auto.conf").write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
+        conf = {
+            **DEFAULT_SETTINGS,
+            "port": str(self.port),
+            "unix_socket_directories": f"'{home}'",
+            **self.settings,
+        }
+        (self.datadir / "postgresql.auto.conf").write_text(
+            "".join(f"{k} = {v}\n" for k, v in conf.items())
+        )
         with (self.datadir / "pg_hba.conf").open("w") as hba:
-            hba.write("local all all trust\nlocal replication all trust\n"
-                      "host all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n")
+            hba.write(
+                "local all all trust\nlocal replication all trust\n"
+                "host all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n"
+            )
 
     def start(self) -> None:
-        _run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", "60", "start"])
+        _run(
+            [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.logfile),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
 
     def stop(self, mode: str = "fast") -> None:
         if (self.datadir / "postmaster.pid").exists():
             _run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"])
 
     def restart(self) -> None:
-        _run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile), "-m", "fast", "-w", "restart"])
+        _run(
+            [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.logfile),
+                "-m",
+                "fast",
+                "-w",
+                "restart",
+            ]
+        )
 
     def destroy(self) -> None:
         try:
@@ -128,22 +184,44 @@ class Cluster:
         finally:
             shutil.rmtree(self.base / self.name, ignore_errors=True)
 
-    def connect(self, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
+    def connect(
+        self, dbname: str = "postgres", autocommit: bool = True
+    ) -> psycopg.Connection[tuple[object, ...]]:
         return psycopg.connect(self.dsn(dbname), autocommit=autocommit)
 
     def create_database(self, dbname: str) -> str:
         with self.connect() as conn:
-            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(dbname)))
+            conn.execute(
+                psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(dbname))
+            )
         return self.dsn(dbname)
 
     def drop_database(self, dbname: str) -> None:
         with self.connect() as conn:
-            conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(dbname)))
+            conn.execute(
+                psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    psycopg.sql.Identifier(dbname)
+                )
+            )
 
-    def pgbench(self, dbname: str, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    def pgbench(
+        self, dbname: str, *args: str, timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PGPASSWORD": PASSWORD}
-        cmd = [str(self.bindir / "pgbench"), "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, *args, dbname]
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, timeout=timeout)
+        cmd = [
+            str(self.bindir / "pgbench"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            SUPERUSER,
+            *args,
+            dbname,
+        ]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, env=env, check=True, timeout=timeout
+        )
 
 
 def start_pair(base: Path, settings: dict[str, str] | None = None) -> tuple[Cluster, Cluster]:

@@ -54,16 +54,28 @@ class Target:
     @property
     def database(self) -> str:
         params = parse(self.dsn)
-        return params.get("dbname") or params.get("user") or os.environ.get("PGDATABASE", "postgres")
+        return (
+            params.get("dbname") or params.get("user") or os.environ.get("PGDATABASE", "postgres")
+        )
 
     def libpq_env(self) -> dict[str, str]:
         """Environment for a child libpq program (pg_dump, psql): secrets in env, not in argv."""
         env = dict(os.environ)
         params = parse(self.dsn)
-        mapping = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD",
-                   "dbname": "PGDATABASE", "sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT",
-                   "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY", "passfile": "PGPASSFILE",
-                   "options": "PGOPTIONS", "connect_timeout": "PGCONNECT_TIMEOUT"}
+        mapping = {
+            "host": "PGHOST",
+            "port": "PGPORT",
+            "user": "PGUSER",
+            "password": "PGPASSWORD",
+            "dbname": "PGDATABASE",
+            "sslmode": "PGSSLMODE",
+            "sslrootcert": "PGSSLROOTCERT",
+            "sslcert": "PGSSLCERT",
+            "sslkey": "PGSSLKEY",
+            "passfile": "PGPASSFILE",
+            "options": "PGOPTIONS",
+            "connect_timeout": "PGCONNECT_TIMEOUT",
+        }
         for key, var in mapping.items():
             if key in params:
                 env[var] = params[key]

@@ -19,7 +19,9 @@ class PgMigratorError(Exception):
 
     retryable: bool = False
 
-    def __init__(self, message: str, *, hint: str | None = None, retryable: bool | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, retryable: bool | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint

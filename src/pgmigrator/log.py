@@ -62,14 +62,22 @@ def _fmt_value(value: Any) -> str:
 
 
 def _iso(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        + f".{int(created % 1 * 1000):03d}Z"
+    )
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         component = getattr(record, "component", record.name.removeprefix(_ROOT + "."))
         fields: dict[str, Any] = getattr(record, "fields", {})
-        parts = [_iso(record.created), record.levelname.lower(), f"{component}:", record.getMessage()]
+        parts = [
+            _iso(record.created),
+            record.levelname.lower(),
+            f"{component}:",
+            record.getMessage(),
+        ]
         parts.extend(f"{k}={_fmt_value(v)}" for k, v in fields.items())
         line = " ".join(parts)
         if record.exc_info:

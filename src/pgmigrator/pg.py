@@ -14,8 +14,8 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import (
     AuthenticationFailed,
     ConnectionFailed,
-    DiskFull,
     DatabaseError,
+    DiskFull,
     PgMigratorError,
     PrivilegeError,
 )
@@ -33,26 +33,45 @@ def translate(exc: BaseException, target: Target, doing: str) -> PgMigratorError
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = f"{target.role} ({target.safe})"
     if sqlstate in ("28P01", "28000") or "password authentication failed" in text:
-        return AuthenticationFailed(f"{where}: authentication failed while {doing}: {text}",
-                                    hint="check the user and password in the connection string, and pg_hba.conf on the server")
+        return AuthenticationFailed(
+            f"{where}: authentication failed while {doing}: {text}",
+            hint="check the user and password in the connection string, and pg_hba.conf on the server",
+        )
     if sqlstate == "3D000":
-        return DatabaseError(f"{where}: {text}", sqlstate=sqlstate,
-                             hint="create the database first, or fix dbname in the connection string")
+        return DatabaseError(
+            f"{where}: {text}",
+            sqlstate=sqlstate,
+            hint="create the database first, or fix dbname in the connection string",
+        )
     if sqlstate == "42501":
-        return PrivilegeError(f"{where}: permission denied while {doing}: {text}",
-                              hint="grant the privilege to the role, or connect as a role that has it")
+        return PrivilegeError(
+            f"{where}: permission denied while {doing}: {text}",
+            hint="grant the privilege to the role, or connect as a role that has it",
+        )
     if sqlstate == "53100":
-        return DiskFull(f"{where}: disk full while {doing}: {text}",
-                        hint="free space on the server (or grow the volume), then re-run with --resume")
+        return DiskFull(
+            f"{where}: disk full while {doing}: {text}",
+            hint="free space on the server (or grow the volume), then re-run with --resume",
+        )
     if sqlstate is None and isinstance(exc, psycopg.OperationalError):
-        return ConnectionFailed(f"{where}: cannot connect or connection lost while {doing}: {text}",
-                                hint="check host and port, that the server runs and accepts TCP connections (listen_addresses, firewall)")
-    return DatabaseError(f"{where}: {doing} failed: {text} (SQLSTATE {sqlstate})", sqlstate=sqlstate)
+        return ConnectionFailed(
+            f"{where}: cannot connect or connection lost while {doing}: {text}",
+            hint="check host and port, that the server runs and accepts TCP connections (listen_addresses, firewall)",
+        )
+    return DatabaseError(
+        f"{where}: {doing} failed: {text} (SQLSTATE {sqlstate})", sqlstate=sqlstate
+    )
 
 
-def connect(target: Target, *, autocommit: bool = True, replication: bool = False, settings: bool = True) -> Conn:
+def connect(
+    target: Target, *, autocommit: bool = True, replication: bool = False, settings: bool = True
+) -> Conn:
     """Connect to ``target``; raise a translated error (never a bare psycopg one)."""
-    kwargs: dict[str, Any] = {"autocommit": autocommit, "connect_timeout": 10, "application_name": "pgmigrator"}
+    kwargs: dict[str, Any] = {
+        "autocommit": autocommit,
+        "connect_timeout": 10,
+        "application_name": "pgmigrator",
+    }
     if replication:
         kwargs["replication"] = "database"
     try:

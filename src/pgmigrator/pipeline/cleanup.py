@@ -20,19 +20,27 @@ log = get_logger("cleanup")
 def cleanup(settings: Settings) -> list[str]:
     settings.require("source", "dest")
     done: list[str] = []
-    source, dest = Target(settings.source or "", "source"), Target(settings.dest or "", "destination")
+    source, dest = (
+        Target(settings.source or "", "source"),
+        Target(settings.dest or "", "destination"),
+    )
     with connect(dest) as dst:
         store = StateStore(dst, settings.name)
         row = store.load()
         slot = row.slot if row else settings.slot_name
         publication = row.publication if row else settings.publication_name
-        if dst.execute("SELECT 1 FROM pg_replication_origin WHERE roname = %s", (settings.origin_name,)).fetchone():
+        if dst.execute(
+            "SELECT 1 FROM pg_replication_origin WHERE roname = %s", (settings.origin_name,)
+        ).fetchone():
             dst.execute("SELECT pg_replication_origin_drop(%s)", (settings.origin_name,))
             done.append(f"dropped replication origin {settings.origin_name} on the destination")
         if row is not None:
             store.drop_pipeline()
             done.append(f"removed pipeline {settings.name!r} from the destination's state store")
-        if store.exists() and not dst.execute("SELECT 1 FROM pgmigrator.pipelines LIMIT 1").fetchone():
+        if (
+            store.exists()
+            and not dst.execute("SELECT 1 FROM pgmigrator.pipelines LIMIT 1").fetchone()
+        ):
             dst.execute("DROP SCHEMA pgmigrator CASCADE")
             done.append("dropped schema pgmigrator on the destination")
     with connect(source) as src:

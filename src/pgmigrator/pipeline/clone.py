@@ -15,17 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import psycopg
 from psycopg import sql
 
 from pgmigrator.config import Settings
 from pgmigrator.dsn import Target
-from pgmigrator.errors import CopyError, PgMigratorError, PreflightError, StateError
+from pgmigrator.errors import PreflightError, StateError
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect, server_major
-from pgmigrator.pipeline import plan
 from pgmigrator.pipeline.copyrun import CopyRun
 from pgmigrator.pipeline.progress import Progress
 from pgmigrator.pipeline.sequences import refresh_matviews, sync_sequences
@@ -73,11 +72,15 @@ class Clone:
             store.ensure_schema()
             existing = store.load()
             if existing is not None and not self.options.resume:
-                raise StateError(f"pipeline {self.settings.name!r} already has state on the destination (phase {existing.phase})",
-                                 hint="continue it with --resume, or start over with `pgmigrator cleanup` (drop the copied tables yourself or use --drop-if-exists)")
+                raise StateError(
+                    f"pipeline {self.settings.name!r} already has state on the destination (phase {existing.phase})",
+                    hint="continue it with --resume, or start over with `pgmigrator cleanup` (drop the copied tables yourself or use --drop-if-exists)",
+                )
             if existing is None and self.options.resume:
-                raise StateError(f"nothing to resume: no pipeline {self.settings.name!r} on the destination",
-                                 hint="run the clone without --resume")
+                raise StateError(
+                    f"nothing to resume: no pipeline {self.settings.name!r} on the destination",
+                    hint="run the clone without --resume",
+                )
             pg_dump, _ = find_pg_dump(server_major(src))
             if existing is None:
                 result = self._fresh(src, dst, store, tables, pg_dump)
@@ -90,15 +93,21 @@ class Clone:
         everything = catalog.list_tables(src)
         missing = catalog.unmatched_patterns(everything, self.settings.tables)
         if missing:
-            raise PreflightError(f"table pattern(s) matching no table on the source: {', '.join(missing)}",
-                                 hint="patterns are globs over schema.table, e.g. 'public.*' or 'sales.order_*'")
+            raise PreflightError(
+                f"table pattern(s) matching no table on the source: {', '.join(missing)}",
+                hint="patterns are globs over schema.table, e.g. 'public.*' or 'sales.order_*'",
+            )
         tables = catalog.select(everything, self.settings.tables, self.settings.exclude)
         if not tables:
-            raise PreflightError("no table selected on the source", hint="check --tables / --exclude")
+            raise PreflightError(
+                "no table selected on the source", hint="check --tables / --exclude"
+            )
         self._excluded = [t for t in everything if t not in tables]
         return tables
 
-    def _fresh(self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], pg_dump: object) -> CloneResult:
+    def _fresh(
+        self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], pg_dump: Path
+    ) -> CloneResult:
         _check_destination(dst, tables, self.options.drop_if_exists)
         ensure_publication(src, self.settings.publication_name, tables)
         self.progress.set_phase("schema")
@@ -107,9 +116,17 @@ class Clone:
             slot = session.create_slot(self.settings.slot_name)
             run = CopyRun(self.settings, self.source, self.dest, slot.snapshot, self.progress)
             run.start_workers(min(self.settings.workers, max(1, sum(t.has_data for t in tables))))
-            pre = dump_section(pg_dump, self.source, "pre-data", snapshot=slot.snapshot, exclude=self._excluded,  # type: ignore[arg-type]
-                               clean=self.options.drop_if_exists)
-            post = dump_section(pg_dump, self.source, "post-data", snapshot=slot.snapshot, exclude=self._excluded)  # type: ignore[arg-type]
+            pre = dump_section(
+                pg_dump,
+                self.source,
+                "pre-data",
+                snapshot=slot.snapshot,
+                exclude=self._excluded,
+                clean=self.options.drop_if_exists,
+            )
+            post = dump_section(
+                pg_dump, self.source, "post-data", snapshot=slot.snapshot, exclude=self._excluded
+            )
             run.wait_ready()
         except BaseException:
             session.close()
@@ -117,8 +134,12 @@ class Clone:
         session.close()  # every importer holds the snapshot now; the slot itself persists
 
         def record(conn: Conn) -> None:
-            StateStore(conn, self.settings.name).create(slot.name, self.settings.publication_name, "copy")
-            StateStore(conn, self.settings.name).update(consistent_lsn=slot.consistent_lsn, post_data=post.text)
+            StateStore(conn, self.settings.name).create(
+                slot.name, self.settings.publication_name, "copy"
+            )
+            StateStore(conn, self.settings.name).update(
+                consistent_lsn=slot.consistent_lsn, post_data=post.text
+            )
 
         try:
             apply_pre_data(dst, pre, record)
@@ -127,15 +148,30 @@ class Clone:
             run.copy(store, data_tables, sync_lsn=None)
         finally:
             run.stop()
-        return CloneResult(slot.name, slot.consistent_lsn, [t.qualified for t in tables if t.has_data], [],
-                           run.rows, run.bytes)
+        return CloneResult(
+            slot.name,
+            slot.consistent_lsn,
+            [t.qualified for t in tables if t.has_data],
+            [],
+            run.rows,
+            run.bytes,
+        )
 
-    def _resume(self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], slot_name: str) -> CloneResult:
+    def _resume(
+        self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], slot_name: str
+    ) -> CloneResult:
         if slot_status(src, slot_name) is None:
-            raise StateError(f"the slot {slot_name!r} of pipeline {self.settings.name!r} is gone from the source",
-                             hint="changes since the clone started are lost: `pgmigrator cleanup`, then clone again with --drop-if-exists")
+            raise StateError(
+                f"the slot {slot_name!r} of pipeline {self.settings.name!r} is gone from the source",
+                hint="changes since the clone started are lost: `pgmigrator cleanup`, then clone again with --drop-if-exists",
+            )
         states = {(r.schema, r.name): r for r in store.tables()}
-        todo = [t for t in tables if t.has_data and getattr(states.get((t.schema, t.name)), "state", None) not in ("copied", "ready")]
+        todo = [
+            t
+            for t in tables
+            if t.has_data
+            and getattr(states.get((t.schema, t.name)), "state", None) not in ("copied", "ready")
+        ]
         done = [t.qualified for t in tables if t.has_data and t not in todo]
         log.info("resuming clone", to_copy=len(todo), already_copied=len(done))
         if not todo:
@@ -155,14 +191,18 @@ class Clone:
             run.copy(store, todo, sync_lsn=helper.consistent_lsn)
         finally:
             run.stop()
-        return CloneResult(slot_name, helper.consistent_lsn, [t.qualified for t in todo], done, run.rows, run.bytes)
+        return CloneResult(
+            slot_name, helper.consistent_lsn, [t.qualified for t in todo], done, run.rows, run.bytes
+        )
 
     def _finish(self, src: Conn, dst: Conn, store: StateStore, tables: Sequence[TableInfo]) -> None:
         pipeline = store.require()
         self.progress.set_phase("post-data")
         store.set_phase("post-data")
         script = split(pipeline.post_data or "")
-        apply_post_data(self.dest, script, self.settings.name, store.post_data_done(), self.settings.workers)
+        apply_post_data(
+            self.dest, script, self.settings.name, store.post_data_done(), self.settings.workers
+        )
         self.progress.set_phase("sequences")
         synced = sync_sequences(src, dst)
         refreshed = refresh_matviews(src, dst)
@@ -174,8 +214,10 @@ class Clone:
 def _require_logical(src: Conn) -> None:
     row = src.execute("SHOW wal_level").fetchone()
     if row is None or row[0] != "logical":
-        raise PreflightError(f"source wal_level is {row[0] if row else '?'!r}, logical decoding needs 'logical'",
-                             hint="ALTER SYSTEM SET wal_level = logical; then restart the source server")
+        raise PreflightError(
+            f"source wal_level is {row[0] if row else '?'!r}, logical decoding needs 'logical'",
+            hint="ALTER SYSTEM SET wal_level = logical; then restart the source server",
+        )
 
 
 def _check_destination(dst: Conn, tables: Sequence[TableInfo], drop_if_exists: bool) -> None:
@@ -184,14 +226,25 @@ def _check_destination(dst: Conn, tables: Sequence[TableInfo], drop_if_exists: b
         return
     present = []
     for table in tables:
-        regclass = dst.execute("SELECT to_regclass(%s)", (sql.Identifier(table.schema, table.name).as_string(dst),)).fetchone()
+        regclass = dst.execute(
+            "SELECT to_regclass(%s)", (sql.Identifier(table.schema, table.name).as_string(dst),)
+        ).fetchone()
         if regclass and regclass[0] is not None:
-            has_rows = table.has_data and dst.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {})").format(table.ident)).fetchone()
-            present.append(f"{table.qualified}{' (holds rows)' if has_rows and has_rows[0] else ' (empty)'}")
+            has_rows = (
+                table.has_data
+                and dst.execute(
+                    sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {})").format(table.ident)
+                ).fetchone()
+            )
+            present.append(
+                f"{table.qualified}{' (holds rows)' if has_rows and has_rows[0] else ' (empty)'}"
+            )
     if present:
-        shown = ", ".join(present[:10]) + (f" and {len(present) - 10} more" if len(present) > 10 else "")
-        raise PreflightError(f"destination already has table(s): {shown}",
-                             hint="pass --drop-if-exists to drop and recreate them, or clone into an empty database")
+        shown = ", ".join(present[:10]) + (
+            f" and {len(present) - 10} more" if len(present) > 10 else ""
+        )
+        raise PreflightError(
+            f"destination already has table(s): {shown}",
+            hint="pass --drop-if-exists to drop and recreate them, or clone into an empty database",
+        )
 
-
-__all__ = ["Clone", "CloneOptions", "CloneResult", "PgMigratorError", "psycopg", "CopyError"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from pgmigrator.config import Settings
 from pgmigrator.dsn import Target
-from pgmigrator.errors import CopyError, DiskFull, PgMigratorError
+from pgmigrator.errors import CopyError, DiskFull
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pipeline import plan
@@ -28,7 +28,9 @@ MB = 1024 * 1024
 
 
 class CopyRun:
-    def __init__(self, settings: Settings, source: Target, dest: Target, snapshot: str, progress: Progress) -> None:
+    def __init__(
+        self, settings: Settings, source: Target, dest: Target, snapshot: str, progress: Progress
+    ) -> None:
         self.settings = settings
         self.source = source
         self.dest = dest
@@ -43,9 +45,20 @@ class CopyRun:
 
     def start_workers(self, count: int) -> None:
         for wid in range(count):
-            proc = self.ctx.Process(target=worker_main, name=f"pgmigrator-copy-{wid}", daemon=True,
-                                    args=(wid, self.source.dsn, self.dest.dsn, self.snapshot, self.tasks, self.results,
-                                          self.settings.copy_.max_attempts))
+            proc = self.ctx.Process(
+                target=worker_main,
+                name=f"pgmigrator-copy-{wid}",
+                daemon=True,
+                args=(
+                    wid,
+                    self.source.dsn,
+                    self.dest.dsn,
+                    self.snapshot,
+                    self.tasks,
+                    self.results,
+                    self.settings.copy_.max_attempts,
+                ),
+            )
             proc.start()
             self.procs.append(proc)
         log.info("copy workers started", workers=count)
@@ -69,59 +82,96 @@ class CopyRun:
                 if time.monotonic() > deadline:
                     raise CopyError("copy workers did not start in time") from None
                 if not any(p.is_alive() for p in self.procs):
-                    raise CopyError("every copy worker exited", hint="see the log above; re-run with --resume") from None
+                    raise CopyError(
+                        "every copy worker exited", hint="see the log above; re-run with --resume"
+                    ) from None
 
-    def copy(self, store: StateStore, tables: list[TableInfo], sync_lsn: Lsn | None, block_size: int = plan.BLOCK_SIZE) -> None:
+    def copy(
+        self,
+        store: StateStore,
+        tables: list[TableInfo],
+        sync_lsn: Lsn | None,
+        block_size: int = plan.BLOCK_SIZE,
+    ) -> None:
         pending: dict[tuple[str, str], int] = {}
         items: list[tuple[int, ChunkTask]] = []
         by_key = {(t.schema, t.name): t for t in tables}
         threshold = self.settings.copy_.split_threshold_mb * MB
         for table in tables:
-            ranges = plan.block_ranges(table.size_bytes, threshold, self.settings.copy_.chunk_mb * MB, block_size)
+            ranges = plan.block_ranges(
+                table.size_bytes, threshold, self.settings.copy_.chunk_mb * MB, block_size
+            )
             store.plan_table(table.schema, table.name, ranges, sync_lsn)
             pending[(table.schema, table.name)] = len(ranges)
-            self.progress.table_planned(table.qualified, table.size_bytes, table.est_rows, chunks=len(ranges))
+            self.progress.table_planned(
+                (table.schema, table.name), table.size_bytes, table.est_rows
+            )
             copy_in = plan.copy_in_sql(table).as_string(store.conn)
             for i, (lo, hi) in enumerate(ranges):
                 out = plan.copy_out_sql(table, lo, hi).as_string(store.conn)
-                items.append((plan.estimate_chunk_bytes(table, lo, hi, block_size),
-                              ChunkTask(self.settings.name, table.schema, table.name, i, out, copy_in)))
+                items.append(
+                    (
+                        plan.estimate_chunk_bytes(table, lo, hi, block_size),
+                        ChunkTask(self.settings.name, table.schema, table.name, i, out, copy_in),
+                    )
+                )
         for task in plan.order_tasks(items):
             self.tasks.put(task)
         failed = self._follow(store, pending, by_key)
         if failed:
             names = ", ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
             if any("disk full" in v for v in failed.values()):
-                raise DiskFull(f"copy stopped, destination disk full ({names})",
-                               hint="free space on the destination, then `pgmigrator clone --resume`")
-            raise CopyError(f"{len(failed)} table(s) failed to copy: {names}",
-                            hint="fix the cause, then `pgmigrator clone --resume` copies only the unfinished tables")
+                raise DiskFull(
+                    f"copy stopped, destination disk full ({names})",
+                    hint="free space on the destination, then `pgmigrator clone --resume`",
+                )
+            raise CopyError(
+                f"{len(failed)} table(s) failed to copy: {names}",
+                hint="fix the cause, then `pgmigrator clone --resume` copies only the unfinished tables",
+            )
 
-    def _follow(self, store: StateStore, pending: dict[tuple[str, str], int], by_key: dict[tuple[str, str], TableInfo]) -> dict[str, str]:
+    def _follow(
+        self,
+        store: StateStore,
+        pending: dict[tuple[str, str], int],
+        by_key: dict[tuple[str, str], TableInfo],
+    ) -> dict[str, str]:
         failed: dict[str, str] = {}
+        reported: dict[
+            tuple[str, str, int], int
+        ] = {}  # bytes already reported per chunk (a retry restarts it)
         while any(n > 0 for n in pending.values()):
             msg = self._next(float("inf"))
             kind = msg[0]
             if kind == "progress":
-                self.progress.add_bytes(by_key[msg[1][:2]].qualified, msg[2])
+                key = msg[1][:2]
+                reported[msg[1]] = reported.get(msg[1], 0) + msg[2]
+                self.progress.advance(key, 0, msg[2])
             elif kind == "done":
                 key = msg[1][:2]
                 self.rows += msg[2]
                 self.bytes += msg[3]
-                self.progress.chunk_done(by_key[key].qualified, msg[2], msg[3])
+                self.progress.advance(key, msg[2], max(0, msg[3] - reported.pop(msg[1], 0)))
                 pending[key] -= 1
                 if pending[key] == 0:
                     store.table_copied(*key)
-                    self.progress.table_done(by_key[key].qualified)
+                    self.progress.table_done(key)
             elif kind == "retry":
-                log.warning("chunk retried", table=by_key[msg[1][:2]].qualified, chunk=msg[1][2], attempt=msg[2], error=msg[3])
+                reported.pop(msg[1], None)
+                log.warning(
+                    "chunk retried",
+                    table=by_key[msg[1][:2]].qualified,
+                    chunk=msg[1][2],
+                    attempt=msg[2],
+                    error=msg[3],
+                )
             elif kind == "failed":
                 key = msg[1][:2]
                 name = by_key[key].qualified
                 failed[name] = msg[2]
                 pending[key] = 0
                 store.set_table_state(key[0], key[1], "errored", msg[2])
-                self.progress.table_errored(name, msg[2])
+                self.progress.table_errored(key, msg[2])
                 log.error("table copy failed", table=name, error=msg[2], hint=msg[3] or "")
                 if "disk full" in msg[2]:
                     break
@@ -142,5 +192,3 @@ class CopyRun:
         self.tasks.cancel_join_thread()
         self.results.cancel_join_thread()
 
-
-__all__ = ["CopyRun", "PgMigratorError"]

@@ -65,7 +65,15 @@ def open_snapshot(source: Target, snapshot: str) -> Conn:
 
 
 class Worker:
-    def __init__(self, wid: int, source: Target, dest: Target, snapshot: str, results: Queue[Any], max_attempts: int) -> None:
+    def __init__(
+        self,
+        wid: int,
+        source: Target,
+        dest: Target,
+        snapshot: str,
+        results: Queue[Any],
+        max_attempts: int,
+    ) -> None:
         self.wid = wid
         self.dest = dest
         self.results = results
@@ -89,7 +97,7 @@ class Worker:
                 if attempt == self.max_attempts:
                     raise
                 self.results.put(("retry", task.key, attempt, exc.message))
-                time.sleep(min(0.2 * 2 ** attempt, 5.0))
+                time.sleep(min(0.2 * 2**attempt, 5.0))
 
     def copy(self, task: ChunkTask) -> tuple[int, int]:
         try:
@@ -105,8 +113,10 @@ class Worker:
         src_pg.send_query(task.copy_out.encode())
         res = src_pg.get_result()
         if res is None or res.status != pq.ExecStatus.COPY_OUT:
-            raise PgMigratorError(f"source COPY of {task.schema}.{task.table} failed: "
-                                  f"{(res.error_message if res else b'').decode(errors='replace').strip()}")
+            raise PgMigratorError(
+                f"source COPY of {task.schema}.{task.table} failed: "
+                f"{(res.error_message if res else b'').decode(errors='replace').strip()}"
+            )
         nbytes, dest_error = self._pump(src_pg, dst_pg, task)
         src_rows = self._finish_source(src_pg, task)
         if dest_error is not None:
@@ -120,16 +130,30 @@ class Worker:
                 pass
             dst_rows = int((res.command_status or b"COPY 0").split()[-1]) if res else -1
             if dst_rows != src_rows:
-                raise PgMigratorError(f"{task.schema}.{task.table}: source sent {src_rows} rows, destination took {dst_rows}")
-            params = [task.pipeline.encode(), task.schema.encode(), task.table.encode(), str(task.chunk).encode(),
-                      str(src_rows).encode(), str(nbytes).encode()]
-            _check(dst_pg.exec_params(chunk_done_sql(), params), pq.ExecStatus.COMMAND_OK, "chunk state")
+                raise PgMigratorError(
+                    f"{task.schema}.{task.table}: source sent {src_rows} rows, destination took {dst_rows}"
+                )
+            params = [
+                task.pipeline.encode(),
+                task.schema.encode(),
+                task.table.encode(),
+                str(task.chunk).encode(),
+                str(src_rows).encode(),
+                str(nbytes).encode(),
+            ]
+            _check(
+                dst_pg.exec_params(chunk_done_sql(), params),
+                pq.ExecStatus.COMMAND_OK,
+                "chunk state",
+            )
             _check(dst_pg.exec_(b"COMMIT"), pq.ExecStatus.COMMAND_OK, "COMMIT")
         except (_PgFailure, psycopg.Error) as exc:
             raise self._dest_error(exc, task) from exc
         return src_rows, nbytes
 
-    def _pump(self, src_pg: pq.abc.PGconn, dst_pg: pq.abc.PGconn, task: ChunkTask) -> tuple[int, Exception | None]:
+    def _pump(
+        self, src_pg: pq.abc.PGconn, dst_pg: pq.abc.PGconn, task: ChunkTask
+    ) -> tuple[int, Exception | None]:
         """Move COPY data; on a destination failure keep draining the source so its session survives."""
         nbytes = pending = 0
         last = time.monotonic()
@@ -142,7 +166,9 @@ class Worker:
             if dest_error is None:
                 try:
                     if dst_pg.put_copy_data(data) != 1:
-                        dest_error = _PgFailure(dst_pg.get_error_message() or "destination refused COPY data", None)
+                        dest_error = _PgFailure(
+                            dst_pg.get_error_message() or "destination refused COPY data", None
+                        )
                 except psycopg.Error as exc:
                     dest_error = exc
             pending += n
@@ -157,8 +183,10 @@ class Worker:
             pass
         if res is None or res.status != pq.ExecStatus.COMMAND_OK:
             msg = (res.error_message if res else b"no result").decode(errors="replace").strip()
-            raise PgMigratorError(f"source COPY of {task.schema}.{task.table} failed: {msg}",
-                                  hint="the source session and its snapshot are lost: re-run with --resume")
+            raise PgMigratorError(
+                f"source COPY of {task.schema}.{task.table} failed: {msg}",
+                hint="the source session and its snapshot are lost: re-run with --resume",
+            )
         return int((res.command_status or b"COPY 0").split()[-1])
 
     def _dest_error(self, exc: BaseException, task: ChunkTask) -> PgMigratorError:
@@ -180,8 +208,15 @@ def _next_task(tasks: Queue[Any], parent: int) -> ChunkTask | None:
     return None
 
 
-def worker_main(wid: int, source_dsn: str, dest_dsn: str, snapshot: str, tasks: Queue[Any], results: Queue[Any],
-                max_attempts: int) -> None:
+def worker_main(
+    wid: int,
+    source_dsn: str,
+    dest_dsn: str,
+    snapshot: str,
+    tasks: Queue[Any],
+    results: Queue[Any],
+    max_attempts: int,
+) -> None:
     """Process entry point (spawned): import the snapshot, then copy chunks until ``None`` arrives."""
     source, dest = Target(source_dsn, "source"), Target(dest_dsn, "destination")
     parent = os.getppid()
@@ -199,9 +234,17 @@ def worker_main(wid: int, source_dsn: str, dest_dsn: str, snapshot: str, tasks: 
             worker.run_task(task)
         except PgMigratorError as exc:
             results.put(("failed", task.key, exc.message, exc.hint, exc.retryable))
-        except Exception as exc:  # a bug or an unexpected driver error: report, never hang the parent
+        except (
+            Exception
+        ) as exc:  # a bug or an unexpected driver error: report, never hang the parent
             results.put(("failed", task.key, f"{type(exc).__name__}: {exc}", None, False))
         if worker.src.pgconn.transaction_status != pq.TransactionStatus.INTRANS:
-            results.put(("fatal", wid, "the source session holding the snapshot was lost",
-                         "re-run with --resume: unfinished tables are copied again under a new snapshot"))
+            results.put(
+                (
+                    "fatal",
+                    wid,
+                    "the source session holding the snapshot was lost",
+                    "re-run with --resume: unfinished tables are copied again under a new snapshot",
+                )
+            )
             return

@@ -18,7 +18,9 @@ BLOCK_SIZE = 8192
 Range = tuple[int | None, int | None]
 
 
-def block_ranges(size_bytes: int, threshold_bytes: int, chunk_bytes: int, block_size: int = BLOCK_SIZE) -> list[Range]:
+def block_ranges(
+    size_bytes: int, threshold_bytes: int, chunk_bytes: int, block_size: int = BLOCK_SIZE
+) -> list[Range]:
     """``[(None, None)]`` for a whole table, else consecutive ``[lo, hi)`` block ranges, last one open."""
     if size_bytes <= threshold_bytes or chunk_bytes <= 0:
         return [(None, None)]
@@ -33,21 +35,28 @@ def block_ranges(size_bytes: int, threshold_bytes: int, chunk_bytes: int, block_
 
 def copy_out_sql(table: TableInfo, lo: int | None, hi: int | None) -> sql.Composable:
     if lo is None and hi is None:
-        return sql.SQL("COPY {} ({}) TO STDOUT (FORMAT binary)").format(table.ident, table.column_list())
+        return sql.SQL("COPY {} ({}) TO STDOUT (FORMAT binary)").format(
+            table.ident, table.column_list()
+        )
     conds = []
     if lo is not None:
         conds.append(sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({lo},0)")))
     if hi is not None:
         conds.append(sql.SQL("ctid < {}::tid").format(sql.Literal(f"({hi},0)")))
     return sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT (FORMAT binary)").format(
-        table.column_list(), table.ident, sql.SQL(" AND ").join(conds))
+        table.column_list(), table.ident, sql.SQL(" AND ").join(conds)
+    )
 
 
 def copy_in_sql(table: TableInfo) -> sql.Composable:
-    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(table.ident, table.column_list())
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
+        table.ident, table.column_list()
+    )
 
 
-def estimate_chunk_bytes(table: TableInfo, lo: int | None, hi: int | None, block_size: int = BLOCK_SIZE) -> int:
+def estimate_chunk_bytes(
+    table: TableInfo, lo: int | None, hi: int | None, block_size: int = BLOCK_SIZE
+) -> int:
     if lo is None and hi is None:
         return table.size_bytes
     end = hi if hi is not None else max(table.size_bytes // block_size, (lo or 0) + 1)
@@ -56,4 +65,9 @@ def estimate_chunk_bytes(table: TableInfo, lo: int | None, hi: int | None, block
 
 def order_tasks(items: Sequence[tuple[int, ChunkTask]]) -> list[ChunkTask]:
     """Largest estimated chunk first; ties keep a stable, readable order."""
-    return [task for _, task in sorted(items, key=lambda it: (-it[0], it[1].schema, it[1].table, it[1].chunk))]
+    return [
+        task
+        for _, task in sorted(
+            items, key=lambda it: (-it[0], it[1].schema, it[1].table, it[1].chunk)
+        )
+    ]

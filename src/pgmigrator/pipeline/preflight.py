@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import LiteralString, Protocol
 
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError
@@ -30,8 +31,19 @@ class Check:
         return asdict(self)
 
 
-def _one(conn: Conn, query: str, params: Sequence[object] = ()) -> object:
-    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+class _Add(Protocol):
+    def __call__(self, name: str, status: str, detail: str, hint: str = "") -> None: ...
+
+
+def _adder(out: list[Check], side: str) -> _Add:
+    def add(name: str, status: str, detail: str, hint: str = "") -> None:
+        out.append(Check(side, name, status, detail, hint))
+
+    return add
+
+
+def _one(conn: Conn, query: LiteralString, params: Sequence[object] = ()) -> object:
+    row = conn.execute(query, params).fetchone()
     return None if row is None else row[0]
 
 
@@ -48,87 +60,203 @@ def _connect(target: Target, out: list[Check]) -> Conn | None:
 
 def source_checks(src: Conn, include: Sequence[str], exclude: Sequence[str]) -> list[Check]:
     out: list[Check] = []
-    add = lambda name, status, detail, hint="": out.append(Check("source", name, status, detail, hint))  # noqa: E731
+    add = _adder(out, "source")
     wal = _one(src, "SHOW wal_level")
-    add("wal_level", OK if wal == "logical" else BLOCKER, f"wal_level = {wal}",
-        "" if wal == "logical" else "ALTER SYSTEM SET wal_level = logical; then restart the source")
+    add(
+        "wal_level",
+        OK if wal == "logical" else BLOCKER,
+        f"wal_level = {wal}",
+        "" if wal == "logical" else "ALTER SYSTEM SET wal_level = logical; then restart the source",
+    )
     major = server_major(src)
-    add("version", OK if major >= 14 else BLOCKER, f"server major version {major}",
-        "" if major >= 14 else "pgmigrator needs PostgreSQL 14 or newer on the source")
-    slots_max, slots_used = int(str(_one(src, "SHOW max_replication_slots"))), int(str(_one(src, "SELECT count(*) FROM pg_replication_slots")))
-    add("replication slots", OK if slots_used < slots_max else BLOCKER, f"{slots_used} of max_replication_slots={slots_max} in use",
-        "" if slots_used < slots_max else "raise max_replication_slots (restart) or drop unused slots")
+    add(
+        "version",
+        OK if major >= 14 else BLOCKER,
+        f"server major version {major}",
+        "" if major >= 14 else "pgmigrator needs PostgreSQL 14 or newer on the source",
+    )
+    slots_max, slots_used = (
+        int(str(_one(src, "SHOW max_replication_slots"))),
+        int(str(_one(src, "SELECT count(*) FROM pg_replication_slots"))),
+    )
+    add(
+        "replication slots",
+        OK if slots_used < slots_max else BLOCKER,
+        f"{slots_used} of max_replication_slots={slots_max} in use",
+        ""
+        if slots_used < slots_max
+        else "raise max_replication_slots (restart) or drop unused slots",
+    )
     senders_max = int(str(_one(src, "SHOW max_wal_senders")))
     senders_used = int(str(_one(src, "SELECT count(*) FROM pg_stat_replication")))
-    add("wal senders", OK if senders_used < senders_max else BLOCKER, f"{senders_used} of max_wal_senders={senders_max} in use",
-        "" if senders_used < senders_max else "raise max_wal_senders (restart)")
-    role = src.execute("SELECT rolname, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user").fetchone()
+    add(
+        "wal senders",
+        OK if senders_used < senders_max else BLOCKER,
+        f"{senders_used} of max_wal_senders={senders_max} in use",
+        "" if senders_used < senders_max else "raise max_wal_senders (restart)",
+    )
+    role = src.execute(
+        "SELECT rolname, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
     if role and (role[1] or role[2]):
-        add("replication privilege", OK, f"role {role[0]} is {'superuser' if role[1] else 'REPLICATION'}")
+        add(
+            "replication privilege",
+            OK,
+            f"role {role[0]} is {'superuser' if role[1] else 'REPLICATION'}",
+        )
     else:
-        add("replication privilege", BLOCKER, f"role {role[0] if role else '?'} has neither REPLICATION nor superuser",
-            "ALTER ROLE <role> REPLICATION (as a superuser)")
+        add(
+            "replication privilege",
+            BLOCKER,
+            f"role {role[0] if role else '?'} has neither REPLICATION nor superuser",
+            "ALTER ROLE <role> REPLICATION (as a superuser)",
+        )
     out += _table_checks(src, include, exclude)
     return out
 
 
 def _table_checks(src: Conn, include: Sequence[str], exclude: Sequence[str]) -> list[Check]:
     out: list[Check] = []
-    add = lambda name, status, detail, hint="": out.append(Check("source", name, status, detail, hint))  # noqa: E731
+    add = _adder(out, "source")
     everything = catalog.list_tables(src)
     missing = catalog.unmatched_patterns(everything, list(include))
     if missing:
-        add("table patterns", BLOCKER, f"pattern(s) matching no table: {', '.join(missing)}", "patterns are globs over schema.table")
+        add(
+            "table patterns",
+            BLOCKER,
+            f"pattern(s) matching no table: {', '.join(missing)}",
+            "patterns are globs over schema.table",
+        )
     tables = catalog.select(everything, include, exclude)
-    add("tables", OK if tables else BLOCKER, f"{len(tables)} table(s) selected, {sum(t.size_bytes for t in tables) // 1048576} MiB")
-    unreadable = [t.qualified for t in tables if not _one(src, "SELECT has_table_privilege(%s::oid, 'SELECT')", (t.oid,))]
+    add(
+        "tables",
+        OK if tables else BLOCKER,
+        f"{len(tables)} table(s) selected, {sum(t.size_bytes for t in tables) // 1048576} MiB",
+    )
+    unreadable = [
+        t.qualified
+        for t in tables
+        if not _one(src, "SELECT has_table_privilege(%s::oid, 'SELECT')", (t.oid,))
+    ]
     if unreadable:
-        add("table privileges", BLOCKER, f"cannot SELECT: {', '.join(unreadable[:10])}", "GRANT SELECT on them, or --exclude them")
+        add(
+            "table privileges",
+            BLOCKER,
+            f"cannot SELECT: {', '.join(unreadable[:10])}",
+            "GRANT SELECT on them, or --exclude them",
+        )
     is_super = bool(_one(src, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
-    not_owned = [t.qualified for t in tables if not is_super and not _one(src, "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = %s", (t.oid,))]
+    not_owned = [
+        t.qualified
+        for t in tables
+        if not is_super
+        and not _one(
+            src, "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = %s", (t.oid,)
+        )
+    ]
     if not_owned:
-        add("publication ownership", BLOCKER, f"not owner of: {', '.join(not_owned[:10])}",
-            "CREATE PUBLICATION FOR TABLE needs table ownership: run as the owner or a superuser")
+        add(
+            "publication ownership",
+            BLOCKER,
+            f"not owner of: {', '.join(not_owned[:10])}",
+            "CREATE PUBLICATION FOR TABLE needs table ownership: run as the owner or a superuser",
+        )
     no_ri = [t.qualified for t in tables if t.has_data and not t.replicable_updates]
-    add("replica identity", WARNING if no_ri else OK,
-        f"no primary key or replica identity (UPDATE/DELETE cannot be replicated): {', '.join(no_ri[:10])}" if no_ri else "every table has a usable replica identity",
-        "add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL" if no_ri else "")
+    add(
+        "replica identity",
+        WARNING if no_ri else OK,
+        f"no primary key or replica identity (UPDATE/DELETE cannot be replicated): {', '.join(no_ri[:10])}"
+        if no_ri
+        else "every table has a usable replica identity",
+        "add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL" if no_ri else "",
+    )
     unlogged = [t.qualified for t in tables if t.persistence == "u"]
     if unlogged:
-        add("unlogged tables", WARNING, f"copied once but never replicated: {', '.join(unlogged[:10])}", "ALTER TABLE ... SET LOGGED to replicate them")
+        add(
+            "unlogged tables",
+            WARNING,
+            f"copied once but never replicated: {', '.join(unlogged[:10])}",
+            "ALTER TABLE ... SET LOGGED to replicate them",
+        )
     lobs = int(str(_one(src, "SELECT count(*) FROM pg_largeobject_metadata")))
     if lobs:
-        add("large objects", WARNING, f"{lobs} large object(s): neither copied nor replicated", "migrate them with pg_dump --large-objects")
+        add(
+            "large objects",
+            WARNING,
+            f"{lobs} large object(s): neither copied nor replicated",
+            "migrate them with pg_dump --large-objects",
+        )
     foreign = int(str(_one(src, "SELECT count(*) FROM pg_class WHERE relkind = 'f'")))
     if foreign:
-        add("foreign tables", WARNING, f"{foreign} foreign table(s): definitions copied, rows are not", "")
-    add("sequences", OK, "sequence values are copied at the end of the clone and at switchover (not streamed)")
+        add(
+            "foreign tables",
+            WARNING,
+            f"{foreign} foreign table(s): definitions copied, rows are not",
+            "",
+        )
+    add(
+        "sequences",
+        OK,
+        "sequence values are copied at the end of the clone and at switchover (not streamed)",
+    )
     return out
 
 
 def dest_checks(src: Conn | None, dst: Conn) -> list[Check]:
     out: list[Check] = []
-    add = lambda name, status, detail, hint="": out.append(Check("destination", name, status, detail, hint))  # noqa: E731
+    add = _adder(out, "destination")
     can_create = bool(_one(dst, "SELECT has_database_privilege(current_database(), 'CREATE')"))
-    add("create privilege", OK if can_create else BLOCKER, "may create schemas" if can_create else "no CREATE privilege on the database",
-        "" if can_create else "GRANT CREATE ON DATABASE <db> TO <role>")
+    add(
+        "create privilege",
+        OK if can_create else BLOCKER,
+        "may create schemas" if can_create else "no CREATE privilege on the database",
+        "" if can_create else "GRANT CREATE ON DATABASE <db> TO <role>",
+    )
     is_super = bool(_one(dst, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
-    add("superuser", OK if is_super else WARNING, "superuser" if is_super else "not a superuser: replication origins and session_replication_role need one for `follow`",
-        "" if is_super else "use a superuser for the destination, or grant EXECUTE on pg_replication_origin_* functions")
+    add(
+        "superuser",
+        OK if is_super else WARNING,
+        "superuser"
+        if is_super
+        else "not a superuser: replication origins and session_replication_role need one for `follow`",
+        ""
+        if is_super
+        else "use a superuser for the destination, or grant EXECUTE on pg_replication_origin_* functions",
+    )
     if src is not None:
         s_major, d_major = server_major(src), server_major(dst)
-        add("versions", OK if d_major >= s_major else WARNING, f"source {s_major}, destination {d_major}",
-            "" if d_major >= s_major else "a destination older than the source may reject newer syntax")
-        used = {r[0] for r in src.execute("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'").fetchall()}
-        available = {r[0] for r in dst.execute("SELECT name FROM pg_available_extensions").fetchall()}
+        add(
+            "versions",
+            OK if d_major >= s_major else WARNING,
+            f"source {s_major}, destination {d_major}",
+            ""
+            if d_major >= s_major
+            else "a destination older than the source may reject newer syntax",
+        )
+        used = {
+            r[0]
+            for r in src.execute(
+                "SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'"
+            ).fetchall()
+        }
+        available = {
+            r[0] for r in dst.execute("SELECT name FROM pg_available_extensions").fetchall()
+        }
         lacking = sorted(used - available)
-        add("extensions", BLOCKER if lacking else OK,
-            f"missing on the destination: {', '.join(lacking)}" if lacking else f"{len(used)} extension(s) available on both sides",
-            "install the extension packages on the destination server" if lacking else "")
+        add(
+            "extensions",
+            BLOCKER if lacking else OK,
+            f"missing on the destination: {', '.join(lacking)}"
+            if lacking
+            else f"{len(used)} extension(s) available on both sides",
+            "install the extension packages on the destination server" if lacking else "",
+        )
     return out
 
 
-def run(source: Target, dest: Target, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Check]:
+def run(
+    source: Target, dest: Target, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[Check]:
     out: list[Check] = []
     src, dst = _connect(source, out), _connect(dest, out)
     try:
@@ -147,7 +275,14 @@ def run(source: Target, dest: Target, include: Sequence[str] = (), exclude: Sequ
 def _guard(out: list[Check], name: str, fn: Callable[[], object]) -> None:
     try:
         result = fn()
-        out.append(Check("local", name, OK, f"pg_dump {result[1]} at {result[0]}" if isinstance(result, tuple) else "ok"))
+        out.append(
+            Check(
+                "local",
+                name,
+                OK,
+                f"pg_dump {result[1]} at {result[0]}" if isinstance(result, tuple) else "ok",
+            )
+        )
     except PgMigratorError as exc:
         out.append(Check("local", name, BLOCKER, exc.message, exc.hint or ""))
 
@@ -159,6 +294,12 @@ def render(checks: Sequence[Check]) -> str:
         lines.append(f"[{marks[c.status]}] {c.side:<11} {c.name}: {c.detail}")
         if c.hint and c.status != OK:
             lines.append(f"          fix: {c.hint}")
-    blockers, warnings = sum(c.status == BLOCKER for c in checks), sum(c.status == WARNING for c in checks)
-    lines.append(f"{blockers} blocker(s), {warnings} warning(s): " + ("migration blocked" if blockers else "ready to migrate"))
+    blockers, warnings = (
+        sum(c.status == BLOCKER for c in checks),
+        sum(c.status == WARNING for c in checks),
+    )
+    lines.append(
+        f"{blockers} blocker(s), {warnings} warning(s): "
+        + ("migration blocked" if blockers else "ready to migrate")
+    )
     return "\n".join(lines)

@@ -1,117 +1,89 @@
-"""Copy progress: one place for the counters, shown live on a terminal or as periodic log lines.
+"""Copy progress: adapts the copy's events to the metrics collector and renders them.
 
-The counters live in the metrics collector (the single source every surface reads); this module
-adapts the copy's events to it and renders a per-table view (rows, bytes, percent, rate, ETA).
+The collector holds the counters (the single source every surface reads); this module only
+forwards events to it and draws its snapshot: a live per-table view (rows, bytes, percent, rate,
+ETA) on a terminal, or a periodic summary log line otherwise.
 """
 
 from __future__ import annotations
 
 import sys
-import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from pgmigrator.log import get_logger
-from pgmigrator.metrics.format import format_bytes, format_duration
+from pgmigrator.metrics import Collector
+from pgmigrator.metrics.format import format_bytes, format_duration, progress_bar
 
 log = get_logger("progress")
-
-
-class _Table:
-    __slots__ = ("bytes", "chunks", "chunks_done", "error", "est_bytes", "est_rows", "finished", "rows", "started", "state")
-
-    def __init__(self, est_bytes: int, est_rows: int, chunks: int) -> None:
-        self.est_bytes, self.est_rows, self.chunks = est_bytes, est_rows, chunks
-        self.bytes = self.rows = self.chunks_done = 0
-        self.state = "pending"
-        self.started = time.monotonic()
-        self.finished: float | None = None
-        self.error: str | None = None
+Key = tuple[str, str]
 
 
 class Progress:
-    """Receives copy events (from the parent process only) and forwards them to the collector."""
-
-    def __init__(self, collector: object | None = None, stream: TextIO | None = None, live: bool | None = None,
-                 interval: float = 0.5) -> None:
-        self.collector = collector
+    def __init__(
+        self,
+        collector: Collector | None = None,
+        stream: TextIO | None = None,
+        live: bool | None = None,
+        interval: float = 0.5,
+    ) -> None:
+        self.collector = collector or Collector()
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
         self.interval = interval if self.live else 10.0
-        self.tables: dict[str, _Table] = {}
-        self.phase = "idle"
-        self._lock = threading.Lock()
-        self._last_render = 0.0
+        self._last_render = time.monotonic()
         self._lines = 0
-        self._t0 = time.monotonic()
-
-    def _c(self, method: str, *args: object, **kw: object) -> None:
-        if self.collector is not None:
-            getattr(self.collector, method)(*args, **kw)
 
     def set_phase(self, phase: str) -> None:
-        self.phase = phase
-        self._c("set_phase", phase)
+        self.collector.set_phase(phase)
         log.info("phase", phase=phase)
 
-    def table_planned(self, name: str, est_bytes: int, est_rows: int, chunks: int = 1) -> None:
-        with self._lock:
-            self.tables[name] = _Table(est_bytes, est_rows, chunks)
-        self._c("table_started", name, rows_total=est_rows, bytes_total=est_bytes)
+    def table_planned(self, key: Key, est_bytes: int, est_rows: int) -> None:
+        self.collector.register_table(*key, rows_total=est_rows, bytes_total=est_bytes)
 
-    def add_bytes(self, name: str, nbytes: int) -> None:
-        with self._lock:
-            table = self.tables[name]
-            table.bytes += nbytes
-            table.state = "copying"
-        self._c("table_progress", name, bytes_delta=nbytes)
+    def advance(self, key: Key, rows: int, nbytes: int) -> None:
+        self.collector.table_advance(*key, rows, nbytes)
         self.maybe_render()
 
-    def chunk_done(self, name: str, rows: int, nbytes: int) -> None:
-        with self._lock:
-            table = self.tables[name]
-            unreported = nbytes - table.bytes if table.chunks == 1 else 0
-            table.rows += rows
-            table.chunks_done += 1
-            if table.chunks == 1:
-                table.bytes = nbytes
-        self._c("table_progress", name, rows_delta=rows, bytes_delta=max(0, unreported))
-        self._c("add_rows", rows, max(0, unreported))
-        self.maybe_render()
+    def table_done(self, key: Key) -> None:
+        self.collector.table_done(*key)
+        table = next(
+            (t for t in self.collector.snapshot()["tables"] if (t["schema"], t["name"]) == key),
+            None,
+        )
+        if table is not None:
+            log.info(
+                "table copied",
+                table=f"{key[0]}.{key[1]}",
+                rows=table["rows_copied"],
+                bytes=table["bytes_copied"],
+                seconds=table["elapsed_s"],
+            )
+        self.maybe_render(force=self.live)
 
-    def table_done(self, name: str) -> None:
-        with self._lock:
-            table = self.tables[name]
-            table.state, table.finished = "copied", time.monotonic()
-        self._c("table_done", name)
-        log.info("table copied", table=name, rows=table.rows, bytes=table.bytes,
-                 seconds=round(table.finished - table.started, 2))
-        self.maybe_render(force=True)
-
-    def table_errored(self, name: str, error: str) -> None:
-        with self._lock:
-            table = self.tables[name]
-            table.state, table.error = "errored", error
-        self._c("table_errored", name, error)
+    def table_errored(self, key: Key, error: str) -> None:
+        self.collector.table_errored(*key, error)
 
     def maybe_render(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_render < self.interval:
             return
         self._last_render = now
+        snap = self.collector.snapshot()
         if self.live:
-            self._render_live()
-        elif not force:
-            self._log_summary()
+            self._draw(render_lines(snap))
+        else:
+            done = snap["tables_by_state"].get("copied", 0)
+            log.info(
+                "copy progress",
+                tables_done=done,
+                tables=snap["tables_total"],
+                copied=format_bytes(snap["total_bytes"]),
+                rate=f"{format_bytes(snap['bytes_per_s'])}/s",
+                elapsed=format_duration(snap["uptime_s"]),
+            )
 
-    def _log_summary(self) -> None:
-        done = sum(t.state == "copied" for t in self.tables.values())
-        total_bytes = sum(t.bytes for t in self.tables.values())
-        log.info("copy progress", tables_done=done, tables=len(self.tables), copied=format_bytes(total_bytes),
-                 elapsed=format_duration(time.monotonic() - self._t0))
-
-    def _render_live(self) -> None:
-        lines = self.render_lines()
+    def _draw(self, lines: list[str]) -> None:
         out = self.stream
         if self._lines:
             out.write(f"\x1b[{self._lines}F")
@@ -120,26 +92,28 @@ class Progress:
         out.flush()
         self._lines = len(lines)
 
-    def render_lines(self, limit: int = 12) -> list[str]:
-        now = time.monotonic()
-        with self._lock:
-            items = sorted(self.tables.items(), key=lambda kv: (kv[1].state != "copying", kv[1].state == "copied", kv[0]))
-            lines = [f"phase {self.phase}  elapsed {format_duration(now - self._t0)}"]
-            for name, t in items[:limit]:
-                lines.append(_table_line(name, t, now))
-            if len(items) > limit:
-                rest = items[limit:]
-                lines.append(f"  ... {len(rest)} more ({sum(t.state == 'copied' for _, t in rest)} copied)")
-        return lines
 
-
-def _table_line(name: str, t: _Table, now: float) -> str:
-    elapsed = (t.finished or now) - t.started
-    pct = 100.0 if t.state == "copied" else min(99.0, 100.0 * t.bytes / t.est_bytes) if t.est_bytes else 0.0
-    rate = t.bytes / elapsed if elapsed > 0 else 0.0
-    eta = (t.est_bytes - t.bytes) / rate if rate > 0 and t.state == "copying" and t.est_bytes > t.bytes else 0.0
-    bar = "#" * int(pct / 5) + "." * (20 - int(pct / 5))
-    rows = f"{t.rows:,} rows" if t.rows else f"~{t.est_rows:,} rows"
-    tail = f"ETA {format_duration(eta)}" if eta else ("" if t.state != "errored" else f"ERROR {t.error}")
-    return (f"  {name[:32]:<32} {t.state:<8} [{bar}] {pct:5.1f}%  {format_bytes(t.bytes):>10}  {rows:>16}  "
-            f"{format_bytes(rate)}/s  {tail}")
+def render_lines(snap: dict[str, Any], limit: int = 12) -> list[str]:
+    order = {"copying": 0, "pending": 1, "errored": 2}
+    tables = sorted(
+        snap["tables"], key=lambda t: (order.get(t["state"], 3), t["schema"], t["name"])
+    )
+    lines = [
+        f"phase {snap['phase']}  {format_bytes(snap['total_bytes'])} copied  {format_bytes(snap['bytes_per_s'])}/s"
+        f"  elapsed {format_duration(snap['uptime_s'])}"
+    ]
+    for t in tables[:limit]:
+        name = f"{t['schema']}.{t['name']}"[:32]
+        rows = f"{t['rows_copied']:,} rows" if t["rows_copied"] else f"~{t['rows_total']:,} rows"
+        tail = (
+            f"ETA {format_duration(t['eta_s'])}"
+            if t.get("eta_s")
+            else (f"ERROR {t['error']}" if t["error"] else "")
+        )
+        lines.append(
+            f"  {name:<32} {t['state']:<8} {progress_bar(t['percent'], 20)} {t['percent']:5.1f}%"
+            f"  {format_bytes(t['bytes_copied']):>10}  {rows:>16}  {tail}"
+        )
+    if len(tables) > limit:
+        lines.append(f"  ... {len(tables) - limit} more")
+    return lines

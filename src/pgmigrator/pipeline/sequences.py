@@ -18,10 +18,13 @@ def read_sequences(conn: Conn) -> dict[tuple[str, str], tuple[int, bool]]:
     seqs = conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgmigrator')"
-        " AND n.nspname NOT LIKE 'pg\\_%'").fetchall()
+        " AND n.nspname NOT LIKE 'pg\\_%'"
+    ).fetchall()
     values: dict[tuple[str, str], tuple[int, bool]] = {}
     for schema, name in seqs:
-        row = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(schema, name))).fetchone()
+        row = conn.execute(
+            sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(schema, name))
+        ).fetchone()
         if row is not None:
             values[(schema, name)] = (int(row[0]), bool(row[1]))
     return values
@@ -35,15 +38,19 @@ def sync_sequences(src: Conn, dst: Conn, margin: int = 0) -> int:
         if (schema, name) not in present:
             continue
         target = value + margin if called or margin else value
-        dst.execute("SELECT setval(%s::regclass, %s, %s)",
-                    (sql.Identifier(schema, name).as_string(dst), target, called or margin > 0))
+        dst.execute(
+            "SELECT setval(%s::regclass, %s, %s)",
+            (sql.Identifier(schema, name).as_string(dst), target, called or margin > 0),
+        )
         count += 1
     log.info("sequences synced", count=count, margin=margin)
     return count
 
 
 def refresh_matviews(src: Conn, dst: Conn) -> int:
-    rows = src.execute("SELECT schemaname, matviewname FROM pg_matviews WHERE ispopulated ORDER BY 1, 2").fetchall()
+    rows = src.execute(
+        "SELECT schemaname, matviewname FROM pg_matviews WHERE ispopulated ORDER BY 1, 2"
+    ).fetchall()
     for schema, name in rows:
         dst.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(schema, name)))
     return len(rows)

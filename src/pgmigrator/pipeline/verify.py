@@ -38,20 +38,34 @@ class TableCheck:
         return asdict(self)
 
 
-def _checksum_query(table: TableInfo, columns: Sequence[str]) -> sql.Composable:
-    row = sql.SQL("ROW({})::text").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns)) if columns else sql.SQL("''")
-    return sql.SQL("SELECT count(*), coalesce(sum(hashtextextended({}, 0)), 0)::text FROM ONLY {}").format(row, table.ident)
+def _checksum_query(table: TableInfo, columns: Sequence[str]) -> sql.Composed:
+    row = (
+        sql.SQL("ROW({})::text").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+        if columns
+        else sql.SQL("''")
+    )
+    return sql.SQL(
+        "SELECT count(*), coalesce(sum(hashtextextended({}, 0)), 0)::text FROM ONLY {}"
+    ).format(row, table.ident)
 
 
 def _dest_columns(dst: Conn) -> dict[tuple[str, str], tuple[str, ...]]:
     return {(t.schema, t.name): t.columns for t in catalog.list_tables(dst)}
 
 
-def verify(source: Target, dest: Target, include: Sequence[str] = (), exclude: Sequence[str] = (), workers: int = 2) -> list[TableCheck]:
+def verify(
+    source: Target,
+    dest: Target,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    workers: int = 2,
+) -> list[TableCheck]:
     with connect(source) as src, connect(dest) as dst:
-        tables = [t for t in catalog.select(catalog.list_tables(src), include, exclude) if t.has_data]
+        tables = [
+            t for t in catalog.select(catalog.list_tables(src), include, exclude) if t.has_data
+        ]
         dest_cols = _dest_columns(dst)
-    jobs = []
+    jobs: list[tuple[TableInfo, tuple[str, ...] | None]] = []
     for table in tables:
         theirs = dest_cols.get((table.schema, table.name))
         if theirs is None:
@@ -62,7 +76,7 @@ def verify(source: Target, dest: Target, include: Sequence[str] = (), exclude: S
         return list(pool.map(lambda job: _check_table(source, dest, *job), jobs))
 
 
-def _side(target: Target, query: sql.Composable) -> tuple[int, str]:
+def _side(target: Target, query: sql.Composed) -> tuple[int, str]:
     with connect(target) as conn:
         conn.execute("SET statement_timeout = 0")
         row = conn.execute(query).fetchone()
@@ -70,21 +84,34 @@ def _side(target: Target, query: sql.Composable) -> tuple[int, str]:
     return int(row[0]), str(row[1])
 
 
-def _check_table(source: Target, dest: Target, table: TableInfo, columns: tuple[str, ...] | None) -> TableCheck:
+def _check_table(
+    source: Target, dest: Target, table: TableInfo, columns: tuple[str, ...] | None
+) -> TableCheck:
     if columns is None:
-        return TableCheck(table.qualified, None, None, None, None, "missing", "table absent on the destination")
+        return TableCheck(
+            table.qualified, None, None, None, None, "missing", "table absent on the destination"
+        )
     query = _checksum_query(table, columns)
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
             fs, fd = pool.submit(_side, source, query), pool.submit(_side, dest, query)
             (s_rows, s_sum), (d_rows, d_sum) = fs.result(), fd.result()
     except Exception as exc:
-        return TableCheck(table.qualified, None, None, None, None, "error", str(exc).strip().splitlines()[0])
+        return TableCheck(
+            table.qualified, None, None, None, None, "error", str(exc).strip().splitlines()[0]
+        )
     missing = set(table.columns) - set(columns)
     if s_rows == d_rows and s_sum == d_sum and not missing:
         return TableCheck(table.qualified, s_rows, d_rows, s_sum, d_sum, "ok")
-    detail = f"columns missing on the destination: {', '.join(sorted(missing))}" if missing else (
-        f"row count {s_rows} vs {d_rows}" if s_rows != d_rows else "same row count, different contents")
+    detail = (
+        f"columns missing on the destination: {', '.join(sorted(missing))}"
+        if missing
+        else (
+            f"row count {s_rows} vs {d_rows}"
+            if s_rows != d_rows
+            else "same row count, different contents"
+        )
+    )
     return TableCheck(table.qualified, s_rows, d_rows, s_sum, d_sum, "differs", detail)
 
 
@@ -92,9 +119,15 @@ def render(checks: Sequence[TableCheck]) -> str:
     width = max([len(c.table) for c in checks] + [5])
     lines = [f"{'table':<{width}}  {'status':<8} {'source rows':>12} {'dest rows':>12}  detail"]
     for c in checks:
-        lines.append(f"{c.table:<{width}}  {c.status:<8} {_n(c.source_rows):>12} {_n(c.dest_rows):>12}  {c.detail}")
+        lines.append(
+            f"{c.table:<{width}}  {c.status:<8} {_n(c.source_rows):>12} {_n(c.dest_rows):>12}  {c.detail}"
+        )
     bad = sum(c.status != "ok" for c in checks)
-    lines.append(f"{len(checks)} table(s) checked, {bad} differ" if bad else f"{len(checks)} table(s) checked, all equal")
+    lines.append(
+        f"{len(checks)} table(s) checked, {bad} differ"
+        if bad
+        else f"{len(checks)} table(s) checked, all equal"
+    )
     return "\n".join(lines)
 
 

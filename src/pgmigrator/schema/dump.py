@@ -20,8 +20,10 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import SchemaError, ToolMissing
 from pgmigrator.source.catalog import TableInfo
 
-_HEADER = re.compile(r"^--\n-- (?:Data for )?Name: (?P<name>.*?); Type: (?P<kind>.*?); Schema: (?P<schema>.*?); Owner: .*\n--\n",
-                     re.MULTILINE)
+_HEADER = re.compile(
+    r"^--\n-- (?:Data for )?Name: (?P<name>.*?); Type: (?P<kind>.*?); Schema: (?P<schema>.*?); Owner: .*\n--\n",
+    re.MULTILINE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +51,11 @@ def find_pg_dump(min_major: int) -> tuple[Path, int]:
     if override:
         candidates = [override]
     else:
-        candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"), key=lambda p: int(p.split("/")[-3]), reverse=True)
+        candidates = sorted(
+            glob.glob("/usr/lib/postgresql/*/bin/pg_dump"),
+            key=lambda p: int(p.split("/")[-3]),
+            reverse=True,
+        )
         on_path = shutil.which("pg_dump")
         if on_path:
             candidates.append(on_path)
@@ -59,36 +65,62 @@ def find_pg_dump(min_major: int) -> tuple[Path, int]:
         if major is not None and (best is None or major > best[1]):
             best = (Path(cand), major)
     if best is None:
-        raise ToolMissing("pg_dump not found", hint="install the PostgreSQL client: `apt-get install postgresql-client` (or set PGMIGRATOR_PG_DUMP)")
+        raise ToolMissing(
+            "pg_dump not found",
+            hint="install the PostgreSQL client: `apt-get install postgresql-client` (or set PGMIGRATOR_PG_DUMP)",
+        )
     if best[1] < min_major:
-        raise ToolMissing(f"pg_dump {best[1]} ({best[0]}) is older than the source server ({min_major})",
-                          hint=f"install postgresql-client-{min_major} or newer; pg_dump refuses newer servers")
+        raise ToolMissing(
+            f"pg_dump {best[1]} ({best[0]}) is older than the source server ({min_major})",
+            hint=f"install postgresql-client-{min_major} or newer; pg_dump refuses newer servers",
+        )
     return best
 
 
 def _major(path: str) -> int | None:
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     m = re.search(r"(\d+)(?:\.\d+)?", out)
     return int(m.group(1)) if m else None
 
 
-def dump_section(pg_dump: Path, source: Target, section: str, *, snapshot: str | None,
-                 exclude: Sequence[TableInfo], clean: bool = False) -> Script:
-    args = [str(pg_dump), "--schema-only", f"--section={section}", "--no-owner", "--no-privileges",
-            "--no-publications", "--no-subscriptions", "--exclude-schema=pgmigrator"]
+def dump_section(
+    pg_dump: Path,
+    source: Target,
+    section: str,
+    *,
+    snapshot: str | None,
+    exclude: Sequence[TableInfo],
+    clean: bool = False,
+) -> Script:
+    args = [
+        str(pg_dump),
+        "--schema-only",
+        f"--section={section}",
+        "--no-owner",
+        "--no-privileges",
+        "--no-publications",
+        "--no-subscriptions",
+        "--exclude-schema=pgmigrator",
+    ]
     if snapshot:
         args.append(f"--snapshot={snapshot}")
     if clean:
         args += ["--clean", "--if-exists"]
     for table in exclude:
-        args.append("--exclude-table=" + _quote_pattern(table.schema) + "." + _quote_pattern(table.name))
+        args.append(
+            "--exclude-table=" + _quote_pattern(table.schema) + "." + _quote_pattern(table.name)
+        )
     res = subprocess.run(args, capture_output=True, text=True, env=source.libpq_env(), check=False)
     if res.returncode != 0:
-        raise SchemaError(f"pg_dump --section={section} failed: {res.stderr.strip()}",
-                          hint="check that the source role may read every table and schema (or exclude them)")
+        raise SchemaError(
+            f"pg_dump --section={section} failed: {res.stderr.strip()}",
+            hint="check that the source role may read every table and schema (or exclude them)",
+        )
     return split(res.stdout)
 
 
@@ -105,7 +137,7 @@ def split(text: str) -> Script:
     entries = []
     for i, m in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        body = text[m.start():end]
+        body = text[m.start() : end]
         entries.append(Entry(i, m["kind"], m["name"], m["schema"], body))
     return Script(text[: matches[0].start()], tuple(entries))
 

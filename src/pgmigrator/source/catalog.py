@@ -86,8 +86,23 @@ class TableInfo:
 def list_tables(conn: Conn) -> list[TableInfo]:
     rows = conn.execute(_TABLES_SQL, {"system": list(SYSTEM_SCHEMAS)}).fetchall()
     return [
-        TableInfo(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], int(r[7]), int(r[8]), r[9], r[10], r[11], r[12],
-                  tuple(r[13]), tuple(r[14]))
+        TableInfo(
+            int(r[0]),
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            int(r[7]),
+            int(r[8]),
+            r[9],
+            r[10],
+            r[11],
+            r[12],
+            tuple(r[13]),
+            tuple(r[14]),
+        )
         for r in rows
     ]
 
@@ -101,7 +116,9 @@ def matches(table: TableInfo, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(n, _normalise(p)) for p in patterns for n in names)
 
 
-def select(tables: Sequence[TableInfo], include: Sequence[str], exclude: Sequence[str]) -> list[TableInfo]:
+def select(
+    tables: Sequence[TableInfo], include: Sequence[str], exclude: Sequence[str]
+) -> list[TableInfo]:
     """Apply include (empty: everything) then exclude patterns."""
     chosen = [t for t in tables if not include or matches(t, include)]
     return [t for t in chosen if not matches(t, exclude)]

@@ -57,7 +57,13 @@ class ReplicationSession:
             raise _slot_error(name, res, self.target)
         values = [(res.get_value(0, i) or b"").decode() for i in range(res.nfields)]
         slot = ExportedSlot(values[0], Lsn.parse(values[1]), values[2])
-        log.info("slot created", slot=name, consistent_lsn=str(slot.consistent_lsn), snapshot=slot.snapshot, temporary=temporary)
+        log.info(
+            "slot created",
+            slot=name,
+            consistent_lsn=str(slot.consistent_lsn),
+            snapshot=slot.snapshot,
+            temporary=temporary,
+        )
         return slot
 
     def close(self) -> None:
@@ -68,21 +74,30 @@ def _slot_error(name: str, res: pq.abc.PGresult, target: Target) -> ReplicationE
     state = (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
     text = (res.error_message or b"").decode(errors="replace").strip()
     if state == "42710":
-        return ReplicationError(f"replication slot {name!r} already exists on the source",
-                                hint="a previous clone left it: continue with --resume, or run `pgmigrator cleanup` first")
+        return ReplicationError(
+            f"replication slot {name!r} already exists on the source",
+            hint="a previous clone left it: continue with --resume, or run `pgmigrator cleanup` first",
+        )
     if state == "53400":
-        return ReplicationError(f"no free replication slot on the source: {text}",
-                                hint="raise max_replication_slots on the source (restart needed) or drop unused slots")
+        return ReplicationError(
+            f"no free replication slot on the source: {text}",
+            hint="raise max_replication_slots on the source (restart needed) or drop unused slots",
+        )
     if state == "55000" and "wal_level" in text:
-        return ReplicationError(f"source: {text}", hint="set wal_level = logical on the source and restart it")
-    return ReplicationError(f"source ({target.safe}): cannot create slot {name!r}: {text} (SQLSTATE {state})")
+        return ReplicationError(
+            f"source: {text}", hint="set wal_level = logical on the source and restart it"
+        )
+    return ReplicationError(
+        f"source ({target.safe}): cannot create slot {name!r}: {text} (SQLSTATE {state})"
+    )
 
 
 def slot_status(conn: Conn, name: str) -> SlotStatus | None:
     row = conn.execute(
         "SELECT slot_name, plugin, active, active_pid, confirmed_flush_lsn::text, restart_lsn::text,"
         " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = %s",
-        (name,)).fetchone()
+        (name,),
+    ).fetchone()
     if row is None:
         return None
     flush = Lsn.parse(row[4]) if row[4] else None
@@ -109,9 +124,13 @@ def ensure_publication(conn: Conn, name: str, tables: Sequence[TableInfo]) -> No
     table_list = sql.SQL(", ").join(sql.Identifier(s, n) for s, n in roots)
     exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
     if exists:
-        conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(name), table_list))
+        conn.execute(
+            sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(name), table_list)
+        )
     else:
-        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), table_list))
+        conn.execute(
+            sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), table_list)
+        )
     log.info("publication ready", publication=name, tables=len(roots))
 
 

@@ -125,13 +125,19 @@ class StateStore:
             "SELECT name, slot, publication, phase, consistent_lsn::text, post_data FROM pgmigrator.pipelines WHERE name = %s",
             (self.pipeline,),
         ).fetchone()
-        return None if row is None else PipelineRow(row[0], row[1], row[2], row[3], _lsn(row[4]), row[5])
+        return (
+            None
+            if row is None
+            else PipelineRow(row[0], row[1], row[2], row[3], _lsn(row[4]), row[5])
+        )
 
     def require(self) -> PipelineRow:
         row = self.load()
         if row is None:
-            raise StateError(f"no state for pipeline {self.pipeline!r} on the destination",
-                             hint="run `pgmigrator clone` first (or pass the --name used then)")
+            raise StateError(
+                f"no state for pipeline {self.pipeline!r} on the destination",
+                hint="run `pgmigrator clone` first (or pass the --name used then)",
+            )
         return row
 
     def create(self, slot: str, publication: str, phase: str) -> None:
@@ -141,9 +147,19 @@ class StateStore:
         )
 
     def update(self, **fields: object) -> None:
-        assigns = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in fields)
-        query = sql.SQL("UPDATE pgmigrator.pipelines SET {}, updated_at = now() WHERE name = %(_name)s").format(assigns)
-        self.conn.execute(query, {**{k: (str(v) if isinstance(v, Lsn) else v) for k, v in fields.items()}, "_name": self.pipeline})
+        assigns = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in fields
+        )
+        query = sql.SQL(
+            "UPDATE pgmigrator.pipelines SET {}, updated_at = now() WHERE name = %(_name)s"
+        ).format(assigns)
+        self.conn.execute(
+            query,
+            {
+                **{k: (str(v) if isinstance(v, Lsn) else v) for k, v in fields.items()},
+                "_name": self.pipeline,
+            },
+        )
 
     def set_phase(self, phase: str) -> None:
         self.update(phase=phase)
@@ -151,16 +167,26 @@ class StateStore:
     def tables(self) -> list[TableRow]:
         rows = self.conn.execute(
             "SELECT schema_name, table_name, state, sync_lsn::text, rows, bytes, copies FROM pgmigrator.tables"
-            " WHERE pipeline = %s ORDER BY schema_name, table_name", (self.pipeline,)).fetchall()
+            " WHERE pipeline = %s ORDER BY schema_name, table_name",
+            (self.pipeline,),
+        ).fetchall()
         return [TableRow(r[0], r[1], r[2], _lsn(r[3]), r[4], r[5], r[6]) for r in rows]
 
     def chunks(self) -> list[ChunkRow]:
         rows = self.conn.execute(
             "SELECT schema_name, table_name, chunk, lo_block, hi_block, done FROM pgmigrator.chunks"
-            " WHERE pipeline = %s ORDER BY schema_name, table_name, chunk", (self.pipeline,)).fetchall()
+            " WHERE pipeline = %s ORDER BY schema_name, table_name, chunk",
+            (self.pipeline,),
+        ).fetchall()
         return [ChunkRow(*r) for r in rows]
 
-    def plan_table(self, schema: str, name: str, ranges: list[tuple[int | None, int | None]], sync_lsn: Lsn | None) -> None:
+    def plan_table(
+        self,
+        schema: str,
+        name: str,
+        ranges: list[tuple[int | None, int | None]],
+        sync_lsn: Lsn | None,
+    ) -> None:
         """(Re)start a table's copy: state ``copying``, the snapshot's LSN and fresh chunks, atomically."""
         lsn = None if sync_lsn is None else str(sync_lsn)
         with self.conn.transaction():
@@ -168,14 +194,19 @@ class StateStore:
                 "INSERT INTO pgmigrator.tables (pipeline, schema_name, table_name, state, sync_lsn, copies)"
                 " VALUES (%s, %s, %s, 'copying', %s::pg_lsn, 1) ON CONFLICT (pipeline, schema_name, table_name) DO UPDATE"
                 " SET state = 'copying', sync_lsn = excluded.sync_lsn, rows = 0, bytes = 0,"
-                " copies = pgmigrator.tables.copies + 1, error = NULL, updated_at = now()", (self.pipeline, schema, name, lsn))
-            self.conn.execute("DELETE FROM pgmigrator.chunks WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
-                              (self.pipeline, schema, name))
+                " copies = pgmigrator.tables.copies + 1, error = NULL, updated_at = now()",
+                (self.pipeline, schema, name, lsn),
+            )
+            self.conn.execute(
+                "DELETE FROM pgmigrator.chunks WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
+                (self.pipeline, schema, name),
+            )
             with self.conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO pgmigrator.chunks (pipeline, schema_name, table_name, chunk, lo_block, hi_block)"
                     " VALUES (%s, %s, %s, %s, %s, %s)",
-                    [(self.pipeline, schema, name, i, lo, hi) for i, (lo, hi) in enumerate(ranges)])
+                    [(self.pipeline, schema, name, i, lo, hi) for i, (lo, hi) in enumerate(ranges)],
+                )
 
     def table_copied(self, schema: str, name: str) -> None:
         self.conn.execute(
@@ -185,7 +216,8 @@ class StateStore:
             " bytes = (SELECT coalesce(sum(bytes), 0) FROM pgmigrator.chunks c WHERE c.pipeline = t.pipeline"
             "   AND c.schema_name = t.schema_name AND c.table_name = t.table_name)"
             " WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
-            (self.pipeline, schema, name))
+            (self.pipeline, schema, name),
+        )
 
     def set_table_state(self, schema: str, name: str, state: str, error: str | None = None) -> None:
         if state not in TABLE_STATES:
@@ -193,10 +225,13 @@ class StateStore:
         self.conn.execute(
             "UPDATE pgmigrator.tables SET state = %s, error = %s, updated_at = now()"
             " WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
-            (state, error, self.pipeline, schema, name))
+            (state, error, self.pipeline, schema, name),
+        )
 
     def post_data_done(self) -> set[int]:
-        rows = self.conn.execute("SELECT seq FROM pgmigrator.post_data WHERE pipeline = %s AND done", (self.pipeline,))
+        rows = self.conn.execute(
+            "SELECT seq FROM pgmigrator.post_data WHERE pipeline = %s AND done", (self.pipeline,)
+        )
         return {r[0] for r in rows.fetchall()}
 
     def drop_pipeline(self) -> None:
@@ -206,10 +241,14 @@ class StateStore:
 
 def chunk_done_sql() -> bytes:
     """The statement a copy worker runs in the chunk's own transaction (parameters $1..$6)."""
-    return (b"UPDATE pgmigrator.chunks SET done = true, rows = $5, bytes = $6"
-            b" WHERE pipeline = $1 AND schema_name = $2 AND table_name = $3 AND chunk = $4")
+    return (
+        b"UPDATE pgmigrator.chunks SET done = true, rows = $5, bytes = $6"
+        b" WHERE pipeline = $1 AND schema_name = $2 AND table_name = $3 AND chunk = $4"
+    )
 
 
 def post_data_done_sql() -> str:
-    return ("INSERT INTO pgmigrator.post_data (pipeline, seq, done) VALUES (%s, %s, true)"
-            " ON CONFLICT (pipeline, seq) DO UPDATE SET done = true")
+    return (
+        "INSERT INTO pgmigrator.post_data (pipeline, seq, done) VALUES (%s, %s, true)"
+        " ON CONFLICT (pipeline, seq) DO UPDATE SET done = true"
+    )

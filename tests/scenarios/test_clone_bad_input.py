@@ -1,0 +1,185 @@
+"""Journey: an operator gets clear errors (and nothing half-done) for every bad input to clone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgmigrator import devcluster
+from tests.conftest import Pair, pgmigrator
+
+
+def _assert_clean_failure(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr, res.stderr
+    assert "\nerror: " in "\n" + res.stderr, res.stderr
+    assert devcluster.PASSWORD not in res.stdout + res.stderr
+    for needle in needles:
+        assert needle in res.stderr, res.stderr
+
+
+def _one_table(pair: Pair) -> None:
+    with pair.src() as conn:
+        conn.execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100) g"
+        )
+
+
+def test_unreachable_wrong_password_missing_database(pair: Pair) -> None:
+    _one_table(pair)
+    closed = f"host=127.0.0.1 port={devcluster.free_port()} user=postgres password={devcluster.PASSWORD} dbname=x connect_timeout=3"
+    _assert_clean_failure(
+        pgmigrator("clone", "--source", closed, "--dest", pair.dest), "cannot connect", "hint:"
+    )
+    wrong = pair.source_cluster.dsn(pair.dbname, password="not-the-password")
+    _assert_clean_failure(
+        pgmigrator("clone", "--source", wrong, "--dest", pair.dest), "authentication failed"
+    )
+    missing = pair.dest_cluster.dsn("no_such_db")
+    _assert_clean_failure(
+        pgmigrator("clone", "--source", pair.source, "--dest", missing), "does not exist"
+    )
+    with pair.src() as conn:  # nothing was left behind on the source
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+
+
+def test_destination_with_rows_is_refused_unless_drop_if_exists(pair: Pair) -> None:
+    _one_table(pair)
+    with pair.dst() as conn:
+        conn.execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'keep me')"
+        )
+    _assert_clean_failure(
+        pgmigrator("clone", "--source", pair.source, "--dest", pair.dest),
+        "public.t (holds rows)",
+        "--drop-if-exists",
+    )
+    with pair.dst() as conn:
+        assert conn.execute("SELECT v FROM t").fetchall() == [("keep me",)]
+    with pair.src() as conn:
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+    res = pgmigrator("clone", "--source", pair.source, "--dest", pair.dest, "--drop-if-exists")
+    assert res.returncode == 0, res.stderr
+    assert pgmigrator("verify", "--source", pair.source, "--dest", pair.dest).returncode == 0
+
+
+def test_pattern_matching_nothing_and_bad_config(pair: Pair, tmp_path: Path) -> None:
+    _one_table(pair)
+    _assert_clean_failure(
+        pgmigrator("clone", "--source", pair.source, "--dest", pair.dest, "--tables", "nope.*"),
+        "matching no table on the source: nope.*",
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workers: -3\nslot: Bad-Slot\nsurprise: 1\n")
+    res = pgmigrator("clone", "--config", str(bad), "--source", pair.source, "--dest", pair.dest)
+    _assert_clean_failure(res, "workers:", "slot:", "surprise: unknown setting")
+    assert res.returncode == 2
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("workers: [1\n")
+    _assert_clean_failure(pgmigrator("config", "check", str(broken)), "not valid YAML", "line")
+
+
+def test_pg_dump_older_than_source(pair: Pair, tmp_path: Path) -> None:
+    _one_table(pair)
+    fake = tmp_path / "pg_dump"
+    fake.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 12.3'\n")
+    fake.chmod(0o755)
+    res = pgmigrator(
+        "clone", "--source", pair.source, "--dest", pair.dest, env={"PGMIGRATOR_PG_DUMP": str(fake)}
+    )
+    _assert_clean_failure(res, "pg_dump 12", "older than the source server")
+
+
+def test_role_without_replication_privilege(pair: Pair) -> None:
+    with pair.src() as conn:
+        conn.execute("DROP ROLE IF EXISTS pgm_norepl")
+        conn.execute("CREATE ROLE pgm_norepl LOGIN PASSWORD 'pw'")
+        conn.execute(
+            f'GRANT ALL ON DATABASE "{pair.dbname}" TO pgm_norepl; GRANT ALL ON SCHEMA public TO pgm_norepl'
+        )
+    src = pair.source_cluster.dsn(pair.dbname, user="pgm_norepl", password="pw")
+    with pair.source_cluster.connect(pair.dbname) as conn:
+        conn.execute("SET ROLE pgm_norepl; CREATE TABLE t (id int PRIMARY KEY); RESET ROLE")
+    try:
+        res = pgmigrator("preflight", "--source", src, "--dest", pair.dest)
+        assert res.returncode == 1
+        assert "BLOCKER" in res.stdout and "neither REPLICATION nor superuser" in res.stdout
+        _assert_clean_failure(
+            pgmigrator("clone", "--source", src, "--dest", pair.dest), "replication"
+        )
+    finally:
+        with pair.src() as conn:
+            conn.execute("DROP TABLE t; DROP OWNED BY pgm_norepl; DROP ROLE pgm_norepl")
+
+
+@pytest.fixture(scope="module")
+def replica_level_cluster() -> Iterator[devcluster.Cluster]:
+    base = Path(tempfile.mkdtemp(prefix="pgm-replica-", dir="/tmp"))
+    cluster = devcluster.Cluster("plain", base, settings={"wal_level": "replica"})
+    cluster.init()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_wal_level_not_logical(replica_level_cluster: devcluster.Cluster, pair: Pair) -> None:
+    with replica_level_cluster.connect() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY)")
+    source = replica_level_cluster.dsn()
+    _assert_clean_failure(
+        pgmigrator("clone", "--source", source, "--dest", pair.dest),
+        "wal_level",
+        "wal_level = logical",
+    )
+    res = pgmigrator("preflight", "--source", source, "--dest", pair.dest, "--json")
+    assert res.returncode == 1
+    assert '"name": "wal_level"' in res.stdout and '"status": "blocker"' in res.stdout
+
+
+@pytest.fixture
+def tiny_tablespace(pair: Pair) -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs for the disk-full case needs root")
+    mount = Path(tempfile.mkdtemp(prefix="pgm-tiny-", dir="/tmp"))
+    mount.chmod(0o755)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6M", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {res.stderr.strip()}")
+    shutil.chown(mount, "postgres", "postgres")
+    with (
+        pair.dest_cluster.connect() as conn
+    ):  # the dump's preamble resets default_tablespace: use the database's own
+        conn.execute(f"CREATE TABLESPACE tiny LOCATION '{mount}'")
+        conn.execute(f'DROP DATABASE "{pair.dbname}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{pair.dbname}" TABLESPACE tiny')
+    try:
+        yield str(mount)
+    finally:
+        with pair.dest_cluster.connect() as conn:
+            conn.execute(f'DROP DATABASE "{pair.dbname}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{pair.dbname}"')
+            conn.execute("DROP TABLESPACE tiny")
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_destination_disk_full_stops_and_reports(pair: Pair, tiny_tablespace: str) -> None:
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE fat (id int PRIMARY KEY, pad text)")
+        conn.execute(
+            "INSERT INTO fat SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 200000) g"
+        )
+    res = pgmigrator("clone", "--source", pair.source, "--dest", pair.dest)
+    _assert_clean_failure(res, "disk full", "--resume")

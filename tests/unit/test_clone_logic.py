@@ -1,0 +1,144 @@
+"""Pure pieces of the clone: chunk planning, table patterns, pg_dump splitting, DSNs, config precedence."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from pgmigrator import config
+from pgmigrator.dsn import Target, redact
+from pgmigrator.errors import ConfigError
+from pgmigrator.pipeline.plan import block_ranges
+from pgmigrator.schema.dump import split, waves
+from pgmigrator.source.catalog import TableInfo, matches, select, unmatched_patterns
+
+
+def _table(schema: str, name: str, root: tuple[str, str] | None = None) -> TableInfo:
+    rs, rn = root or (schema, name)
+    return TableInfo(
+        1, schema, name, "r", root is not None, "p", "d", 0, 0, True, False, rs, rn, ("id",), ()
+    )
+
+
+def test_small_table_is_one_chunk() -> None:
+    assert block_ranges(10 * 8192, threshold_bytes=100 * 8192, chunk_bytes=8192) == [(None, None)]
+
+
+def test_large_table_ranges_are_contiguous_and_last_is_open() -> None:
+    ranges = block_ranges(1000 * 8192, threshold_bytes=100 * 8192, chunk_bytes=300 * 8192)
+    assert ranges[0][0] == 0 and ranges[-1][1] is None
+    for (_, hi), (lo, _) in itertools.pairwise(ranges):
+        assert hi == lo
+    assert len(ranges) == 4
+
+
+def test_patterns_match_schema_table_and_partition_roots() -> None:
+    tables = [
+        _table("public", "orders"),
+        _table("sales", "orders"),
+        _table("public", "events_2024", ("public", "events")),
+    ]
+    assert [t.qualified for t in select(tables, ["orders"], [])] == [
+        "public.orders",
+        "sales.orders",
+    ]
+    assert [t.qualified for t in select(tables, ["public.*"], ["public.orders"])] == [
+        "public.events_2024"
+    ]
+    assert matches(tables[2], ["public.events"])
+    assert unmatched_patterns(tables, ["public.*", "nope.*"]) == ["nope.*"]
+
+
+DUMP = """--
+-- PostgreSQL database dump
+--
+
+\\restrict abc
+SET statement_timeout = 0;
+
+--
+-- Name: t t_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id);
+
+--
+-- Name: u u_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.u ADD CONSTRAINT u_pkey PRIMARY KEY (id);
+
+--
+-- Name: t_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX a ATTACH PARTITION b;
+
+--
+-- Name: u u_fk; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.u ADD CONSTRAINT u_fk FOREIGN KEY (id) REFERENCES public.t(id);
+
+\\unrestrict abc
+"""
+
+
+def test_split_strips_meta_commands_and_round_trips() -> None:
+    script = split(DUMP)
+    assert [e.kind for e in script.entries] == [
+        "CONSTRAINT",
+        "CONSTRAINT",
+        "INDEX ATTACH",
+        "FK CONSTRAINT",
+    ]
+    assert "\\restrict" not in script.text and "\\unrestrict" not in script.text
+    assert "SET statement_timeout" in script.preamble
+    assert [e.kind for e in split(script.text).entries] == [
+        e.kind for e in script.entries
+    ]  # stored, then re-split
+
+
+def test_waves_keep_order_and_group_parallel_kinds() -> None:
+    kinds = [[e.kind for e in wave] for wave in waves(split(DUMP).entries)]
+    assert kinds == [["CONSTRAINT", "CONSTRAINT"], ["INDEX ATTACH"], ["FK CONSTRAINT"]]
+
+
+def test_redaction_hides_passwords_in_both_syntaxes() -> None:
+    for dsn in ("postgresql://u:s3cret@h:5432/db", "host=h password=s3cret dbname=db"):
+        assert "s3cret" not in redact(dsn) and "***" in redact(dsn)
+    assert "s3cret" not in Target("postgresql://u:s3cret@h/db", "source").safe
+    assert redact("this is not a dsn ===") == "<unparsable connection string>"
+
+
+def test_flags_override_env_override_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("workers: 3\nname: fromfile\nlog-level: debug\ncopy:\n  chunk_mb: 64\n")
+    monkeypatch.setenv("PGMIGRATOR_WORKERS", "5")
+    settings = config.load(cfg)
+    assert (settings.workers, settings.name, settings.log_level, settings.copy_.chunk_mb) == (
+        5,
+        "fromfile",
+        "debug",
+        64,
+    )
+    assert config.load(cfg, workers=7).workers == 7
+
+
+def test_invalid_config_names_each_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "workers: zero\nsource: 'host=x password=hunter2 port=notaport'\ntypo_field: 1\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        config.load(cfg)
+    text = str(err.value)
+    assert "workers:" in text and "typo_field: unknown setting" in text
+    assert "hunter2" not in text
+
+
+def test_require_names_flag_and_env() -> None:
+    with pytest.raises(ConfigError, match="--source"):
+        config.load(None).require("source")
