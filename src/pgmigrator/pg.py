@@ -71,6 +71,7 @@ def connect(
         "autocommit": autocommit,
         "connect_timeout": 10,
         "application_name": "pgmigrator",
+        "client_encoding": "UTF8",
     }
     if replication:
         kwargs["replication"] = "database"
