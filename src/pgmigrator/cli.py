@@ -125,11 +125,8 @@ def preflight(
 @click.option(
     "--resume", is_flag=True, help="continue an interrupted clone: copy only unfinished tables"
 )
-@click.option(
-    "--drop-if-exists",
-    is_flag=True,
-    help="drop and recreate destination objects that already exist",
-)
+@click.option("--drop-if-exists", is_flag=True, help="drop and recreate destination objects that already exist")
+@click.option("--follow", "then_follow", is_flag=True, help="after the copy, stream changes until interrupted")
 @handle_errors
 def clone(
     config_file: Path | None,
@@ -137,23 +134,111 @@ def clone(
     exclude: tuple[str, ...],
     resume: bool,
     drop_if_exists: bool,
+    then_follow: bool,
     **flags: Any,
 ) -> None:
-    """Copy schema and rows under one snapshot; keep the slot for a later `follow`."""
+    """Copy schema and rows under one snapshot; keep the slot for `follow` (or go on with --follow)."""
     from pgmigrator.pipeline.clone import Clone, CloneOptions
     from pgmigrator.pipeline.progress import Progress
 
-    settings = load_settings(
-        config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags
-    )
-    result = Clone(
-        settings, CloneOptions(resume=resume, drop_if_exists=drop_if_exists), Progress()
-    ).run()
-    click.echo(
-        f"clone complete: {len(result.tables_copied)} table(s) copied"
-        + (f", {len(result.tables_skipped)} already done" if result.tables_skipped else "")
-        + f"; slot {result.slot} kept for `pgmigrator follow`"
-    )
+    settings = load_settings(config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags)
+    collector = _collector(settings)
+    with _state_file(settings, collector):
+        try:
+            options = CloneOptions(resume=resume, drop_if_exists=drop_if_exists)
+            result = Clone(settings, options, Progress(collector)).run()
+        except PgMigratorError as exc:
+            collector.set_phase("failed")
+            collector.record_error(exc.message, component="clone")
+            raise
+        click.echo(
+            f"clone complete: {len(result.tables_copied)} table(s) copied"
+            + (f", {len(result.tables_skipped)} already done" if result.tables_skipped else "")
+            + ("; following changes" if then_follow else f"; slot {result.slot} kept for `pgmigrator follow`")
+        )
+        if then_follow:
+            _run_follow(settings, collector)
+
+
+def _collector(settings: configmod.Settings) -> Any:
+    from pgmigrator.metrics import Collector
+    from pgmigrator.metrics.logring import CollectorLogHandler
+
+    collector = Collector(settings.name)
+    shown = settings.redacted()
+    collector.update_info({"source": shown["source"], "dest": shown["dest"]})
+    logging.getLogger("pgmigrator").addHandler(CollectorLogHandler(collector, level=logging.INFO))
+    return collector
+
+
+def _state_file(settings: configmod.Settings, collector: Any) -> Any:
+    from pgmigrator.metrics.filewriter import StateFileThread
+    from pgmigrator.metrics.persist import state_path
+
+    return StateFileThread(collector, state_path(settings.name, settings.state_dir))
+
+
+def _run_follow(settings: configmod.Settings, collector: Any) -> None:
+    import asyncio
+    import signal
+
+    from pgmigrator.pipeline.follow import Follow
+
+    follow = Follow(settings, collector)
+
+    async def main_task() -> Any:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, follow.request_stop)
+        return await follow.run()
+
+    try:
+        stats = asyncio.run(main_task())
+    except PgMigratorError as exc:
+        collector.set_phase("failed")
+        collector.record_error(exc.message, component="follow")
+        raise
+    click.echo(f"stopped: {stats.transactions} transaction(s), {stats.rows} row(s) applied up to {follow.applied_lsn}")
+
+
+@main.command()
+@common_options
+@click.option("--slot", help="replication slot name (default pgmigrator_<name>)")
+@click.option("--publication", help="publication name (default pgmigrator_<name>)")
+@handle_errors
+def follow(config_file: Path | None, **flags: Any) -> None:
+    """Stream changes from the slot to the destination until interrupted (resumes where it stopped)."""
+    settings = load_settings(config_file, **flags)
+    collector = _collector(settings)
+    with _state_file(settings, collector):
+        _run_follow(settings, collector)
+
+
+@main.command()
+@click.option("--name", default="default", show_default=True, help="pipeline name")
+@click.option("--state-dir", type=click.Path(path_type=Path), envvar="PGMIGRATOR_STATE_DIR", help="where state files live")
+@click.option("--json", "as_json", is_flag=True, help="print the raw snapshot")
+@click.option("--watch", is_flag=True, help="refresh every 2 s until interrupted")
+@handle_errors
+def status(name: str, state_dir: Path | None, as_json: bool, watch: bool) -> None:
+    """Show a pipeline's state from its state file (works while it runs and after it stopped)."""
+    import time
+
+    from pgmigrator.metrics.format import render_status
+    from pgmigrator.metrics.persist import read_state, state_path
+
+    path = state_path(name, state_dir)
+    while True:
+        state = read_state(path)
+        if as_json:
+            click.echo(orjson.dumps(state.snapshot, option=orjson.OPT_INDENT_2).decode())
+        else:
+            if watch:
+                click.clear()
+            click.echo(render_status(state.snapshot, time.time()))
+        if not watch:
+            return
+        time.sleep(2)  # a display refresh, not a wait for a condition
 
 
 @main.command()

@@ -1,0 +1,173 @@
+"""Writing compacted steps to the destination: VALUES lists, COPY + set-based SQL, single rows.
+
+Three ways to write a `NetEffect`, picked by the applier from its size:
+
+* `write_values`: a few rows; one statement per operation (and per unchanged-TOAST mask) with
+  the rows as a VALUES list of parameters (at most `VALUES_ROWS` rows a statement);
+* `write_staged`: many rows; one COPY into the session's staging table, then DELETE, UPDATE per
+  mask, INSERT and emptying the staging table, sent as one multi-statement query;
+* `copy_inserts`: many inserts and nothing else; COPY straight into the table.
+
+`write_one` applies an update or delete alone (ordered steps, whole-row identity) and `replay`
+applies a run of changes in source order. Statements are built once per table and shape and
+kept, rendered, in the table's cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+
+from pgmigrator.destination import _sql
+from pgmigrator.destination._table import Table
+from pgmigrator.destination.compact import NetEffect, mask_of
+from pgmigrator.errors import ApplyError
+from pgmigrator.events import Delete, Insert, TupleData, Update
+
+Conn = psycopg.Connection[Any]
+Cursor = psycopg.Cursor[Any]
+#: Rows per VALUES statement, at most (and at most 65535 parameters).
+VALUES_ROWS = 64
+
+
+def cached(t: Table, key: tuple[Any, ...], build: Callable[..., Any], *args: Any) -> Any:
+    """``build(t, *args)`` rendered to bytes, built once per table and ``key``."""
+    found = t.cache.get(key)
+    if found is None:
+        built = build(t, *args)
+        if isinstance(built, tuple):
+            head = built[0]
+            found = (None if head is None else head.as_bytes(None), *built[1:])
+        else:
+            found = built.as_bytes(None)
+        t.cache[key] = found
+    return found
+
+
+def _chunks(rows: Sequence[TupleData], width: int) -> list[Sequence[TupleData]]:
+    size = max(1, min(VALUES_ROWS, 65535 // max(width, 1)))
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def write_values(cur: Cursor, t: Table, net: NetEffect) -> None:
+    """Apply a small net effect with VALUES-list statements (deletes, updates, inserts)."""
+    key = t.key
+    for rows in _chunks(net.deletes, len(key)):
+        stmt = cached(t, ("dv", len(rows)), _sql.delete_rows, len(rows))
+        cur.execute(stmt, [r.values[i] for r in rows for i in key])
+    for mask, all_rows in net.updates.items():
+        for rows in _chunks(all_rows, len(t.columns)):
+            n = len(rows)
+            stmt, pos = cached(t, ("uv", mask, n), _sql.update_rows, mask, n, 0)
+            if stmt is not None:
+                cur.execute(stmt, [r.values[i] for r in rows for i in pos])
+    for rows in _chunks(net.inserts, len(t.columns)):
+        stmt = cached(t, ("iv", len(rows)), _sql.insert_rows, len(rows))
+        cur.execute(stmt, [v for r in rows for v in r.values])
+
+
+def write_staged(conn: Conn, t: Table, net: NetEffect) -> None:
+    """Apply a large net effect through the staging table (which must exist)."""
+    masks = list(net.updates)
+    groups = [
+        (b"%d\t" % _sql.OP_DELETE, net.deletes),
+        (b"%d\t" % _sql.OP_INSERT, net.inserts),
+        *((b"%d\t" % (_sql.OP_UPDATE + n), net.updates[m]) for n, m in enumerate(masks)),
+    ]
+    copy(conn, cached(t, ("copy-staging",), _sql.copy_into, True), groups, t)
+    statements: list[bytes] = []
+    if net.deletes:
+        statements.append(cached(t, ("ds",), _sql.delete_rows, None))
+    for n, mask in enumerate(masks):
+        stmt, _ = cached(t, ("us", mask, n), _sql.update_rows, mask, None, _sql.OP_UPDATE + n)
+        if stmt is not None:
+            statements.append(stmt)
+    if net.inserts:
+        statements.append(cached(t, ("is",), _sql.insert_rows, None))
+    statements.append(cached(t, ("ts",), _sql.truncate_staging))
+    if not t.key_indexed:  # no index to drive a nested loop: let the planner hash instead
+        statements = [b"SET enable_hashjoin = on", *statements, b"SET enable_hashjoin = off"]
+    conn.execute(b"; ".join(statements))  # no parameters: one simple-protocol round trip
+
+
+def copy_inserts(conn: Conn, t: Table, rows: Sequence[TupleData]) -> None:
+    """COPY a run of inserts straight into the table."""
+    copy(conn, cached(t, ("copy",), _sql.copy_into, False), [(b"", rows)], t)
+
+
+def copy(
+    conn: Conn, stmt: bytes, groups: Sequence[tuple[bytes, Sequence[TupleData]]], t: Table
+) -> None:
+    payload = _sql.copy_payload(groups, len(t.columns))
+    with conn.cursor().copy(stmt) as cp:
+        cp.write(payload)
+
+
+def create_staging(conn: Conn, t: Table) -> None:
+    conn.execute(_sql.create_staging(t))
+
+
+def replay(conn: Conn, t: Table, changes: Sequence[Insert | Update | Delete]) -> None:
+    """Apply ``changes`` one by one in source order (one pipeline, no per-row round trip)."""
+    with conn.pipeline():
+        cur = conn.cursor()
+        for change in changes:
+            if isinstance(change, Insert):
+                cur.execute(cached(t, ("iv", 1), _sql.insert_rows, 1), change.new.values)
+            else:
+                write_one(cur, t, change)
+
+
+def write_one(cur: Cursor, t: Table, change: Update | Delete) -> None:
+    """Apply one update or delete by key, or by whole old row (REPLICA IDENTITY FULL)."""
+    if t.full:
+        _write_one_full(cur, t, change)
+        return
+    if not t.key:
+        raise ApplyError(
+            f"cannot apply {type(change).__name__.upper()} to {t.name}: the source table "
+            "has no replica identity",
+            hint="give the source table a primary key or a REPLICA IDENTITY",
+        )
+    key = t.key
+    if isinstance(change, Delete):
+        cur.execute(cached(t, ("dv", 1), _sql.delete_rows, 1), [change.old.values[i] for i in key])
+        return
+    new, old = change.new, change.old or change.new
+    if all(old.values[i] == new.values[i] for i in key):
+        write_values(cur, t, NetEffect(updates={mask_of(new): [new]}))
+    elif t.always.intersection(key):
+        _move_identity(cur, t, old, new)
+    else:
+        mask = mask_of(new)
+        stmt, sets = cached(t, ("um", mask), _sql.update_moved, mask)
+        if stmt is not None:
+            cur.execute(stmt, [new.values[i] for i in sets] + [old.values[i] for i in key])
+
+
+def _move_identity(cur: Cursor, t: Table, old: TupleData, new: TupleData) -> None:
+    # UPDATE cannot set a GENERATED ALWAYS column: delete the old row, insert the new one.
+    if b"u" in new.kinds:
+        raise ApplyError(
+            f"{t.name}: cannot move a row to a new GENERATED ALWAYS key while keeping "
+            "unchanged TOAST values",
+            hint="make the identity column GENERATED BY DEFAULT on the destination",
+        )
+    cur.execute(cached(t, ("dv", 1), _sql.delete_rows, 1), [old.values[i] for i in t.key])
+    cur.execute(cached(t, ("iv", 1), _sql.insert_rows, 1), new.values)
+
+
+def _write_one_full(cur: Cursor, t: Table, change: Update | Delete) -> None:
+    old = change.old
+    if old is None:
+        raise ApplyError(f"{t.name}: UPDATE without the old row on a REPLICA IDENTITY FULL table")
+    if isinstance(change, Delete):
+        stmt, where = cached(t, ("dw", old.kinds), _sql.delete_whole_row, old.kinds)
+        cur.execute(stmt, [old.values[i] for i in where])
+        return
+    mask = mask_of(change.new)
+    stmt, sets, where = cached(t, ("uw", old.kinds, mask), _sql.update_whole_row, old.kinds, mask)
+    if stmt is not None:
+        cur.execute(stmt, [change.new.values[i] for i in sets] + [old.values[i] for i in where])

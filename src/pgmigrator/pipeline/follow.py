@@ -1,0 +1,218 @@
+"""``pgmigrator follow``: stream changes from the slot and apply them to the destination, exactly once.
+
+Two tasks share one ordered, bounded queue: the *reader* (event loop) receives XLogData, decodes it
+and turns it into applier commands; the *apply loop* runs the blocking applier on its own thread.
+The destination commits every batch together with the replication origin's LSN; only after that
+commit does the stream's flush position (the slot's confirmed LSN) move. On a retryable failure
+(walsender terminated, source or destination restarted) both sides reconnect with backoff and
+resume from the origin's LSN: nothing is lost and nothing is applied twice. SIGINT/SIGTERM stop
+after the batch in flight, with a final status update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pgmigrator.config import Settings
+from pgmigrator.destination.postgres import PostgresApplier
+from pgmigrator.dsn import Target
+from pgmigrator.errors import PgMigratorError, ReplicationError
+from pgmigrator.log import get_logger
+from pgmigrator.lsn import Lsn
+from pgmigrator.metrics import Collector
+from pgmigrator.metrics.format import format_bytes
+from pgmigrator.pg import connect
+from pgmigrator.pipeline.reader import BatchLimits, Changes, Command, CommitBatch, Reader
+from pgmigrator.pipeline.spill import SpillStore
+from pgmigrator.source.replication import ReplicationStream
+from pgmigrator.source.slots import slot_status
+from pgmigrator.store.state import StateStore
+
+log = get_logger("follow")
+_STOP = object()
+
+
+@dataclass
+class FollowStats:
+    transactions: int = 0
+    rows: int = 0
+    batches: int = 0
+    reconnects: int = 0
+
+
+class Follow:
+    def __init__(self, settings: Settings, collector: Collector | None = None, limits: BatchLimits | None = None) -> None:
+        settings.require("source", "dest")
+        self.settings = settings
+        self.collector = collector or Collector(settings.name)
+        self.limits = limits or BatchLimits()
+        self.source = Target(settings.source or "", "source")
+        self.dest = Target(settings.dest or "", "destination")
+        self.stop_event = asyncio.Event()
+        self.stats = FollowStats()
+        self.applied_lsn = Lsn(0)
+        self._inflight = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    async def run(self) -> FollowStats:
+        slot, publication, sync_lsns = await asyncio.to_thread(self._load_state)
+        self.collector.set_info("slot", slot)
+        delay = 0.5
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    await self._session(slot, publication, sync_lsns)
+                    return self.stats
+                except PgMigratorError as exc:
+                    if not exc.retryable:
+                        raise
+                    self.stats.reconnects += 1
+                    self.collector.record_error(exc.message, component="follow")
+                    log.warning("connection lost, reconnecting", error=exc.message, retry_in_s=round(delay, 1))
+                    await self._sleep(delay)
+                    delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
+            return self.stats
+        finally:
+            self._executor.shutdown(wait=True)
+
+    def _load_state(self) -> tuple[str, str, dict[tuple[str, str], Lsn]]:
+        with connect(self.dest) as dst:
+            store = StateStore(dst, self.settings.name)
+            row = store.load()
+            slot = self.settings.slot or (row.slot if row else self.settings.slot_name)
+            publication = self.settings.publication or (row.publication if row else self.settings.publication_name)
+            sync = {(t.schema, t.name): t.sync_lsn for t in store.tables() if t.sync_lsn is not None} if row else {}
+        with connect(self.source) as src:
+            status = slot_status(src, slot)
+            has_publication = src.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone()
+        if status is None:
+            raise ReplicationError(f"replication slot {slot!r} does not exist on the source",
+                                   hint="run `pgmigrator clone` first (it creates the slot), or pass the right --slot/--name")
+        if not has_publication:
+            raise ReplicationError(f"publication {publication!r} does not exist on the source",
+                                   hint="create it (`pgmigrator clone` does) or pass the right --publication")
+        if status.active:
+            raise ReplicationError(f"replication slot {slot!r} is in use by another consumer (walsender PID {status.active_pid})",
+                                   hint="stop the other `pgmigrator follow` (or subscriber) using this slot, or use another --name")
+        self.applied_lsn = max(self.applied_lsn, status.confirmed_flush or Lsn(0))
+        if row is not None:
+            with connect(self.dest) as dst:
+                StateStore(dst, self.settings.name).set_phase("streaming")
+        return slot, publication, {k: v for k, v in sync.items() if v is not None}
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stop_event.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _session(self, slot: str, publication: str, sync_lsns: dict[tuple[str, str], Lsn]) -> None:
+        loop = asyncio.get_running_loop()
+        applier = PostgresApplier(self.dest, self.settings.origin_name, collector=self.collector)
+        stream = ReplicationStream(self.source, slot, publication)
+        spill = SpillStore()
+        try:
+            origin = await loop.run_in_executor(self._executor, applier.start)
+            start = max(self.applied_lsn, origin)  # the slot never starts before its confirmed position
+            self.applied_lsn = start
+            await loop.run_in_executor(self._executor, stream.open, start)
+            self.collector.set_phase("streaming")
+            self.collector.set_health("source", "ok")
+            self.collector.set_health("destination", "ok")
+            queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
+            out: list[Command] = []
+            reader = Reader(out.append, sync_lsns, spill, self.limits)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    apply_task = group.create_task(self._apply_loop(applier, stream, queue))
+                    await self._read_loop(stream, reader, out, queue, apply_task)
+            except BaseExceptionGroup as group_error:
+                raise _first_error(group_error) from None
+            stream.send_status()
+        finally:
+            self.collector.set_health("source", "down" if not self.stop_event.is_set() else "ok")
+            stream.close()
+            await loop.run_in_executor(self._executor, applier.close)
+            spill.close()
+
+    async def _read_loop(self, stream: ReplicationStream, reader: Reader, out: list[Command], queue: asyncio.Queue[Any],
+                         apply_task: asyncio.Task[None]) -> None:
+        last_report = time.monotonic()
+        while not self.stop_event.is_set() and not apply_task.done():
+            msg = await stream.next(timeout=0.05 if not reader.idle else 1.0)
+            if msg is None:
+                reader.flush()
+            else:
+                reader.feed(msg.data, msg.wal_end)
+            for cmd in out:  # a bounded queue: when the applier lags, we stop reading (the slot is the buffer)
+                await queue.put(cmd)
+            out.clear()
+            stream.idle = reader.idle and queue.empty() and self._inflight == 0
+            if time.monotonic() - last_report >= 5.0:
+                last_report = time.monotonic()
+                self._report(stream)
+        await queue.put(_STOP)
+
+    async def _apply_loop(self, applier: PostgresApplier, stream: ReplicationStream, queue: asyncio.Queue[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        in_txn = False
+        while (cmd := await queue.get()) is not _STOP:
+            self._inflight = 1
+            if isinstance(cmd, Changes):
+                if not in_txn:
+                    await loop.run_in_executor(self._executor, applier.begin)
+                    in_txn = True
+                await loop.run_in_executor(self._executor, applier.apply, cmd.changes)
+            elif isinstance(cmd, CommitBatch):
+                if not in_txn:
+                    await loop.run_in_executor(self._executor, applier.begin)
+                await loop.run_in_executor(self._executor, applier.commit, cmd.end_lsn, cmd.commit_time)
+                in_txn = False
+                self._committed(cmd, stream)
+            else:
+                await loop.run_in_executor(self._executor, applier.relation, cmd)
+            self._inflight = 0
+        if in_txn:  # a source transaction was cut by the stop: roll it back, the slot resends it
+            await loop.run_in_executor(self._executor, applier.rollback)
+
+    def _committed(self, cmd: CommitBatch, stream: ReplicationStream) -> None:
+        self.applied_lsn = cmd.end_lsn
+        if cmd.end_lsn > stream.flushed:
+            stream.flushed = cmd.end_lsn
+        self.stats.transactions += cmd.transactions
+        self.stats.rows += cmd.rows
+        self.stats.batches += 1
+        self.collector.add_rows(cmd.rows)
+        self.collector.set_lsns(applied=cmd.end_lsn, confirmed=stream.flushed, latest=stream.received)
+
+    def _report(self, stream: ReplicationStream) -> None:
+        lag = max(0, stream.received - max(self.applied_lsn, stream.flushed))
+        self.collector.set_lsns(applied=self.applied_lsn, confirmed=stream.flushed, latest=stream.received)
+        snap = self.collector.snapshot()
+        log.info("streaming", applied_lsn=str(self.applied_lsn), lag=format_bytes(lag), rows_per_s=round(snap["rows_per_s"]),
+                 transactions=self.stats.transactions, rows=self.stats.rows)
+
+
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to act on from a task group: ours first (it knows whether to retry), else the first."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, PgMigratorError)), leaves[0])

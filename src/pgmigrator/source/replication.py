@@ -1,0 +1,172 @@
+"""The logical replication stream: START_REPLICATION over psycopg's low-level ``pgconn``.
+
+Only the low-level connection can carry COPY_BOTH; it runs non-blocking under asyncio (the socket
+is watched with ``add_reader``). Keepalives that request a reply are answered at once; a standby
+status update (write / flush / apply) also goes out every ``status_interval`` seconds. ``flushed``
+is set by the consumer to what the destination has durably committed and never moves backwards:
+the slot may only discard WAL the destination already has (DESIGN.md rules 3 and 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psycopg
+from psycopg import pq, sql
+
+from pgmigrator.dsn import Target
+from pgmigrator.errors import ReplicationError, RetryableReplicationError
+from pgmigrator.log import get_logger
+from pgmigrator.lsn import Lsn
+from pgmigrator.pg import Conn, connect
+from pgmigrator.protocol import PrimaryKeepalive, XLogData, build_standby_status_update, parse_copy_data
+
+log = get_logger("replication")
+
+
+class ReplicationStream:
+    def __init__(self, target: Target, slot: str, publication: str, *, status_interval: float = 10.0,
+                 streaming: bool = True) -> None:
+        self.target = target
+        self.slot = slot
+        self.publication = publication
+        self.status_interval = status_interval
+        self.streaming = streaming
+        self.conn: Conn | None = None
+        self.received = Lsn(0)  # highest WAL position seen (XLogData or keepalive)
+        self.flushed = Lsn(0)  # what the destination committed: the slot's confirmed flush
+        self.idle = False  # set by the consumer when it holds nothing unapplied
+        self._last_status = 0.0
+
+    def open(self, start_lsn: Lsn) -> None:
+        """Connect and start streaming from ``start_lsn`` (blocking: done once per connection)."""
+        self.conn = connect(self.target, replication=True)
+        pgconn = self.conn.pgconn
+        options = [("proto_version", "2"), ("publication_names", self.publication), ("messages", "true")]
+        if self.streaming:
+            options.append(("streaming", "on"))
+        opts = ", ".join(f"{k} {_quote_literal(v)}" for k, v in options)
+        ident = sql.Identifier(self.slot).as_string(self.conn)
+        command = f"START_REPLICATION SLOT {ident} LOGICAL {start_lsn} ({opts})"
+        pgconn.send_query(command.encode())
+        res = pgconn.get_result()
+        if res is None or res.status != pq.ExecStatus.COPY_BOTH:
+            self.close()
+            raise _start_error(self.slot, self.publication, res)
+        pgconn.nonblocking = 1
+        self.flushed = max(self.flushed, start_lsn)
+        self.received = max(self.received, start_lsn)
+        log.info("streaming", slot=self.slot, publication=self.publication, start_lsn=str(start_lsn))
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def send_status(self, reply: bool = False) -> None:
+        """Report write/flush/apply positions to the walsender (flush never passes ``flushed``)."""
+        if self.conn is None:
+            return
+        pgconn = self.conn.pgconn
+        msg = build_standby_status_update(max(self.received, self.flushed), self.flushed, self.flushed, reply_requested=reply)
+        try:
+            if pgconn.put_copy_data(msg) != 1:
+                raise RetryableReplicationError(f"cannot send status to the source: {pgconn.get_error_message()}")
+            while pgconn.flush() == 1:
+                time.sleep(0.001)
+        except psycopg.Error as exc:
+            raise RetryableReplicationError(f"replication connection lost while sending status: {exc}") from exc
+        self._last_status = time.monotonic()
+
+    async def next(self, timeout: float) -> XLogData | None:
+        """The next XLogData, or None when nothing arrived within ``timeout`` seconds."""
+        assert self.conn is not None, "open() first"
+        pgconn = self.conn.pgconn
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                n, data = pgconn.get_copy_data(1)
+            except psycopg.Error as exc:
+                raise RetryableReplicationError(f"replication connection lost: {exc}") from exc
+            if n > 0:
+                msg = parse_copy_data(data)
+                if isinstance(msg, XLogData):
+                    if msg.wal_end > self.received:
+                        self.received = msg.wal_end
+                    return msg
+                self._keepalive(msg)
+                continue
+            if n < 0:
+                raise self._stream_end()
+            if time.monotonic() - self._last_status >= self.status_interval:
+                self.send_status()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            await _wait_readable(pgconn.socket, min(remaining, self.status_interval))
+            try:
+                pgconn.consume_input()
+            except psycopg.Error as exc:
+                raise RetryableReplicationError(f"replication connection lost: {str(exc).strip()}") from exc
+
+    def _keepalive(self, msg: PrimaryKeepalive) -> None:
+        if msg.wal_end > self.received:
+            self.received = msg.wal_end
+        if self.idle and msg.wal_end > self.flushed:
+            self.flushed = msg.wal_end  # nothing of ours is pending: let an idle slot advance
+        if msg.reply_requested:
+            self.send_status()
+
+    def _stream_end(self) -> ReplicationError:
+        assert self.conn is not None
+        res = self.conn.pgconn.get_result()
+        if res is not None and res.status == pq.ExecStatus.FATAL_ERROR:
+            err = _result_error(res, self.slot, self.publication)
+            return err
+        return RetryableReplicationError("the source ended the replication stream",
+                                         hint="the walsender was terminated or the server restarted: reconnecting resumes from the last flushed LSN")
+
+
+async def _wait_readable(fd: int, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await asyncio.wait_for(fut, timeout)
+    except TimeoutError:
+        pass
+    finally:
+        loop.remove_reader(fd)
+
+
+def _quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _result_error(res: pq.abc.PGresult, slot: str, publication: str) -> ReplicationError:
+    state = (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
+    text = (res.error_message or b"").decode(errors="replace").strip()
+    if state == "42704" and "slot" in text:
+        return ReplicationError(f"replication slot {slot!r} does not exist on the source",
+                                hint="run `pgmigrator clone` first (it creates the slot), or pass the right --slot/--name")
+    if state == "55006":
+        return ReplicationError(f"replication slot {slot!r} is in use by another consumer: {text}",
+                                hint="stop the other `follow` (or subscriber) using this slot, or use another --name")
+    if state == "42704" and "publication" in text:
+        return ReplicationError(f"publication {publication!r} does not exist on the source",
+                                hint="create it (`pgmigrator clone` does) or pass the right --publication")
+    if state[:2] in ("57", "08"):
+        return RetryableReplicationError(f"source: {text}")
+    return ReplicationError(f"source replication error: {text} (SQLSTATE {state})")
+
+
+def _start_error(slot: str, publication: str, res: pq.abc.PGresult | None) -> ReplicationError:
+    if res is None:
+        return RetryableReplicationError("the source closed the connection before streaming started")
+    return _result_error(res, slot, publication)

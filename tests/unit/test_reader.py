@@ -1,0 +1,117 @@
+"""The reader: batching across source transactions, commit boundaries, sync LSNs, streamed spill."""
+
+from __future__ import annotations
+
+from pgmigrator.events import (
+    Begin, Column, Commit, Insert, Relation, StreamAbort, StreamCommit, StreamStart, StreamStop, TupleData,
+)
+from pgmigrator.lsn import Lsn
+from pgmigrator.pipeline.reader import BatchLimits, Changes, Command, CommitBatch, Reader
+from pgmigrator.pipeline.spill import SpillStore
+
+from .pgoutput_encoder import encode
+
+REL = Relation(16384, "public", "t", "d", (Column(1, "id", 23, -1),))
+OTHER = Relation(16385, "public", "resynced", "d", (Column(1, "id", 23, -1),))
+
+
+def row(i: int) -> TupleData:
+    return TupleData(b"t", (str(i).encode(),))
+
+
+def make(limits: BatchLimits | None = None, sync: dict[tuple[str, str], Lsn] | None = None) -> tuple[Reader, list[Command]]:
+    out: list[Command] = []
+    reader = Reader(out.append, sync or {}, SpillStore(), limits or BatchLimits(max_rows=1000, max_ms=10_000, chunk_rows=3))
+    return reader, out
+
+
+def feed(reader: Reader, msg: object, wal_end: int = 10**9) -> None:
+    reader.feed(memoryview(encode(msg)), Lsn(wal_end))  # type: ignore[arg-type]
+
+
+def txn(reader: Reader, final: int, rows: range, rel: Relation = REL, wal_end: int = 10**9) -> None:
+    feed(reader, Begin(Lsn(final), 0, final))
+    for i in rows:
+        feed(reader, Insert(rel.oid, row(i)))
+    feed(reader, Commit(0, Lsn(final), Lsn(final + 1), 0), wal_end)
+
+
+def inserted(out: list[Command]) -> list[int]:
+    return [int(c.new.values[0]) for cmd in out if isinstance(cmd, Changes) for c in cmd.changes]  # type: ignore[union-attr,arg-type]
+
+
+def test_backlog_batches_many_transactions_into_one_commit() -> None:
+    reader, out = make()
+    feed(reader, REL)
+    for n in range(5):
+        txn(reader, 100 + n * 10, range(n * 2, n * 2 + 2))
+    assert not any(isinstance(c, CommitBatch) for c in out)  # still behind: keep batching
+    reader.flush()
+    commits = [c for c in out if isinstance(c, CommitBatch)]
+    assert commits == [CommitBatch(Lsn(141), 0, 5, 10)]
+    assert inserted(out) == list(range(10))
+    assert max(len(c.changes) for c in out if isinstance(c, Changes)) <= 3  # memory bounded by chunk_rows
+
+
+def test_caught_up_commits_at_once() -> None:
+    reader, out = make()
+    feed(reader, REL)
+    txn(reader, 100, range(2), wal_end=101)
+    assert isinstance(out[-1], CommitBatch) and out[-1].end_lsn == Lsn(101)
+
+
+def test_never_commits_inside_an_open_transaction() -> None:
+    reader, out = make()
+    feed(reader, REL)
+    txn(reader, 100, range(1))
+    feed(reader, Begin(Lsn(200), 0, 7))
+    for i in range(5):
+        feed(reader, Insert(REL.oid, row(i)))
+    reader.flush()  # an idle timeout in the middle of a transaction
+    assert not any(isinstance(c, CommitBatch) for c in out)
+    feed(reader, Commit(0, Lsn(200), Lsn(201), 0))
+    reader.flush()
+    assert [c.end_lsn for c in out if isinstance(c, CommitBatch)] == [Lsn(201)]
+
+
+def test_changes_before_a_tables_sync_lsn_are_skipped() -> None:
+    reader, out = make(sync={("public", "resynced"): Lsn(150)})
+    feed(reader, REL)
+    feed(reader, OTHER)
+    txn(reader, 100, range(3), rel=OTHER)  # committed before the table's snapshot: already copied
+    txn(reader, 110, range(3, 4), rel=REL)  # other tables are not affected
+    txn(reader, 150, range(10, 12), rel=OTHER)  # at or after the sync LSN: applied
+    reader.flush()
+    assert inserted(out) == [3, 10, 11]
+    assert reader.skipped_rows == 3
+
+
+def test_streamed_transaction_spills_and_drops_aborted_subtransaction() -> None:
+    reader, out = make()
+    feed(reader, REL)
+    feed(reader, StreamStart(900, True))
+    feed(reader, Insert(REL.oid, row(1), xid=900))
+    feed(reader, Insert(REL.oid, row(2), xid=901))  # subtransaction 901
+    feed(reader, StreamStop())
+    txn(reader, 100, range(50, 51))  # an ordinary transaction interleaved
+    feed(reader, StreamStart(900, False))
+    feed(reader, Insert(REL.oid, row(3), xid=902))
+    feed(reader, StreamStop())
+    feed(reader, StreamAbort(900, 902))  # only subtransaction 902 rolled back
+    assert reader.spill.open_transactions() == 1 and not reader.idle
+    feed(reader, StreamCommit(900, 0, Lsn(300), Lsn(301), 0))
+    reader.flush()
+    assert inserted(out) == [50, 1, 2]
+    assert [c.end_lsn for c in out if isinstance(c, CommitBatch)] == [Lsn(301)]
+    assert reader.spill.open_transactions() == 0 and reader.idle
+
+
+def test_whole_streamed_transaction_abort_leaves_nothing() -> None:
+    reader, out = make()
+    feed(reader, REL)
+    feed(reader, StreamStart(900, True))
+    feed(reader, Insert(REL.oid, row(1), xid=900))
+    feed(reader, StreamStop())
+    feed(reader, StreamAbort(900, 900))
+    reader.flush()
+    assert inserted(out) == [] and reader.spill.open_transactions() == 0
