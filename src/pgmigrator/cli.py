@@ -125,8 +125,14 @@ def preflight(
 @click.option(
     "--resume", is_flag=True, help="continue an interrupted clone: copy only unfinished tables"
 )
-@click.option("--drop-if-exists", is_flag=True, help="drop and recreate destination objects that already exist")
-@click.option("--follow", "then_follow", is_flag=True, help="after the copy, stream changes until interrupted")
+@click.option(
+    "--drop-if-exists",
+    is_flag=True,
+    help="drop and recreate destination objects that already exist",
+)
+@click.option(
+    "--follow", "then_follow", is_flag=True, help="after the copy, stream changes until interrupted"
+)
 @handle_errors
 def clone(
     config_file: Path | None,
@@ -141,7 +147,9 @@ def clone(
     from pgmigrator.pipeline.clone import Clone, CloneOptions
     from pgmigrator.pipeline.progress import Progress
 
-    settings = load_settings(config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags)
+    settings = load_settings(
+        config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags
+    )
     collector = _collector(settings)
     with _state_file(settings, collector):
         try:
@@ -154,7 +162,11 @@ def clone(
         click.echo(
             f"clone complete: {len(result.tables_copied)} table(s) copied"
             + (f", {len(result.tables_skipped)} already done" if result.tables_skipped else "")
-            + ("; following changes" if then_follow else f"; slot {result.slot} kept for `pgmigrator follow`")
+            + (
+                "; following changes"
+                if then_follow
+                else f"; slot {result.slot} kept for `pgmigrator follow`"
+            )
         )
         if then_follow:
             _run_follow(settings, collector)
@@ -198,7 +210,9 @@ def _run_follow(settings: configmod.Settings, collector: Any) -> None:
         collector.set_phase("failed")
         collector.record_error(exc.message, component="follow")
         raise
-    click.echo(f"stopped: {stats.transactions} transaction(s), {stats.rows} row(s) applied up to {follow.applied_lsn}")
+    click.echo(
+        f"stopped: {stats.transactions} transaction(s), {stats.rows} row(s) applied up to {follow.applied_lsn}"
+    )
 
 
 @main.command()
@@ -216,7 +230,12 @@ def follow(config_file: Path | None, **flags: Any) -> None:
 
 @main.command()
 @click.option("--name", default="default", show_default=True, help="pipeline name")
-@click.option("--state-dir", type=click.Path(path_type=Path), envvar="PGMIGRATOR_STATE_DIR", help="where state files live")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    envvar="PGMIGRATOR_STATE_DIR",
+    help="where state files live",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the raw snapshot")
 @click.option("--watch", is_flag=True, help="refresh every 2 s until interrupted")
 @handle_errors

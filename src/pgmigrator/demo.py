@@ -1,64 +1,134 @@
 """``pgmigrator demo`` (``make demo``): a real migration between two throwaway local clusters.
 
 Starts a source and a destination cluster under a project-local folder, loads pgbench tables plus
-the sample schema with varied types, then runs preflight, clone (with live progress) and verify.
+the sample schema with varied types, runs preflight and clone (with live progress), then streams
+live changes with ``follow`` while pgbench writes to the source, waits until the destination has
+caught up, and verifies both sides are equal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import click
 
 from pgmigrator import devcluster, sample
-from pgmigrator.config import load
+from pgmigrator.config import Settings, load
 from pgmigrator.dsn import Target
+from pgmigrator.metrics import Collector
 from pgmigrator.pipeline import preflight, verify
 from pgmigrator.pipeline.clone import Clone, CloneOptions
+from pgmigrator.pipeline.follow import Follow
 from pgmigrator.pipeline.progress import Progress
 
 
-def run_demo(base: Path, scale: int, keep: bool) -> None:
+def run_demo(base: Path, scale: int, keep: bool, live_seconds: int = 10) -> None:
     if base.exists():
         for name in ("source", "dest"):
-            devcluster.Cluster(name, base).stop("immediate") if (
-                base / name / "data"
-            ).exists() else None
+            if (base / name / "data").exists():
+                devcluster.Cluster(name, base).stop("immediate")
         shutil.rmtree(base)
     click.echo(f"starting two throwaway PostgreSQL clusters in {base} ...")
     src_cluster, dst_cluster = devcluster.start_pair(base)
     try:
-        source = src_cluster.create_database("app")
-        dest = dst_cluster.create_database("app")
+        source, dest = src_cluster.create_database("app"), dst_cluster.create_database("app")
         click.echo(
             f"loading sample data: pgbench scale {scale} plus a schema with varied types ..."
         )
         src_cluster.pgbench("app", "-i", "-q", "-s", str(scale))
         with src_cluster.connect("app") as conn:
             sample.load(conn, rows=20000)
+            conn.execute("CREATE TABLE demo_marker (id int PRIMARY KEY)")
         click.echo("\n== preflight ==")
         click.echo(
             preflight.render(preflight.run(Target(source, "source"), Target(dest, "destination")))
         )
         click.echo("\n== clone ==")
-        settings = load(None, source=source, dest=dest, name="demo")
-        result = Clone(settings, CloneOptions(), Progress()).run()
+        settings = load(None, source=source, dest=dest, name="demo", state_dir=base / "state")
+        collector = Collector("demo")
+        result = Clone(settings, CloneOptions(), Progress(collector)).run()
         click.echo(
             f"copied {len(result.tables_copied)} tables, {result.rows:,} rows; slot {result.slot} at {result.consistent_lsn}"
         )
+        click.echo(
+            f"\n== follow: streaming live changes while pgbench writes for {live_seconds} s =="
+        )
+        asyncio.run(_follow_live(settings, collector, src_cluster, dst_cluster, live_seconds))
         click.echo("\n== verify ==")
         click.echo(
             verify.render(verify.verify(Target(source, "source"), Target(dest, "destination")))
         )
         if keep:
             click.echo(
-                f"\nclusters left running:\n  source: {devcluster.Cluster('source', base, port=src_cluster.port).dsn('app', password=None)}"
-                f"\n  dest:   {devcluster.Cluster('dest', base, port=dst_cluster.port).dsn('app', password=None)}"
-                f"\n  (password in {__name__}: devcluster.PASSWORD; stop with `pg_ctl -D {base}/source/data stop`)"
+                f"\nclusters left running: source port {src_cluster.port}, destination port {dst_cluster.port}, "
+                f"user postgres, database app (password: see pgmigrator.devcluster.PASSWORD)"
             )
     finally:
         if not keep:
             src_cluster.destroy()
             dst_cluster.destroy()
             shutil.rmtree(base, ignore_errors=True)
+
+
+async def _follow_live(
+    settings: Settings,
+    collector: Collector,
+    src: devcluster.Cluster,
+    dst: devcluster.Cluster,
+    seconds: int,
+) -> None:
+    follow = Follow(settings, collector)
+    task = asyncio.create_task(follow.run())
+    bench = await asyncio.to_thread(
+        subprocess.Popen,
+        _pgbench_cmd(src, seconds),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={"PGPASSWORD": devcluster.PASSWORD},
+    )
+    while bench.poll() is None:
+        await asyncio.sleep(1)
+        snap = collector.snapshot()
+        click.echo(
+            f"  applied {snap['applied_lsn']}  lag {snap['lag_formatted']}  {snap['rows_per_s']:.0f} rows/s"
+        )
+    with src.connect("app") as conn:
+        conn.execute("INSERT INTO demo_marker VALUES (1)")
+    started = time.monotonic()
+    while not await asyncio.to_thread(_marker_seen, dst):
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.2)
+    click.echo(
+        f"  caught up {time.monotonic() - started:.1f} s after the writes stopped: "
+        f"{follow.stats.transactions:,} transactions, {follow.stats.rows:,} rows applied"
+    )
+    follow.request_stop()
+    await task
+
+
+def _pgbench_cmd(src: devcluster.Cluster, seconds: int) -> list[str]:
+    return [
+        str(src.bindir / "pgbench"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(src.port),
+        "-U",
+        devcluster.SUPERUSER,
+        "-c",
+        "2",
+        "-T",
+        str(seconds),
+        "-n",
+        "app",
+    ]
+
+
+def _marker_seen(dst: devcluster.Cluster) -> bool:
+    with dst.connect("app") as conn:
+        return bool(conn.execute("SELECT 1 FROM demo_marker").fetchone())

@@ -203,18 +203,27 @@ def test_destination_connection_dropped_mid_copy_is_retried(pair: Pair) -> None:
 
 def test_status_reads_the_state_file_after_the_run(pair: Pair, tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pair.src() as conn:
-        conn.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 500)")
+        conn.execute(
+            "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 500)"
+        )
     env = {"PGMIGRATOR_STATE_DIR": str(tmp_path)}
     res = pgmigrator("status", "--name", "st", env=env)
     assert res.returncode == 1 and "no state file" in res.stderr and "Traceback" not in res.stderr
-    assert pgmigrator("clone", "--name", "st", "--source", pair.source, "--dest", pair.dest, env=env).returncode == 0
+    assert (
+        pgmigrator(
+            "clone", "--name", "st", "--source", pair.source, "--dest", pair.dest, env=env
+        ).returncode
+        == 0
+    )
     import json
 
     res = pgmigrator("status", "--name", "st", "--json", env=env)
     assert res.returncode == 0, res.stderr
     snap = json.loads(res.stdout)
     assert snap["phase"] == "done" and snap["pipeline"] == "st"
-    assert [(t["name"], t["state"], t["rows_copied"]) for t in snap["tables"]] == [("t", "copied", 500)]
+    assert [(t["name"], t["state"], t["rows_copied"]) for t in snap["tables"]] == [
+        ("t", "copied", 500)
+    ]
     assert "pgm-secret" not in res.stdout  # DSNs in the state file are redacted
     human = pgmigrator("status", "--name", "st", env=env).stdout
     assert "phase" in human and "public.t" in human

@@ -47,7 +47,11 @@ def _wait_marker(pair: Pair, value: str, timeout: float = 120) -> None:
 def _wait_streaming(pair: Pair) -> None:
     def active() -> bool:
         with pair.src() as conn:
-            return bool(conn.execute("SELECT count(*) FROM pg_replication_slots WHERE active AND database = current_database()").fetchone()[0])
+            return bool(
+                conn.execute(
+                    "SELECT count(*) FROM pg_replication_slots WHERE active AND database = current_database()"
+                ).fetchone()[0]
+            )
 
     wait_for(active, timeout=120, what="the follower's walsender")
 
@@ -74,10 +78,14 @@ def _verify(pair: Pair) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_clone_follow_under_workload_converges(pair: Pair, follower: list[subprocess.Popen[str]]) -> None:
+def test_clone_follow_under_workload_converges(
+    pair: Pair, follower: list[subprocess.Popen[str]]
+) -> None:
     _load(pair)
     with pair.src() as conn:
-        conn.execute("ALTER SYSTEM SET logical_decoding_work_mem = '64kB'")  # force streamed transactions
+        conn.execute(
+            "ALTER SYSTEM SET logical_decoding_work_mem = '64kB'"
+        )  # force streamed transactions
         conn.execute("SELECT pg_reload_conf()")
     stop = threading.Event()
 
@@ -96,8 +104,12 @@ def test_clone_follow_under_workload_converges(pair: Pair, follower: list[subpro
             for stmt in WORKLOAD:
                 conn.execute(stmt.replace("%%", "%"))
             conn.execute("BEGIN")
-            conn.execute("INSERT INTO sales.orders (customer_id, amount) SELECT 1 + g % 200, 1 FROM generate_series(1, 250000) g")
-            conn.execute("SAVEPOINT s1; INSERT INTO no_key SELECT g, 'aborted' FROM generate_series(1, 1000) g; ROLLBACK TO s1")
+            conn.execute(
+                "INSERT INTO sales.orders (customer_id, amount) SELECT 1 + g % 200, 1 FROM generate_series(1, 250000) g"
+            )
+            conn.execute(
+                "SAVEPOINT s1; INSERT INTO no_key SELECT g, 'aborted' FROM generate_series(1, 1000) g; ROLLBACK TO s1"
+            )
             conn.execute("COMMIT")
     finally:
         stop.set()
@@ -108,17 +120,28 @@ def test_clone_follow_under_workload_converges(pair: Pair, follower: list[subpro
     _marker(pair, "done")
     _wait_marker(pair, "done", timeout=180)
     _verify(pair)
+    with open(
+        f"/proc/{proc.pid}/status"
+    ) as fh:  # peak RSS of the follower, streamed 250k-row transaction included
+        peak_kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    assert peak_kib < 300 * 1024, f"peak RSS {peak_kib} KiB"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     with pair.src() as conn:  # the final feedback moved the slot to what was applied
-        confirmed = conn.execute("SELECT confirmed_flush_lsn FROM pg_replication_slots").fetchone()[0]
+        confirmed = conn.execute("SELECT confirmed_flush_lsn FROM pg_replication_slots").fetchone()[
+            0
+        ]
     with pair.dst() as conn:
-        origin = conn.execute("SELECT pg_replication_origin_progress('pgmigrator_default', true)").fetchone()[0]
+        origin = conn.execute(
+            "SELECT pg_replication_origin_progress('pgmigrator_default', true)"
+        ).fetchone()[0]
     assert confirmed is not None and origin is not None
 
 
-def test_kill_9_while_streaming_then_follow_resumes_exactly(pair: Pair, follower: list[subprocess.Popen[str]]) -> None:
+def test_kill_9_while_streaming_then_follow_resumes_exactly(
+    pair: Pair, follower: list[subprocess.Popen[str]]
+) -> None:
     _load(pair)
     assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
     proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
@@ -126,7 +149,9 @@ def test_kill_9_while_streaming_then_follow_resumes_exactly(pair: Pair, follower
     with pair.src() as conn:
         for i in range(200):
             conn.execute("INSERT INTO no_key VALUES (%s, 'k9')", (i,))
-            conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = %s", (i + 1,))
+            conn.execute(
+                "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = %s", (i + 1,)
+            )
 
     def some_applied() -> bool:
         with pair.dst() as conn:
@@ -144,7 +169,9 @@ def test_kill_9_while_streaming_then_follow_resumes_exactly(pair: Pair, follower
     _verify(pair)  # keyless table included: nothing applied twice
 
 
-def test_walsender_terminated_and_destination_restarted(pair: Pair, follower: list[subprocess.Popen[str]]) -> None:
+def test_walsender_terminated_and_destination_restarted(
+    pair: Pair, follower: list[subprocess.Popen[str]]
+) -> None:
     _load(pair)
     proc = start_pgmigrator("clone", "--follow", "--source", pair.source, "--dest", pair.dest)
     follower.append(proc)
@@ -152,8 +179,15 @@ def test_walsender_terminated_and_destination_restarted(pair: Pair, follower: li
     _marker(pair, "start")
     _wait_marker(pair, "start")
     with pair.src() as conn:
-        assert conn.execute("SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE active").fetchone()[0] == 1
-        conn.execute("INSERT INTO no_key SELECT g, 'after-terminate' FROM generate_series(1, 100) g")
+        assert (
+            conn.execute(
+                "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE active"
+            ).fetchone()[0]
+            == 1
+        )
+        conn.execute(
+            "INSERT INTO no_key SELECT g, 'after-terminate' FROM generate_series(1, 100) g"
+        )
     _marker(pair, "after-terminate")
     _wait_marker(pair, "after-terminate")
     pair.dest_cluster.restart()
@@ -167,9 +201,13 @@ def test_walsender_terminated_and_destination_restarted(pair: Pair, follower: li
 
 def test_follow_bad_input(pair: Pair, follower: list[subprocess.Popen[str]]) -> None:
     with pair.src() as conn:
-        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE marker (v text PRIMARY KEY)")
+        conn.execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE marker (v text PRIMARY KEY)"
+        )
     res = pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
-    assert res.returncode == 1 and "slot 'pgmigrator_default' does not exist" in res.stderr, res.stderr
+    assert res.returncode == 1 and "slot 'pgmigrator_default' does not exist" in res.stderr, (
+        res.stderr
+    )
     assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
 
     proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
@@ -182,7 +220,9 @@ def test_follow_bad_input(pair: Pair, follower: list[subprocess.Popen[str]]) -> 
     proc.wait(timeout=60)
     assert proc.returncode == 0
 
-    res = pgmigrator("follow", "--source", pair.source, "--dest", pair.dest, "--publication", "nope")
+    res = pgmigrator(
+        "follow", "--source", pair.source, "--dest", pair.dest, "--publication", "nope"
+    )
     assert res.returncode == 1 and "publication 'nope' does not exist" in res.stderr, res.stderr
 
     with pair.dst() as conn:

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from pgmigrator.events import (
-    Begin, Column, Commit, Insert, Relation, StreamAbort, StreamCommit, StreamStart, StreamStop, TupleData,
+    Begin,
+    Column,
+    Commit,
+    Insert,
+    Relation,
+    StreamAbort,
+    StreamCommit,
+    StreamStart,
+    StreamStop,
+    TupleData,
 )
 from pgmigrator.lsn import Lsn
 from pgmigrator.pipeline.reader import BatchLimits, Changes, Command, CommitBatch, Reader
@@ -19,9 +28,16 @@ def row(i: int) -> TupleData:
     return TupleData(b"t", (str(i).encode(),))
 
 
-def make(limits: BatchLimits | None = None, sync: dict[tuple[str, str], Lsn] | None = None) -> tuple[Reader, list[Command]]:
+def make(
+    limits: BatchLimits | None = None, sync: dict[tuple[str, str], Lsn] | None = None
+) -> tuple[Reader, list[Command]]:
     out: list[Command] = []
-    reader = Reader(out.append, sync or {}, SpillStore(), limits or BatchLimits(max_rows=1000, max_ms=10_000, chunk_rows=3))
+    reader = Reader(
+        out.append,
+        sync or {},
+        SpillStore(),
+        limits or BatchLimits(max_rows=1000, max_ms=10_000, chunk_rows=3),
+    )
     return reader, out
 
 
@@ -50,14 +66,18 @@ def test_backlog_batches_many_transactions_into_one_commit() -> None:
     commits = [c for c in out if isinstance(c, CommitBatch)]
     assert commits == [CommitBatch(Lsn(141), 0, 5, 10)]
     assert inserted(out) == list(range(10))
-    assert max(len(c.changes) for c in out if isinstance(c, Changes)) <= 3  # memory bounded by chunk_rows
+    assert (
+        max(len(c.changes) for c in out if isinstance(c, Changes)) <= 3
+    )  # memory bounded by chunk_rows
 
 
-def test_caught_up_commits_at_once() -> None:
-    reader, out = make()
+def test_batch_commits_at_its_row_limit_without_waiting_for_flush() -> None:
+    reader, out = make(BatchLimits(max_rows=4, max_ms=10_000, chunk_rows=3))
     feed(reader, REL)
-    txn(reader, 100, range(2), wal_end=101)
-    assert isinstance(out[-1], CommitBatch) and out[-1].end_lsn == Lsn(101)
+    txn(reader, 100, range(3))
+    assert not any(isinstance(c, CommitBatch) for c in out)
+    txn(reader, 110, range(3, 5))
+    assert [c.end_lsn for c in out if isinstance(c, CommitBatch)] == [Lsn(111)]
 
 
 def test_never_commits_inside_an_open_transaction() -> None:

@@ -28,7 +28,7 @@ from pgmigrator.pg import Conn, connect, server_major
 from pgmigrator.pipeline.copyrun import CopyRun
 from pgmigrator.pipeline.progress import Progress
 from pgmigrator.pipeline.sequences import refresh_matviews, sync_sequences
-from pgmigrator.schema.apply import apply_post_data, apply_pre_data
+from pgmigrator.schema.apply import PostDataBuilder, apply_pre_data, entries_by_table
 from pgmigrator.schema.dump import dump_section, find_pg_dump, split
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
@@ -60,6 +60,7 @@ class Clone:
         self.settings = settings
         self.options = options
         self.progress = progress
+        self._post: PostDataBuilder | None = None
         self.source = Target(settings.source or "", "source")
         self.dest = Target(settings.dest or "", "destination")
 
@@ -82,11 +83,15 @@ class Clone:
                     hint="run the clone without --resume",
                 )
             pg_dump, _ = find_pg_dump(server_major(src))
-            if existing is None:
-                result = self._fresh(src, dst, store, tables, pg_dump)
-            else:
-                result = self._resume(src, dst, store, tables, existing.slot)
-            self._finish(src, dst, store, tables)
+            try:
+                if existing is None:
+                    result = self._fresh(src, dst, store, tables, pg_dump)
+                else:
+                    result = self._resume(src, dst, store, tables, existing.slot)
+                self._finish(src, dst, store, tables)
+            finally:
+                if self._post is not None:
+                    self._post.close()
             return result
 
     def _select_tables(self, src: Conn) -> list[TableInfo]:
@@ -145,7 +150,8 @@ class Clone:
             apply_pre_data(dst, pre, record)
             self.progress.set_phase("copy")
             data_tables = [t for t in tables if t.has_data]
-            run.copy(store, data_tables, sync_lsn=None)
+            builder = self._post_data_builder(src, store, early=True)
+            run.copy(store, data_tables, sync_lsn=None, on_table_copied=builder.table_copied)
         finally:
             run.stop()
         return CloneResult(
@@ -188,21 +194,35 @@ class Clone:
         try:
             for table in todo:
                 dst.execute(sql.SQL("TRUNCATE ONLY {}").format(table.ident))
-            run.copy(store, todo, sync_lsn=helper.consistent_lsn)
+            builder = self._post_data_builder(src, store, early=True)
+            run.copy(
+                store, todo, sync_lsn=helper.consistent_lsn, on_table_copied=builder.table_copied
+            )
         finally:
             run.stop()
         return CloneResult(
             slot_name, helper.consistent_lsn, [t.qualified for t in todo], done, run.rows, run.bytes
         )
 
+    def _post_data_builder(self, src: Conn, store: StateStore, early: bool) -> PostDataBuilder:
+        """Post-data builder; with ``early``, each table's indexes and keys start once it is copied."""
+        if self._post is None:
+            script = split(store.require().post_data or "")
+            by_table = entries_by_table(src, script) if early else {}
+            self._post = PostDataBuilder(
+                self.dest,
+                script,
+                self.settings.name,
+                store.post_data_done(),
+                self.settings.workers,
+                by_table,
+            )
+        return self._post
+
     def _finish(self, src: Conn, dst: Conn, store: StateStore, tables: Sequence[TableInfo]) -> None:
-        pipeline = store.require()
         self.progress.set_phase("post-data")
         store.set_phase("post-data")
-        script = split(pipeline.post_data or "")
-        apply_post_data(
-            self.dest, script, self.settings.name, store.post_data_done(), self.settings.workers
-        )
+        self._post_data_builder(src, store, early=False).finish()
         self.progress.set_phase("sequences")
         synced = sync_sequences(src, dst)
         refreshed = refresh_matviews(src, dst)
@@ -247,4 +267,3 @@ def _check_destination(dst: Conn, tables: Sequence[TableInfo], drop_if_exists: b
             f"destination already has table(s): {shown}",
             hint="pass --drop-if-exists to drop and recreate them, or clone into an empty database",
         )
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pgmigrator.config import Settings
@@ -42,6 +43,7 @@ class CopyRun:
         self.procs: list[Any] = []
         self.rows = 0
         self.bytes = 0
+        self.on_table_copied: Callable[[str, str], None] | None = None
 
     def start_workers(self, count: int) -> None:
         for wid in range(count):
@@ -92,7 +94,9 @@ class CopyRun:
         tables: list[TableInfo],
         sync_lsn: Lsn | None,
         block_size: int = plan.BLOCK_SIZE,
+        on_table_copied: Callable[[str, str], None] | None = None,
     ) -> None:
+        self.on_table_copied = on_table_copied
         pending: dict[tuple[str, str], int] = {}
         items: list[tuple[int, ChunkTask]] = []
         by_key = {(t.schema, t.name): t for t in tables}
@@ -155,6 +159,8 @@ class CopyRun:
                 pending[key] -= 1
                 if pending[key] == 0:
                     store.table_copied(*key)
+                    if self.on_table_copied is not None:
+                        self.on_table_copied(*key)
                     self.progress.table_done(key)
             elif kind == "retry":
                 reported.pop(msg[1], None)
@@ -191,4 +197,3 @@ class CopyRun:
                 proc.join(5)
         self.tasks.cancel_join_thread()
         self.results.cancel_join_thread()
-

@@ -12,6 +12,7 @@ after the batch in flight, with a final status update.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.metrics import Collector
 from pgmigrator.metrics.format import format_bytes
-from pgmigrator.pg import connect
+from pgmigrator.pg import Conn, connect
 from pgmigrator.pipeline.reader import BatchLimits, Changes, Command, CommitBatch, Reader
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.source.replication import ReplicationStream
@@ -46,7 +47,12 @@ class FollowStats:
 
 
 class Follow:
-    def __init__(self, settings: Settings, collector: Collector | None = None, limits: BatchLimits | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        collector: Collector | None = None,
+        limits: BatchLimits | None = None,
+    ) -> None:
         settings.require("source", "dest")
         self.settings = settings
         self.collector = collector or Collector(settings.name)
@@ -56,6 +62,7 @@ class Follow:
         self.stop_event = asyncio.Event()
         self.stats = FollowStats()
         self.applied_lsn = Lsn(0)
+        self.latest_lsn = Lsn(0)  # the source's current WAL position, polled every second
         self._inflight = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
 
@@ -76,7 +83,11 @@ class Follow:
                         raise
                     self.stats.reconnects += 1
                     self.collector.record_error(exc.message, component="follow")
-                    log.warning("connection lost, reconnecting", error=exc.message, retry_in_s=round(delay, 1))
+                    log.warning(
+                        "connection lost, reconnecting",
+                        error=exc.message,
+                        retry_in_s=round(delay, 1),
+                    )
                     await self._sleep(delay)
                     delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
             return self.stats
@@ -88,20 +99,34 @@ class Follow:
             store = StateStore(dst, self.settings.name)
             row = store.load()
             slot = self.settings.slot or (row.slot if row else self.settings.slot_name)
-            publication = self.settings.publication or (row.publication if row else self.settings.publication_name)
-            sync = {(t.schema, t.name): t.sync_lsn for t in store.tables() if t.sync_lsn is not None} if row else {}
+            publication = self.settings.publication or (
+                row.publication if row else self.settings.publication_name
+            )
+            sync = (
+                {(t.schema, t.name): t.sync_lsn for t in store.tables() if t.sync_lsn is not None}
+                if row
+                else {}
+            )
         with connect(self.source) as src:
             status = slot_status(src, slot)
-            has_publication = src.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone()
+            has_publication = src.execute(
+                "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
+            ).fetchone()
         if status is None:
-            raise ReplicationError(f"replication slot {slot!r} does not exist on the source",
-                                   hint="run `pgmigrator clone` first (it creates the slot), or pass the right --slot/--name")
+            raise ReplicationError(
+                f"replication slot {slot!r} does not exist on the source",
+                hint="run `pgmigrator clone` first (it creates the slot), or pass the right --slot/--name",
+            )
         if not has_publication:
-            raise ReplicationError(f"publication {publication!r} does not exist on the source",
-                                   hint="create it (`pgmigrator clone` does) or pass the right --publication")
+            raise ReplicationError(
+                f"publication {publication!r} does not exist on the source",
+                hint="create it (`pgmigrator clone` does) or pass the right --publication",
+            )
         if status.active:
-            raise ReplicationError(f"replication slot {slot!r} is in use by another consumer (walsender PID {status.active_pid})",
-                                   hint="stop the other `pgmigrator follow` (or subscriber) using this slot, or use another --name")
+            raise ReplicationError(
+                f"replication slot {slot!r} is in use by another consumer (walsender PID {status.active_pid})",
+                hint="stop the other `pgmigrator follow` (or subscriber) using this slot, or use another --name",
+            )
         self.applied_lsn = max(self.applied_lsn, status.confirmed_flush or Lsn(0))
         if row is not None:
             with connect(self.dest) as dst:
@@ -109,19 +134,21 @@ class Follow:
         return slot, publication, {k: v for k, v in sync.items() if v is not None}
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop_event.wait(), seconds)
-        except TimeoutError:
-            pass
 
-    async def _session(self, slot: str, publication: str, sync_lsns: dict[tuple[str, str], Lsn]) -> None:
+    async def _session(
+        self, slot: str, publication: str, sync_lsns: dict[tuple[str, str], Lsn]
+    ) -> None:
         loop = asyncio.get_running_loop()
         applier = PostgresApplier(self.dest, self.settings.origin_name, collector=self.collector)
         stream = ReplicationStream(self.source, slot, publication)
         spill = SpillStore()
         try:
             origin = await loop.run_in_executor(self._executor, applier.start)
-            start = max(self.applied_lsn, origin)  # the slot never starts before its confirmed position
+            start = max(
+                self.applied_lsn, origin
+            )  # the slot never starts before its confirmed position
             self.applied_lsn = start
             await loop.run_in_executor(self._executor, stream.open, start)
             self.collector.set_phase("streaming")
@@ -143,25 +170,60 @@ class Follow:
             await loop.run_in_executor(self._executor, applier.close)
             spill.close()
 
-    async def _read_loop(self, stream: ReplicationStream, reader: Reader, out: list[Command], queue: asyncio.Queue[Any],
-                         apply_task: asyncio.Task[None]) -> None:
-        last_report = time.monotonic()
-        while not self.stop_event.is_set() and not apply_task.done():
-            msg = await stream.next(timeout=0.05 if not reader.idle else 1.0)
-            if msg is None:
-                reader.flush()
-            else:
-                reader.feed(msg.data, msg.wal_end)
-            for cmd in out:  # a bounded queue: when the applier lags, we stop reading (the slot is the buffer)
-                await queue.put(cmd)
-            out.clear()
-            stream.idle = reader.idle and queue.empty() and self._inflight == 0
-            if time.monotonic() - last_report >= 5.0:
-                last_report = time.monotonic()
-                self._report(stream)
+    async def _read_loop(
+        self,
+        stream: ReplicationStream,
+        reader: Reader,
+        out: list[Command],
+        queue: asyncio.Queue[Any],
+        apply_task: asyncio.Task[None],
+    ) -> None:
+        monitor = await asyncio.to_thread(connect, self.source)
+        try:
+            await self._read(stream, reader, out, queue, apply_task, monitor)
+        finally:
+            await asyncio.to_thread(monitor.close)
         await queue.put(_STOP)
 
-    async def _apply_loop(self, applier: PostgresApplier, stream: ReplicationStream, queue: asyncio.Queue[Any]) -> None:
+    async def _read(
+        self,
+        stream: ReplicationStream,
+        reader: Reader,
+        out: list[Command],
+        queue: asyncio.Queue[Any],
+        apply_task: asyncio.Task[None],
+        monitor: Conn,
+    ) -> None:
+        last_report = last_probe = time.monotonic()
+        while not self.stop_event.is_set() and not apply_task.done():
+            msg = await stream.next(timeout=0)
+            if msg is None:  # nothing waiting on the socket: commit what is batched, then wait
+                reader.flush()
+                await self._drain(out, queue)
+                msg = await stream.next(timeout=1.0)
+            if msg is not None:
+                reader.feed(msg.data, msg.wal_end)
+            await self._drain(out, queue)
+            stream.idle = reader.idle and queue.empty() and self._inflight == 0
+            now = time.monotonic()
+            if now - last_probe >= 1.0:
+                last_probe = now
+                self.latest_lsn = await asyncio.to_thread(_current_lsn, monitor)
+            if now - last_report >= 5.0:
+                last_report = now
+                self._report(stream)
+
+    @staticmethod
+    async def _drain(out: list[Command], queue: asyncio.Queue[Any]) -> None:
+        for cmd in (
+            out
+        ):  # a bounded queue: when the applier lags, we stop reading (the slot is the buffer)
+            await queue.put(cmd)
+        out.clear()
+
+    async def _apply_loop(
+        self, applier: PostgresApplier, stream: ReplicationStream, queue: asyncio.Queue[Any]
+    ) -> None:
         loop = asyncio.get_running_loop()
         in_txn = False
         while (cmd := await queue.get()) is not _STOP:
@@ -174,7 +236,9 @@ class Follow:
             elif isinstance(cmd, CommitBatch):
                 if not in_txn:
                     await loop.run_in_executor(self._executor, applier.begin)
-                await loop.run_in_executor(self._executor, applier.commit, cmd.end_lsn, cmd.commit_time)
+                await loop.run_in_executor(
+                    self._executor, applier.commit, cmd.end_lsn, cmd.commit_time
+                )
                 in_txn = False
                 self._committed(cmd, stream)
             else:
@@ -191,16 +255,27 @@ class Follow:
         self.stats.rows += cmd.rows
         self.stats.batches += 1
         self.collector.add_rows(cmd.rows)
-        self.collector.set_lsns(applied=cmd.end_lsn, confirmed=stream.flushed, latest=stream.received)
+        self.collector.set_lsns(
+            applied=cmd.end_lsn,
+            confirmed=stream.flushed,
+            latest=max(self.latest_lsn, stream.received),
+        )
 
     def _report(self, stream: ReplicationStream) -> None:
-        lag = max(0, stream.received - max(self.applied_lsn, stream.flushed))
-        self.collector.set_lsns(applied=self.applied_lsn, confirmed=stream.flushed, latest=stream.received)
+        latest = max(self.latest_lsn, stream.received)
+        lag = max(0, latest - max(self.applied_lsn, stream.flushed))
+        self.collector.set_lsns(
+            applied=max(self.applied_lsn, stream.flushed), confirmed=stream.flushed, latest=latest
+        )
         snap = self.collector.snapshot()
-        log.info("streaming", applied_lsn=str(self.applied_lsn), lag=format_bytes(lag), rows_per_s=round(snap["rows_per_s"]),
-                 transactions=self.stats.transactions, rows=self.stats.rows)
-
-
+        log.info(
+            "streaming",
+            applied_lsn=str(self.applied_lsn),
+            lag=format_bytes(lag),
+            rows_per_s=round(snap["rows_per_s"]),
+            transactions=self.stats.transactions,
+            rows=self.stats.rows,
+        )
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -216,3 +291,8 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
     walk(group)
     return next((e for e in leaves if isinstance(e, PgMigratorError)), leaves[0])
+
+
+def _current_lsn(conn: Conn) -> Lsn:
+    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    return Lsn.parse(row[0]) if row else Lsn(0)

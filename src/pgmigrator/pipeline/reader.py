@@ -8,8 +8,10 @@ each XLogData payload and forwards the commands it emits, in order, to the appli
 - ``CommitBatch`` (commit the destination transaction at a source commit boundary).
 
 Many source transactions go into one destination transaction while there is a backlog (limits by
-rows and milliseconds); when caught up (the server's WAL end is at the commit) the batch commits at
-once for latency. A table copied under a later snapshot skips changes of transactions committed
+rows and milliseconds); the follow loop calls :meth:`Reader.flush` as soon as no further message is
+waiting on the socket, so a caught-up stream commits each transaction at once (latency). (The
+walsender's XLogData ``wal_end`` is the record's own LSN in logical replication, not the server's
+WAL end, so it cannot tell whether a backlog exists.) A table copied under a later snapshot skips changes of transactions committed
 before its sync LSN (DESIGN.md rule 2). Streamed transactions are spilled to disk until they commit.
 """
 
@@ -18,8 +20,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from pgmigrator.events import Begin, Commit, Delete, Insert, Message, Origin, Relation, StreamAbort, StreamCommit, StreamStart, StreamStop, Truncate, Update
+from pgmigrator.events import (
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Message,
+    Origin,
+    Relation,
+    StreamAbort,
+    StreamCommit,
+    StreamStart,
+    StreamStop,
+    Truncate,
+    Update,
+)
 from pgmigrator.lsn import Lsn
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.protocol import PgOutputDecoder, decode_message
@@ -47,7 +64,9 @@ Command = Relation | Changes | CommitBatch
 class BatchLimits:
     max_rows: int = 50_000  # per destination transaction when there is a backlog
     max_ms: float = 500.0  # per destination transaction when there is a backlog
-    chunk_rows: int = 5_000  # rows handed to the applier at once (bounds memory within a transaction)
+    chunk_rows: int = (
+        5_000  # rows handed to the applier at once (bounds memory within a transaction)
+    )
 
 
 @dataclass
@@ -60,9 +79,14 @@ class _Batch:
 
 
 class Reader:
-    def __init__(self, emit: Callable[[Command], None], sync_lsns: dict[tuple[str, str], Lsn],
-                 spill: SpillStore, limits: BatchLimits | None = None,
-                 on_message: Callable[[Message, Lsn], None] | None = None) -> None:
+    def __init__(
+        self,
+        emit: Callable[[Command], None],
+        sync_lsns: dict[tuple[str, str], Lsn],
+        spill: SpillStore,
+        limits: BatchLimits | None = None,
+        on_message: Callable[[Message, Lsn], None] | None = None,
+    ) -> None:
         self.emit = emit
         self.sync_lsns = sync_lsns
         self.spill = spill
@@ -79,12 +103,21 @@ class Reader:
     @property
     def idle(self) -> bool:
         """True when nothing received is waiting to be applied (the slot may then advance freely)."""
-        return self.txn is None and self.batch.last_commit is None and not self.batch.pending and self.spill.open_transactions() == 0
+        return (
+            self.txn is None
+            and self.batch.last_commit is None
+            and not self.batch.pending
+            and self.spill.open_transactions() == 0
+        )
 
     def feed(self, payload: memoryview, wal_end: Lsn) -> None:
         msg = self.decoder.decode(payload)
         xid: int | None = getattr(msg, "xid", None)
-        if self.stream_xid is not None and xid is not None and not isinstance(msg, (StreamStop, Relation)):
+        if (
+            self.stream_xid is not None
+            and xid is not None
+            and not isinstance(msg, (StreamStop, Relation))
+        ):
             self.spill.append(self.stream_xid, xid, bytes(payload))
             return
         handler = _HANDLERS.get(type(msg))
@@ -134,9 +167,8 @@ class Reader:
         batch = self.batch
         batch.transactions += 1
         batch.last_commit = (end_lsn, commit_time)
-        caught_up = wal_end <= end_lsn
         elapsed_ms = (time.monotonic() - batch.started) * 1000
-        if caught_up or batch.rows >= self.limits.max_rows or elapsed_ms >= self.limits.max_ms:
+        if batch.rows >= self.limits.max_rows or elapsed_ms >= self.limits.max_ms:
             self.flush()
 
     def flush(self) -> None:
@@ -150,7 +182,9 @@ class Reader:
         if batch.last_commit is None or self.txn is not None:
             return
         self._push_pending()
-        self.emit(CommitBatch(batch.last_commit[0], batch.last_commit[1], batch.transactions, batch.rows))
+        self.emit(
+            CommitBatch(batch.last_commit[0], batch.last_commit[1], batch.transactions, batch.rows)
+        )
         self.batch = _Batch(started=time.monotonic())
 
     def _push_pending(self) -> None:
@@ -192,9 +226,18 @@ class Reader:
         self.spill.discard_all()
 
 
-_HANDLERS: dict[type, Callable[[Reader, object, Lsn], None]] = {
-    Begin: Reader._begin, Commit: Reader._commit, Relation: Reader._relation, Insert: Reader._change,  # type: ignore[dict-item]
-    Update: Reader._change, Delete: Reader._change, Truncate: Reader._change, Origin: Reader._origin,  # type: ignore[dict-item]
-    Message: Reader._message, StreamStart: Reader._stream_start, StreamStop: Reader._stream_stop,  # type: ignore[dict-item]
-    StreamAbort: Reader._stream_abort, StreamCommit: Reader._stream_commit,  # type: ignore[dict-item]
+_HANDLERS: dict[type, Callable[[Reader, Any, Lsn], None]] = {
+    Begin: Reader._begin,
+    Commit: Reader._commit,
+    Relation: Reader._relation,
+    Insert: Reader._change,
+    Update: Reader._change,
+    Delete: Reader._change,
+    Truncate: Reader._change,
+    Origin: Reader._origin,
+    Message: Reader._message,
+    StreamStart: Reader._stream_start,
+    StreamStop: Reader._stream_stop,
+    StreamAbort: Reader._stream_abort,
+    StreamCommit: Reader._stream_commit,
 }

@@ -55,7 +55,9 @@ class SpillStore:
             fh.flush()
             fh.truncate(start)
             fh.seek(start)
-            self._sub_start[top_xid] = {k: v for k, v in self._sub_start[top_xid].items() if v < start}
+            self._sub_start[top_xid] = {
+                k: v for k, v in self._sub_start[top_xid].items() if v < start
+            }
 
     def replay(self, top_xid: int) -> Iterator[bytes]:
         """Yield the transaction's messages in order, then delete its file."""

@@ -20,14 +20,26 @@ from pgmigrator.errors import ReplicationError, RetryableReplicationError
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect
-from pgmigrator.protocol import PrimaryKeepalive, XLogData, build_standby_status_update, parse_copy_data
+from pgmigrator.protocol import (
+    PrimaryKeepalive,
+    XLogData,
+    build_standby_status_update,
+    parse_copy_data,
+)
 
 log = get_logger("replication")
 
 
 class ReplicationStream:
-    def __init__(self, target: Target, slot: str, publication: str, *, status_interval: float = 10.0,
-                 streaming: bool = True) -> None:
+    def __init__(
+        self,
+        target: Target,
+        slot: str,
+        publication: str,
+        *,
+        status_interval: float = 10.0,
+        streaming: bool = True,
+    ) -> None:
         self.target = target
         self.slot = slot
         self.publication = publication
@@ -43,7 +55,11 @@ class ReplicationStream:
         """Connect and start streaming from ``start_lsn`` (blocking: done once per connection)."""
         self.conn = connect(self.target, replication=True)
         pgconn = self.conn.pgconn
-        options = [("proto_version", "2"), ("publication_names", self.publication), ("messages", "true")]
+        options = [
+            ("proto_version", "2"),
+            ("publication_names", self.publication),
+            ("messages", "true"),
+        ]
         if self.streaming:
             options.append(("streaming", "on"))
         opts = ", ".join(f"{k} {_quote_literal(v)}" for k, v in options)
@@ -57,7 +73,9 @@ class ReplicationStream:
         pgconn.nonblocking = 1
         self.flushed = max(self.flushed, start_lsn)
         self.received = max(self.received, start_lsn)
-        log.info("streaming", slot=self.slot, publication=self.publication, start_lsn=str(start_lsn))
+        log.info(
+            "streaming", slot=self.slot, publication=self.publication, start_lsn=str(start_lsn)
+        )
 
     def close(self) -> None:
         if self.conn is not None:
@@ -69,21 +87,28 @@ class ReplicationStream:
         if self.conn is None:
             return
         pgconn = self.conn.pgconn
-        msg = build_standby_status_update(max(self.received, self.flushed), self.flushed, self.flushed, reply_requested=reply)
+        msg = build_standby_status_update(
+            max(self.received, self.flushed), self.flushed, self.flushed, reply_requested=reply
+        )
         try:
             if pgconn.put_copy_data(msg) != 1:
-                raise RetryableReplicationError(f"cannot send status to the source: {pgconn.get_error_message()}")
+                raise RetryableReplicationError(
+                    f"cannot send status to the source: {pgconn.get_error_message()}"
+                )
             while pgconn.flush() == 1:
                 time.sleep(0.001)
         except psycopg.Error as exc:
-            raise RetryableReplicationError(f"replication connection lost while sending status: {exc}") from exc
+            raise RetryableReplicationError(
+                f"replication connection lost while sending status: {exc}"
+            ) from exc
         self._last_status = time.monotonic()
 
     async def next(self, timeout: float) -> XLogData | None:
-        """The next XLogData, or None when nothing arrived within ``timeout`` seconds."""
+        """The next XLogData, or None when nothing arrived within ``timeout`` seconds (0: only what is there)."""
         assert self.conn is not None, "open() first"
         pgconn = self.conn.pgconn
         deadline = time.monotonic() + timeout
+        polled = False
         while True:
             try:
                 n, data = pgconn.get_copy_data(1)
@@ -103,12 +128,24 @@ class ReplicationStream:
                 self.send_status()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if (
+                    timeout == 0 and not polled
+                ):  # read what the kernel already holds before saying "nothing"
+                    polled = True
+                    self._consume(pgconn)
+                    continue
                 return None
             await _wait_readable(pgconn.socket, min(remaining, self.status_interval))
-            try:
-                pgconn.consume_input()
-            except psycopg.Error as exc:
-                raise RetryableReplicationError(f"replication connection lost: {str(exc).strip()}") from exc
+            self._consume(pgconn)
+
+    @staticmethod
+    def _consume(pgconn: pq.abc.PGconn) -> None:
+        try:
+            pgconn.consume_input()
+        except psycopg.Error as exc:
+            raise RetryableReplicationError(
+                f"replication connection lost: {str(exc).strip()}"
+            ) from exc
 
     def _keepalive(self, msg: PrimaryKeepalive) -> None:
         if msg.wal_end > self.received:
@@ -124,8 +161,10 @@ class ReplicationStream:
         if res is not None and res.status == pq.ExecStatus.FATAL_ERROR:
             err = _result_error(res, self.slot, self.publication)
             return err
-        return RetryableReplicationError("the source ended the replication stream",
-                                         hint="the walsender was terminated or the server restarted: reconnecting resumes from the last flushed LSN")
+        return RetryableReplicationError(
+            "the source ended the replication stream",
+            hint="the walsender was terminated or the server restarted: reconnecting resumes from the last flushed LSN",
+        )
 
 
 async def _wait_readable(fd: int, timeout: float) -> None:
@@ -153,14 +192,20 @@ def _result_error(res: pq.abc.PGresult, slot: str, publication: str) -> Replicat
     state = (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
     text = (res.error_message or b"").decode(errors="replace").strip()
     if state == "42704" and "slot" in text:
-        return ReplicationError(f"replication slot {slot!r} does not exist on the source",
-                                hint="run `pgmigrator clone` first (it creates the slot), or pass the right --slot/--name")
+        return ReplicationError(
+            f"replication slot {slot!r} does not exist on the source",
+            hint="run `pgmigrator clone` first (it creates the slot), or pass the right --slot/--name",
+        )
     if state == "55006":
-        return ReplicationError(f"replication slot {slot!r} is in use by another consumer: {text}",
-                                hint="stop the other `follow` (or subscriber) using this slot, or use another --name")
+        return ReplicationError(
+            f"replication slot {slot!r} is in use by another consumer: {text}",
+            hint="stop the other `follow` (or subscriber) using this slot, or use another --name",
+        )
     if state == "42704" and "publication" in text:
-        return ReplicationError(f"publication {publication!r} does not exist on the source",
-                                hint="create it (`pgmigrator clone` does) or pass the right --publication")
+        return ReplicationError(
+            f"publication {publication!r} does not exist on the source",
+            hint="create it (`pgmigrator clone` does) or pass the right --publication",
+        )
     if state[:2] in ("57", "08"):
         return RetryableReplicationError(f"source: {text}")
     return ReplicationError(f"source replication error: {text} (SQLSTATE {state})")
@@ -168,5 +213,7 @@ def _result_error(res: pq.abc.PGresult, slot: str, publication: str) -> Replicat
 
 def _start_error(slot: str, publication: str, res: pq.abc.PGresult | None) -> ReplicationError:
     if res is None:
-        return RetryableReplicationError("the source closed the connection before streaming started")
+        return RetryableReplicationError(
+            "the source closed the connection before streaming started"
+        )
     return _result_error(res, slot, publication)
