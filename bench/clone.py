@@ -86,7 +86,6 @@ CREATE TABLE public.{WIDE} (
 )"""
 
 
-
 def wide_fill_sql(accounts: int, rows: int) -> str:
     """INSERT ... SELECT filling the wide table; ``account_id`` points at existing pgbench accounts."""
     return f"""
@@ -136,22 +135,33 @@ class RunResult:
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
-    other_cpu_pct: float | None = None  # CPU used by processes outside the benchmark, % of the machine
+    other_cpu_pct: float | None = (
+        None  # CPU used by processes outside the benchmark, % of the machine
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--scale", type=int, default=50, help="pgbench scale factor (default 50)")
-    p.add_argument("--wide-rows", type=int, default=1_000_000, help="rows in the wide table (default 1M)")
-    p.add_argument("--rounds", type=int, default=1, help="runs of each tool, interleaved (default 1)")
+    p.add_argument(
+        "--wide-rows", type=int, default=1_000_000, help="rows in the wide table (default 1M)"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=1, help="runs of each tool, interleaved (default 1)"
+    )
     p.add_argument("--workers", type=int, default=2, help="parallelism for every tool (default 2)")
-    p.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
-    p.add_argument("--keep", action="store_true", help="keep the clusters' directory (for debugging)")
+    p.add_argument(
+        "--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}"
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="keep the clusters' directory (for debugging)"
+    )
     return p.parse_args(argv)
 
 
-def run_checked(cmd: list[str], env: dict[str, str], log: Path | None = None,
-                timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+def run_checked(
+    cmd: list[str], env: dict[str, str], log: Path | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``cmd``; raise :class:`BenchError` with the tail of its output on a non-zero exit."""
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=timeout)
     if log is not None:
@@ -163,7 +173,9 @@ def run_checked(cmd: list[str], env: dict[str, str], log: Path | None = None,
 
 
 def uri(cluster: Cluster, db: str) -> str:
-    return f"postgresql://{devcluster.SUPERUSER}:{devcluster.PASSWORD}@127.0.0.1:{cluster.port}/{db}"
+    return (
+        f"postgresql://{devcluster.SUPERUSER}:{devcluster.PASSWORD}@127.0.0.1:{cluster.port}/{db}"
+    )
 
 
 def scalar(cluster: Cluster, db: str, query: str) -> Any:
@@ -183,45 +195,79 @@ def load_source(source: Cluster, scale: int, wide_rows: int) -> dict[str, Any]:
     with source.connect(SOURCE_DB) as conn:
         conn.execute(WIDE_DDL)
         conn.execute(wide_fill_sql(scale * 100_000, wide_rows))
-        conn.execute(f"CREATE INDEX {WIDE}_account_created ON public.{WIDE} (account_id, created_at)")
+        conn.execute(
+            f"CREATE INDEX {WIDE}_account_created ON public.{WIDE} (account_id, created_at)"
+        )
         conn.execute("VACUUM ANALYZE")
         conn.execute("CHECKPOINT")
     facts = {
         "load_s": round(time.perf_counter() - t0, 1),
         "db_bytes": scalar(source, SOURCE_DB, "SELECT pg_database_size(current_database())"),
         "wide_table_bytes": scalar(source, SOURCE_DB, f"SELECT pg_table_size('public.{WIDE}')"),
-        "wide_avg_row_bytes": float(scalar(source, SOURCE_DB, f"SELECT avg(pg_column_size(w.*))::numeric(8,1) FROM public.{WIDE} w")),
-        "accounts_table_bytes": scalar(source, SOURCE_DB, "SELECT pg_table_size('public.pgbench_accounts')"),
+        "wide_avg_row_bytes": float(
+            scalar(
+                source,
+                SOURCE_DB,
+                f"SELECT avg(pg_column_size(w.*))::numeric(8,1) FROM public.{WIDE} w",
+            )
+        ),
+        "accounts_table_bytes": scalar(
+            source, SOURCE_DB, "SELECT pg_table_size('public.pgbench_accounts')"
+        ),
     }
     return facts
 
 
 def expected_counts(source: Cluster) -> dict[str, int]:
     return {
-        "pgbench_accounts": int(scalar(source, SOURCE_DB, "SELECT count(*) FROM public.pgbench_accounts")),
+        "pgbench_accounts": int(
+            scalar(source, SOURCE_DB, "SELECT count(*) FROM public.pgbench_accounts")
+        ),
         WIDE: int(scalar(source, SOURCE_DB, f"SELECT count(*) FROM public.{WIDE}")),
-        "indexes": int(scalar(source, SOURCE_DB, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'")),
-        "constraints": int(scalar(source, SOURCE_DB, "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n "
-                                                     "ON n.oid = c.connamespace WHERE n.nspname = 'public'")),
+        "indexes": int(
+            scalar(source, SOURCE_DB, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'")
+        ),
+        "constraints": int(
+            scalar(
+                source,
+                SOURCE_DB,
+                "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n "
+                "ON n.oid = c.connamespace WHERE n.nspname = 'public'",
+            )
+        ),
     }
 
 
 def tables_by_size(source: Cluster) -> list[str]:
     with source.connect(SOURCE_DB) as conn:
-        rows = conn.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                            "WHERE n.nspname = 'public' AND c.relkind = 'r' "
-                            "ORDER BY pg_table_size(c.oid) DESC, c.relname").fetchall()
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind = 'r' "
+            "ORDER BY pg_table_size(c.oid) DESC, c.relname"
+        ).fetchall()
     return [str(r[0]) for r in rows]
 
 
 def verify(bench: Bench, db: str, full: bool) -> dict[str, int]:
     """Compare destination counts with the source; ``full`` also checks indexes and constraints."""
-    got = {"pgbench_accounts": int(scalar(bench.dest, db, "SELECT count(*) FROM public.pgbench_accounts")),
-           WIDE: int(scalar(bench.dest, db, f"SELECT count(*) FROM public.{WIDE}"))}
+    got = {
+        "pgbench_accounts": int(
+            scalar(bench.dest, db, "SELECT count(*) FROM public.pgbench_accounts")
+        ),
+        WIDE: int(scalar(bench.dest, db, f"SELECT count(*) FROM public.{WIDE}")),
+    }
     if full:
-        got["indexes"] = int(scalar(bench.dest, db, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'"))
-        got["constraints"] = int(scalar(bench.dest, db, "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n "
-                                                        "ON n.oid = c.connamespace WHERE n.nspname = 'public'"))
+        got["indexes"] = int(
+            scalar(bench.dest, db, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'")
+        )
+        got["constraints"] = int(
+            scalar(
+                bench.dest,
+                db,
+                "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n "
+                "ON n.oid = c.connamespace WHERE n.nspname = 'public'",
+            )
+        )
     wrong = {k: (v, bench.expected[k]) for k, v in got.items() if v != bench.expected[k]}
     if wrong:
         raise BenchError(f"destination {db} differs from the source (got, expected): {wrong}")
@@ -237,11 +283,13 @@ def _proc_fields(pid: str) -> list[str] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def _machine_busy_s() -> float:
-    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in Path("/proc/stat").read_text().split()[1:8])
+    user, nice, system, _idle, _iowait, irq, softirq = (
+        int(v) for v in Path("/proc/stat").read_text().split()[1:8]
+    )
     return (user + nice + system + irq + softirq) / CLK_TCK
 
 
@@ -264,12 +312,20 @@ class LoadMeter:
     """How much of the machine's CPU went to processes outside the benchmark during a run."""
 
     def __init__(self, clusters: tuple[Cluster, ...]) -> None:
-        self.postmasters = {int((c.datadir / "postmaster.pid").read_text().split()[0]) for c in clusters}
+        self.postmasters = {
+            int((c.datadir / "postmaster.pid").read_text().split()[0]) for c in clusters
+        }
         self.start = (time.monotonic(), _machine_busy_s(), _bench_cpu_s(self.postmasters))
 
     def other_pct(self) -> float:
-        wall, busy, ours = (b - a for a, b in zip(self.start, (time.monotonic(), _machine_busy_s(),
-                                                               _bench_cpu_s(self.postmasters)), strict=True))
+        wall, busy, ours = (
+            b - a
+            for a, b in zip(
+                self.start,
+                (time.monotonic(), _machine_busy_s(), _bench_cpu_s(self.postmasters)),
+                strict=True,
+            )
+        )
         return round(max(0.0, busy - ours) / (wall * (os.cpu_count() or 1)) * 100, 1)
 
 
@@ -278,22 +334,44 @@ class LoadMeter:
 
 def phase_durations(log_text: str) -> dict[str, float]:
     """Seconds spent in each pgmigrator phase, from its ``progress: phase`` log lines."""
-    marks = [(datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ"), phase) for ts, phase in PHASE_RE.findall(log_text)]
-    return {phase: round((nxt - at).total_seconds(), 3) for (at, phase), (nxt, _) in itertools.pairwise(marks)}
+    marks = [
+        (datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ"), phase)
+        for ts, phase in PHASE_RE.findall(log_text)
+    ]
+    return {
+        phase: round((nxt - at).total_seconds(), 3)
+        for (at, phase), (nxt, _) in itertools.pairwise(marks)
+    }
 
 
 def run_pgmigrator(bench: Bench, db: str, workers: int, res: RunResult) -> None:
-    common = ["--source", bench.source.dsn(SOURCE_DB), "--dest", bench.dest.dsn(db), "--log-format", "text"]
+    common = [
+        "--source",
+        bench.source.dsn(SOURCE_DB),
+        "--dest",
+        bench.dest.dsn(db),
+        "--log-format",
+        "text",
+    ]
     log = bench.work / f"pgmigrator-{db}.log"
     t0 = time.perf_counter()
     try:
-        out = run_checked([*PGMIGRATOR, "clone", *common, "--workers", str(workers)], bench.env, log)
+        out = run_checked(
+            [*PGMIGRATOR, "clone", *common, "--workers", str(workers)], bench.env, log
+        )
         res.total_s = time.perf_counter() - t0
     finally:  # drop the slot and publication even when the clone failed
-        cleanup = subprocess.run([*PGMIGRATOR, "cleanup", *common], env=bench.env, capture_output=True,
-                                 text=True, check=False)
+        cleanup = subprocess.run(
+            [*PGMIGRATOR, "cleanup", *common],
+            env=bench.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if cleanup.returncode:
-            res.notes.append(f"pgmigrator cleanup exited {cleanup.returncode}: {cleanup.stderr.strip()[-500:]}")
+            res.notes.append(
+                f"pgmigrator cleanup exited {cleanup.returncode}: {cleanup.stderr.strip()[-500:]}"
+            )
     if cleanup.returncode:
         raise BenchError(res.notes[-1])
     res.phases_s = phase_durations(out.stderr)
@@ -302,20 +380,43 @@ def run_pgmigrator(bench: Bench, db: str, workers: int, res: RunResult) -> None:
     res.data_s = res.phases_s["copy"]
     lines = out.stderr.splitlines()
     res.notes += [ln for ln in lines if " info " not in ln][:20]
-    res.notes.append(f"{len(lines)} log lines from clone, {len(cleanup.stderr.splitlines())} from cleanup")
+    res.notes.append(
+        f"{len(lines)} log lines from clone, {len(cleanup.stderr.splitlines())} from cleanup"
+    )
     res.counts = verify(bench, db, full=True)
 
 
 def run_dump_restore(bench: Bench, db: str, workers: int, res: RunResult) -> None:
     out_dir = bench.work / f"dump-{db}"
     t0 = time.perf_counter()
-    run_checked([bench.bin("pg_dump"), *bench.libpq(bench.source, SOURCE_DB), "-Fd", f"-j{workers}",
-                 "-f", str(out_dir)], bench.env)
+    run_checked(
+        [
+            bench.bin("pg_dump"),
+            *bench.libpq(bench.source, SOURCE_DB),
+            "-Fd",
+            f"-j{workers}",
+            "-f",
+            str(out_dir),
+        ],
+        bench.env,
+    )
     dumped = time.perf_counter()
-    run_checked([bench.bin("pg_restore"), *bench.libpq(bench.dest, db), f"-j{workers}", "--no-owner",
-                 "--no-acl", str(out_dir)], bench.env)
+    run_checked(
+        [
+            bench.bin("pg_restore"),
+            *bench.libpq(bench.dest, db),
+            f"-j{workers}",
+            "--no-owner",
+            "--no-acl",
+            str(out_dir),
+        ],
+        bench.env,
+    )
     res.total_s = time.perf_counter() - t0
-    res.phases_s = {"pg_dump": round(dumped - t0, 3), "pg_restore": round(res.total_s - (dumped - t0), 3)}
+    res.phases_s = {
+        "pg_dump": round(dumped - t0, 3),
+        "pg_restore": round(res.total_s - (dumped - t0), 3),
+    }
     shutil.rmtree(out_dir, ignore_errors=True)
     res.counts = verify(bench, db, full=True)
 
@@ -324,9 +425,22 @@ def run_pgcopydb(bench: Bench, db: str, workers: int, res: RunResult) -> None:
     if bench.pgcopydb is None:
         raise BenchError("pgcopydb is not installed")
     work_dir = bench.work / f"pgcopydb-{db}"
-    cmd = [bench.pgcopydb, "clone", "--source", uri(bench.source, SOURCE_DB), "--target", uri(bench.dest, db),
-           "--dir", str(work_dir), "--table-jobs", str(workers), "--index-jobs", str(workers),
-           "--no-owner", "--no-acl"]
+    cmd = [
+        bench.pgcopydb,
+        "clone",
+        "--source",
+        uri(bench.source, SOURCE_DB),
+        "--target",
+        uri(bench.dest, db),
+        "--dir",
+        str(work_dir),
+        "--table-jobs",
+        str(workers),
+        "--index-jobs",
+        str(workers),
+        "--no-owner",
+        "--no-acl",
+    ]
     t0 = time.perf_counter()
     run_checked(cmd, bench.env, bench.work / f"pgcopydb-{db}.log")
     res.total_s = time.perf_counter() - t0
@@ -337,46 +451,91 @@ def run_pgcopydb(bench: Bench, db: str, workers: int, res: RunResult) -> None:
 
 def pipe_table(bench: Bench, db: str, table: str) -> None:
     """``psql \\copy t to pstdout | psql \\copy t from pstdin``; both exit codes are checked."""
-    out_cmd = [bench.bin("psql"), *bench.libpq(bench.source, SOURCE_DB), "-X", "-v", "ON_ERROR_STOP=1",
-               "-c", f"\\copy public.{table} to pstdout"]
-    in_cmd = [bench.bin("psql"), *bench.libpq(bench.dest, db), "-X", "-v", "ON_ERROR_STOP=1",
-              "-c", f"\\copy public.{table} from pstdin"]
-    with subprocess.Popen(out_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=bench.env) as reader, \
-            subprocess.Popen(in_cmd, stdin=reader.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=bench.env) as writer:
+    out_cmd = [
+        bench.bin("psql"),
+        *bench.libpq(bench.source, SOURCE_DB),
+        "-X",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        f"\\copy public.{table} to pstdout",
+    ]
+    in_cmd = [
+        bench.bin("psql"),
+        *bench.libpq(bench.dest, db),
+        "-X",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        f"\\copy public.{table} from pstdin",
+    ]
+    with (
+        subprocess.Popen(
+            out_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=bench.env
+        ) as reader,
+        subprocess.Popen(
+            in_cmd,
+            stdin=reader.stdout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=bench.env,
+        ) as writer,
+    ):
         assert reader.stdout is not None
         reader.stdout.close()  # the writer owns the pipe now: a dying writer makes the reader see EPIPE
         w_out, w_err = writer.communicate()
         r_err = reader.stderr.read() if reader.stderr else b""
         reader.wait()
     if reader.returncode or writer.returncode:
-        raise BenchError(f"pipe of {table} failed (reader {reader.returncode}, writer {writer.returncode}): "
-                         f"{(r_err + w_err).decode(errors='replace').strip()[-800:]}")
+        raise BenchError(
+            f"pipe of {table} failed (reader {reader.returncode}, writer {writer.returncode}): "
+            f"{(r_err + w_err).decode(errors='replace').strip()[-800:]}"
+        )
     if not w_out.startswith(b"COPY "):
         raise BenchError(f"pipe of {table}: unexpected psql output {w_out[:200]!r}")
 
 
 def run_raw_pipe(bench: Bench, db: str, workers: int, res: RunResult) -> None:
     t0 = time.perf_counter()
-    schema = run_checked([bench.bin("pg_dump"), *bench.libpq(bench.source, SOURCE_DB), "--schema-only",
-                          "--section=pre-data"], bench.env).stdout
-    apply = subprocess.run([bench.bin("psql"), *bench.libpq(bench.dest, db), "-X", "-q", "-v", "ON_ERROR_STOP=1"],
-                           input=schema, env=bench.env, capture_output=True, text=True, check=False)
+    schema = run_checked(
+        [
+            bench.bin("pg_dump"),
+            *bench.libpq(bench.source, SOURCE_DB),
+            "--schema-only",
+            "--section=pre-data",
+        ],
+        bench.env,
+    ).stdout
+    apply = subprocess.run(
+        [bench.bin("psql"), *bench.libpq(bench.dest, db), "-X", "-q", "-v", "ON_ERROR_STOP=1"],
+        input=schema,
+        env=bench.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if apply.returncode:
-        raise BenchError(f"psql applying pre-data exited {apply.returncode}: {apply.stderr.strip()[-800:]}")
+        raise BenchError(
+            f"psql applying pre-data exited {apply.returncode}: {apply.stderr.strip()[-800:]}"
+        )
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for fut in [pool.submit(pipe_table, bench, db, t) for t in tables_by_size(bench.source)]:
             fut.result()
     res.data_s = time.perf_counter() - started
     res.phases_s = {"schema": round(started - t0, 3), "copy": round(res.data_s, 3)}
-    res.notes.append("data phase only: no indexes or constraints are built; total_s is schema + data")
+    res.notes.append(
+        "data phase only: no indexes or constraints are built; total_s is schema + data"
+    )
     res.total_s = time.perf_counter() - t0
     res.counts = verify(bench, db, full=False)
 
 
 RUNNERS: dict[str, Callable[[Bench, str, int, RunResult], None]] = {
-    "pgmigrator": run_pgmigrator, "dump-restore": run_dump_restore, "pgcopydb": run_pgcopydb, "raw-pipe": run_raw_pipe,
+    "pgmigrator": run_pgmigrator,
+    "dump-restore": run_dump_restore,
+    "pgcopydb": run_pgcopydb,
+    "raw-pipe": run_raw_pipe,
 }
 
 
@@ -403,7 +562,11 @@ def run_tool(bench: Bench, tool: str, rnd: int, workers: int) -> RunResult:
         res.other_cpu_pct = meter.other_pct()
         bench.dest.drop_database(db)
     if res.other_cpu_pct > NOISY_PCT:
-        print(f"  noisy: other processes used {res.other_cpu_pct}% of the CPU meanwhile", file=sys.stderr, flush=True)
+        print(
+            f"  noisy: other processes used {res.other_cpu_pct}% of the CPU meanwhile",
+            file=sys.stderr,
+            flush=True,
+        )
     return res
 
 
@@ -427,18 +590,32 @@ def ensure_pgcopydb() -> tuple[str | None, str]:
 
 
 def median(results: list[RunResult], tool: str, attr: str) -> float | None:
-    values = [getattr(r, attr) for r in results if r.tool == tool and r.error is None and getattr(r, attr) is not None]
+    values = [
+        getattr(r, attr)
+        for r in results
+        if r.tool == tool and r.error is None and getattr(r, attr) is not None
+    ]
     return statistics.median(values) if values else None
 
 
 def summarize(results: list[RunResult]) -> dict[str, Any]:
     tools = sorted({r.tool for r in results}, key=TOOLS.index)
-    per_tool = {t: {"total_s": median(results, t, "total_s"), "data_s": median(results, t, "data_s"),
-                    "runs_ok": sum(r.tool == t and r.error is None for r in results),
-                    "runs": sum(r.tool == t for r in results)} for t in tools}
+    per_tool = {
+        t: {
+            "total_s": median(results, t, "total_s"),
+            "data_s": median(results, t, "data_s"),
+            "runs_ok": sum(r.tool == t and r.error is None for r in results),
+            "runs": sum(r.tool == t for r in results),
+        }
+        for t in tools
+    }
     pgm_total = per_tool.get("pgmigrator", {}).get("total_s")
     pgm_data = per_tool.get("pgmigrator", {}).get("data_s")
-    others = [v["total_s"] for k, v in per_tool.items() if k in ("dump-restore", "pgcopydb") and v["total_s"]]
+    others = [
+        v["total_s"]
+        for k, v in per_tool.items()
+        if k in ("dump-restore", "pgcopydb") and v["total_s"]
+    ]
     best = min(others) if others else None
     pipe = per_tool.get("raw-pipe", {}).get("data_s")
     total_ratio = pgm_total / best if pgm_total and best else None
@@ -446,9 +623,11 @@ def summarize(results: list[RunResult]) -> dict[str, Any]:
     return {
         "per_tool": per_tool,
         "best_other_total_s": best,
-        "total_ratio": total_ratio, "total_ratio_target_max": TARGET_TOTAL_RATIO,
+        "total_ratio": total_ratio,
+        "total_ratio_target_max": TARGET_TOTAL_RATIO,
         "total_ratio_ok": total_ratio is not None and total_ratio <= TARGET_TOTAL_RATIO,
-        "pipe_ratio": pipe_ratio, "pipe_ratio_target_min": TARGET_PIPE_RATIO,
+        "pipe_ratio": pipe_ratio,
+        "pipe_ratio_target_min": TARGET_PIPE_RATIO,
         "pipe_ratio_ok": pipe_ratio is not None and pipe_ratio >= TARGET_PIPE_RATIO,
         "noisy_runs": sum((r.other_cpu_pct or 0) > NOISY_PCT for r in results),
     }
@@ -459,43 +638,79 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 
 def print_report(results: list[RunResult], summary: dict[str, Any], facts: dict[str, Any]) -> None:
-    print(f"\nsource: pgbench scale {facts['scale']} + {facts['wide_rows']:,} wide rows "
-          f"(~{facts['wide_avg_row_bytes']:.0f} B/row), {facts['db_bytes'] / 2**20:,.0f} MiB on disk; "
-          f"{facts['workers']} workers, {facts['nproc']} cores, PostgreSQL {facts['server_version']}")
+    print(
+        f"\nsource: pgbench scale {facts['scale']} + {facts['wide_rows']:,} wide rows "
+        f"(~{facts['wide_avg_row_bytes']:.0f} B/row), {facts['db_bytes'] / 2**20:,.0f} MiB on disk; "
+        f"{facts['workers']} workers, {facts['nproc']} cores, PostgreSQL {facts['server_version']}"
+    )
     print(f"\n{'tool':<14}{'round':>6}{'total s':>10}{'data s':>10}{'other%':>8}  phases / error")
     for r in results:
-        detail = r.error.splitlines()[0][:90] if r.error else " ".join(f"{k}={v:.1f}" for k, v in r.phases_s.items())
-        print(f"{r.tool:<14}{r.round:>6}{fmt(r.total_s):>10}{fmt(r.data_s):>10}{fmt(r.other_cpu_pct):>8}  {detail}")
+        detail = (
+            r.error.splitlines()[0][:90]
+            if r.error
+            else " ".join(f"{k}={v:.1f}" for k, v in r.phases_s.items())
+        )
+        print(
+            f"{r.tool:<14}{r.round:>6}{fmt(r.total_s):>10}{fmt(r.data_s):>10}{fmt(r.other_cpu_pct):>8}  {detail}"
+        )
     print(f"\n{'median':<14}{'ok/runs':>8}{'total s':>10}{'data s':>10}")
     for tool, v in summary["per_tool"].items():
-        print(f"{tool:<14}{v['runs_ok']:>4}/{v['runs']:<3}{fmt(v['total_s']):>10}{fmt(v['data_s']):>10}")
+        print(
+            f"{tool:<14}{v['runs_ok']:>4}/{v['runs']:<3}{fmt(v['total_s']):>10}{fmt(v['data_s']):>10}"
+        )
     tr, pr = summary["total_ratio"], summary["pipe_ratio"]
-    print(f"\npgmigrator total / best(pgcopydb, pg_dump+pg_restore) = {fmt(tr, '.3f')}  "
-          f"(target <= {TARGET_TOTAL_RATIO:.3f}: {'OK' if summary['total_ratio_ok'] else 'MISSED'})")
-    print(f"raw pipe data / pgmigrator data phase              = {fmt(pr, '.3f')}  "
-          f"(target >= {TARGET_PIPE_RATIO:.3f}: {'OK' if summary['pipe_ratio_ok'] else 'MISSED'})")
+    print(
+        f"\npgmigrator total / best(pgcopydb, pg_dump+pg_restore) = {fmt(tr, '.3f')}  "
+        f"(target <= {TARGET_TOTAL_RATIO:.3f}: {'OK' if summary['total_ratio_ok'] else 'MISSED'})"
+    )
+    print(
+        f"raw pipe data / pgmigrator data phase              = {fmt(pr, '.3f')}  "
+        f"(target >= {TARGET_PIPE_RATIO:.3f}: {'OK' if summary['pipe_ratio_ok'] else 'MISSED'})"
+    )
     if summary["noisy_runs"]:
-        print(f"\nWARNING: {summary['noisy_runs']} run(s) shared the machine with other processes using more than "
-              f"{NOISY_PCT:.0f}% of its CPU (column other%): their times are inflated; rerun on an idle machine")
+        print(
+            f"\nWARNING: {summary['noisy_runs']} run(s) shared the machine with other processes using more than "
+            f"{NOISY_PCT:.0f}% of its CPU (column other%): their times are inflated; rerun on an idle machine"
+        )
 
 
-def write_json(results: list[RunResult], summary: dict[str, Any], facts: dict[str, Any], stamp: str) -> Path:
+def write_json(
+    results: list[RunResult], summary: dict[str, Any], facts: dict[str, Any], stamp: str
+) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"clone-{stamp}.json"
-    doc = {"benchmark": "clone", "timestamp": stamp, "environment": facts, "summary": summary,
-           "runs": [asdict(r) for r in results]}
+    doc = {
+        "benchmark": "clone",
+        "timestamp": stamp,
+        "environment": facts,
+        "summary": summary,
+        "runs": [asdict(r) for r in results],
+    }
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return path
 
 
-def collect_facts(args: argparse.Namespace, bench: Bench, source_facts: dict[str, Any], copydb: str) -> dict[str, Any]:
-    return {"scale": args.scale, "wide_rows": args.wide_rows, "rounds": args.rounds, "workers": args.workers,
-            "nproc": os.cpu_count(), "python": platform.python_version(), "bindir": str(bench.source.bindir),
-            "server_version": scalar(bench.source, "postgres", "SHOW server_version"), "pgcopydb": copydb,
-            "expected": bench.expected, **source_facts}
+def collect_facts(
+    args: argparse.Namespace, bench: Bench, source_facts: dict[str, Any], copydb: str
+) -> dict[str, Any]:
+    return {
+        "scale": args.scale,
+        "wide_rows": args.wide_rows,
+        "rounds": args.rounds,
+        "workers": args.workers,
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "bindir": str(bench.source.bindir),
+        "server_version": scalar(bench.source, "postgres", "SHOW server_version"),
+        "pgcopydb": copydb,
+        "expected": bench.expected,
+        **source_facts,
+    }
 
 
-def run_all(args: argparse.Namespace, tools: list[str], work: Path) -> tuple[list[RunResult], dict[str, Any]]:
+def run_all(
+    args: argparse.Namespace, tools: list[str], work: Path
+) -> tuple[list[RunResult], dict[str, Any]]:
     copydb, copydb_version = ensure_pgcopydb() if "pgcopydb" in tools else (None, "not requested")
     if "pgcopydb" in tools and copydb is None:
         print(f"skipping pgcopydb: {copydb_version}", file=sys.stderr)
@@ -503,13 +718,26 @@ def run_all(args: argparse.Namespace, tools: list[str], work: Path) -> tuple[lis
     print(f"starting clusters under {work} ...", file=sys.stderr, flush=True)
     source, dest = devcluster.start_pair(work)
     try:
-        print(f"loading source (scale {args.scale}, {args.wide_rows:,} wide rows) ...", file=sys.stderr, flush=True)
+        print(
+            f"loading source (scale {args.scale}, {args.wide_rows:,} wide rows) ...",
+            file=sys.stderr,
+            flush=True,
+        )
         source_facts = load_source(source, args.scale, args.wide_rows)
         bin_path = f"{source.bindir}{os.pathsep}{os.environ.get('PATH', '')}"
-        env = {**os.environ, "PGPASSWORD": devcluster.PASSWORD, "PATH": bin_path, "TMPDIR": str(work)}
+        env = {
+            **os.environ,
+            "PGPASSWORD": devcluster.PASSWORD,
+            "PATH": bin_path,
+            "TMPDIR": str(work),
+        }
         bench = Bench(source, dest, work, expected_counts(source), copydb, env)
         facts = collect_facts(args, bench, source_facts, copydb_version)
-        results = [run_tool(bench, tool, rnd, args.workers) for rnd in range(1, args.rounds + 1) for tool in tools]
+        results = [
+            run_tool(bench, tool, rnd, args.workers)
+            for rnd in range(1, args.rounds + 1)
+            for tool in tools
+        ]
     finally:
         for cluster in (source, dest):
             if args.keep:

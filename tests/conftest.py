@@ -129,3 +129,29 @@ def start_pgmigrator(*args: str, env: dict[str, str] | None = None) -> subproces
         env=full_env,
         start_new_session=True,
     )
+
+
+def wait_streaming(
+    pair: Pair, proc: subprocess.Popen[str] | None = None, timeout: float = 120
+) -> None:
+    """Wait until a follower streams: pipeline phase ``streaming`` and its slot active.
+
+    The slot alone is not enough: it is also active while `clone` holds it to export its snapshot.
+    """
+
+    def streaming() -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(
+                f"the follower exited: {proc.stderr.read() if proc.stderr else ''}"
+            )
+        with pair.dst() as conn:
+            if conn.execute("SELECT to_regclass('pgmigrator.pipelines')").fetchone()[0] is None:
+                return False
+            phase = conn.execute("SELECT phase FROM pgmigrator.pipelines").fetchone()
+        with pair.src() as conn:
+            active = conn.execute(
+                "SELECT count(*) FROM pg_replication_slots WHERE active AND database = current_database()"
+            ).fetchone()[0]
+        return bool(phase and phase[0] == "streaming" and active)
+
+    wait_for(streaming, timeout=timeout, interval=0.1, what="the follower to stream")

@@ -239,6 +239,7 @@ def test_exactly_once_origin_progress(pair: Pair, applier: PostgresApplier) -> N
         assert applier.start() == Lsn(0)
         applier.relation(T)
         apply_txn(applier, [Insert(1, row(1, "a", 1))], lsn=Lsn.parse("1/A0"))
+        assert applier.durable_lsn() == Lsn.parse("1/A0")
         applier.begin()
         applier.apply([Insert(1, row(2, "b", 2))])
         applier.rollback()  # neither the row nor the origin's progress stays
@@ -276,13 +277,16 @@ def test_terminated_backend_is_retryable(pair: Pair, applier: PostgresApplier) -
         applier.begin()
         applier.apply([Insert(1, row(1, "a", 1))])
         dst.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         with pytest.raises(RetryableApplyError):
             applier.apply([Insert(1, row(i, "a", 1)) for i in range(2, LARGE)])
         applier.rollback()
         assert applier.start() == Lsn(0)  # reconnect and replay from the origin
+        other = PostgresApplier(applier._target, applier._origin)
+        with pytest.raises(RetryableApplyError, match="in use by another session"):
+            other.start()
         applier.relation(T)
         apply_txn(applier, [Insert(1, row(1, "a", 1))])
         assert rows(dst, "SELECT id FROM t") == [(1,)]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from pgmigrator import sample
-from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for
+from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for, wait_streaming
 
 WORKLOAD = [
     "UPDATE every_type SET big = repeat('y', 30000) WHERE id %% 97 = 0",  # new TOAST values
@@ -42,18 +42,6 @@ def _wait_marker(pair: Pair, value: str, timeout: float = 120) -> None:
             return bool(conn.execute("SELECT 1 FROM marker WHERE v = %s", (value,)).fetchone())
 
     wait_for(seen, timeout=timeout, interval=0.1, what=f"marker {value} on the destination")
-
-
-def _wait_streaming(pair: Pair) -> None:
-    def active() -> bool:
-        with pair.src() as conn:
-            return bool(
-                conn.execute(
-                    "SELECT count(*) FROM pg_replication_slots WHERE active AND database = current_database()"
-                ).fetchone()[0]
-            )
-
-    wait_for(active, timeout=120, what="the follower's walsender")
 
 
 def _load(pair: Pair) -> None:
@@ -175,7 +163,7 @@ def test_walsender_terminated_and_destination_restarted(
     _load(pair)
     proc = start_pgmigrator("clone", "--follow", "--source", pair.source, "--dest", pair.dest)
     follower.append(proc)
-    _wait_streaming(pair)
+    wait_streaming(pair, proc)
     _marker(pair, "start")
     _wait_marker(pair, "start")
     with pair.src() as conn:

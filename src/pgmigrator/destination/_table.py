@@ -49,6 +49,14 @@ SELECT DISTINCT a.attname FROM pg_catalog.pg_index i
 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
 WHERE i.indrelid = %s AND i.indisvalid AND i.indpred IS NULL
 """
+# Unique and exclusion indexes by column names (NULL for an expression column).
+_UNIQUE = """
+SELECT array_agg(a.attname) FROM pg_catalog.pg_index i
+CROSS JOIN LATERAL unnest(i.indkey::int2[]) AS k(attnum)
+LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = %s AND (i.indisunique OR i.indisexclusion)
+GROUP BY i.indexrelid
+"""
 _CLASS = """
 SELECT c.oid, c.relkind FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -80,6 +88,7 @@ class Table:
     text_eq: frozenset[int]  # compared as text when matching whole rows
     partitioned: bool
     key_indexed: bool  # an index leads with a key column (else set-based joins hash)
+    other_unique: bool  # a unique or exclusion index on other columns than the key
     tmp: sql.Identifier
     relation: Relation
     cache: dict[Any, Any] = field(default_factory=dict)  # built statements
@@ -107,6 +116,8 @@ def describe(cur: Any, rel: Relation) -> Table:
     full = rel.replica_identity == "f"
     key = () if full else tuple(i for i, c in enumerate(rel.columns) if c.is_key)
     indexed = {row[0] for row in cur.execute(_INDEXED, (found[0],)).fetchall()}
+    key_names = {rel.columns[i].name for i in key}
+    uniques = [set(row[0]) for row in cur.execute(_UNIQUE, (found[0],)).fetchall()]
     return Table(
         oid=rel.oid,
         name=name,
@@ -121,7 +132,8 @@ def describe(cur: Any, rel: Relation) -> Table:
         always=frozenset(i for i, row in enumerate(cols) if row[5] == "a"),
         text_eq=frozenset(i for i, row in enumerate(cols) if not row[7]),
         partitioned=found[1] == "p",
-        key_indexed=any(rel.columns[i].name in indexed for i in key),
+        key_indexed=bool(key_names & indexed),
+        other_unique=any(unique != key_names for unique in uniques),
         tmp=sql.Identifier(f"pgm_apply_{rel.oid}"),
         relation=rel,
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import cast
+from typing import LiteralString
 
 import psycopg
 from psycopg import sql
@@ -52,6 +52,7 @@ _SESSION = (
 )
 _SAVEPOINT = "pgm_apply"
 Change = Insert | Update | Delete
+_NO_GROUP: list[Change] = []  # never appended to: the first change opens a real group
 
 
 class PostgresApplier:
@@ -60,12 +61,14 @@ class PostgresApplier:
     def __init__(self, dest: Target, origin: str, *, collector: object | None = None) -> None:
         self._target = dest
         self._origin = origin
+        # Kept for the caller's sake; rows are counted by the follow loop (counting them here
+        # too would count them twice in the collector's totals).
         self._collector = collector
         self._conn: Conn | None = None
         self._tables: dict[int, Table] = {}
         self._staged: set[int] = set()  # staging tables that exist in the session
         self._staged_in_txn: set[int] = set()  # ... created by the open transaction
-        self._txn_rows: dict[int, int] = {}
+        self._txn_rows = 0  # changes applied by the open transaction
         self._in_txn = False
         self._rows_applied = 0
         self._doing = ""
@@ -89,20 +92,45 @@ class PostgresApplier:
         conn.adapters.register_dumper(bytes, _sql.TextBytesDumper)
         try:
             conn.execute(_SESSION)
-            if conn.execute("SELECT pg_replication_origin_oid(%s)", (self._origin,)).fetchone() == (
-                None,
-            ):
-                conn.execute("SELECT pg_replication_origin_create(%s)", (self._origin,))
-            conn.execute("SELECT pg_replication_origin_session_setup(%s)", (self._origin,))
+            lsn = self._setup_origin(conn)
+        except psycopg.Error as exc:
+            self.close()
+            if getattr(exc, "sqlstate", None) == "55006":  # object in use
+                raise RetryableApplyError(
+                    f"replication origin {self._origin!r} is in use by another session",
+                    hint="another applier runs with this origin, or a previous session is still "
+                    "exiting: retry shortly",
+                ) from exc
+            raise self._error(exc, f"setting up replication origin {self._origin!r}") from exc
+        log.info("applier ready", origin=self._origin, resume_lsn=str(lsn))
+        return lsn
+
+    def _setup_origin(self, conn: Conn) -> Lsn:
+        name = (self._origin,)
+        row = conn.execute("SELECT pg_replication_origin_oid(%s)", name).fetchone()
+        if row is None or row[0] is None:
+            conn.execute("SELECT pg_replication_origin_create(%s)", name)
+        conn.execute("SELECT pg_replication_origin_session_setup(%s)", name)
+        # Resume from the destination's own record, never from one kept by this process (after
+        # kill -9 the destination may hold one batch more than the process logged).
+        row = conn.execute("SELECT pg_replication_origin_progress(%s, true)::text", name).fetchone()
+        return Lsn.parse(row[0] if row else None)
+
+    def durable_lsn(self) -> Lsn:
+        """The origin's progress, flushed to disk on the destination first (``flush => true``).
+
+        Commits run with ``synchronous_commit = off``, so a committed LSN may be lost to an
+        operating-system crash for a moment: feedback to the source (the slot's flush LSN) should
+        come from here, not from the LSN passed to ``commit``.
+        """
+        conn = self._need_conn()
+        try:
             row = conn.execute(
                 "SELECT pg_replication_origin_progress(%s, true)::text", (self._origin,)
             ).fetchone()
         except psycopg.Error as exc:
-            self.close()
-            raise self._error(exc, f"setting up replication origin {self._origin!r}") from exc
-        lsn = Lsn.parse(row[0] if row else None)
-        log.info("applier ready", origin=self._origin, resume_lsn=str(lsn))
-        return lsn
+            raise self._error(exc, "reading the replication origin's progress") from exc
+        return Lsn.parse(row[0] if row else None)
 
     def close(self) -> None:
         """Drop the connection (an open transaction is rolled back by the server)."""
@@ -154,11 +182,16 @@ class PostgresApplier:
             self._staged -= self._staged_in_txn
             self._end_txn()
             raise self._error(exc, f"committing up to LSN {end_lsn}") from exc
-        rows, self._txn_rows = self._txn_rows, {}
-        self._staged_in_txn.clear()
-        self._end_txn()
-        self._rows_applied += sum(rows.values())
-        self._report(rows)
+        self._rows_applied += self._txn_rows
+        self._end_txn()  # the staging tables it created stay
+
+    def execute(self, stmt: LiteralString, params: Sequence[object]) -> None:
+        """Run one statement of the pipeline's own (a switchover sentinel row) in the open transaction."""
+        self._need_txn()
+        try:
+            self._need_conn().execute(stmt, params)
+        except psycopg.Error as exc:
+            raise self._error(exc, "recording a pipeline row") from exc
 
     def rollback(self) -> None:
         """Roll the open transaction back (nothing of it stays, origin included)."""
@@ -177,7 +210,7 @@ class PostgresApplier:
 
     def _end_txn(self) -> None:
         self._in_txn = False
-        self._txn_rows = {}
+        self._txn_rows = 0
         self._staged_in_txn.clear()
 
     # -- apply -----------------------------------------------------------------------------------
@@ -186,14 +219,11 @@ class PostgresApplier:
         """Apply ``changes`` (source order) inside the open transaction."""
         self._need_txn()
         groups: dict[int, list[Change]] = {}
-        oid, group = (
-            -1,
-            cast("list[Change]", []),
-        )  # the previous change's group: most runs hit one table
+        oid, group = -1, _NO_GROUP  # the previous change's group: most runs hit one table
         for change in changes:
             if isinstance(change, Truncate):
                 self._apply_groups(groups)
-                groups, oid, group = {}, -1, []
+                groups, oid, group = {}, -1, _NO_GROUP
                 self._truncate(change)
                 continue
             if change.relation_oid != oid:
@@ -209,11 +239,11 @@ class PostgresApplier:
                 self._apply_relation(table, changes)
             except psycopg.Error as exc:
                 raise self._error(exc, f"{self._doing} on {table.name}") from exc
-            self._txn_rows[oid] = self._txn_rows.get(oid, 0) + len(changes)
+            self._txn_rows += len(changes)
 
     def _apply_relation(self, t: Table, changes: list[Change]) -> None:
         steps = compact(changes, t.key)
-        if not t.key or not _may_collide(steps):
+        if not (t.key and t.other_unique and _may_collide(steps)):
             for step in steps:
                 self._step(t, step)
             return
@@ -307,17 +337,6 @@ class PostgresApplier:
         cls = RetryableApplyError if err.retryable or broken else ApplyError
         return cls(err.message, hint=err.hint)
 
-    def _report(self, rows: dict[int, int]) -> None:
-        add_rows = getattr(self._collector, "add_rows", None)
-        if add_rows is None:
-            return
-        for oid, n in rows.items():
-            rel = self._tables[oid].relation
-            try:
-                add_rows(n, schema=rel.namespace, table=rel.name)
-            except Exception as exc:  # observability must not stop the apply
-                log.debug("collector refused applied rows", error=str(exc))
-
 
 def _same_layout(a: Relation, b: Relation) -> bool:
     return (a.namespace, a.name, a.replica_identity, a.columns) == (
@@ -332,7 +351,8 @@ def _may_collide(steps: list[Step]) -> bool:
     """Whether set-based order could hit a unique violation that source order would not.
 
     Deletes run first and inserts last, so a unique value freed in the batch is free before it
-    is claimed again, except between two updated rows (a swap): at least two update rows.
+    is claimed again, except between two updated rows (a swap): at least two update rows. (The
+    key itself cannot collide: updates keep their keys; only other unique indexes matter.)
     """
     return (
         sum(len(rows) for s in steps if isinstance(s, NetEffect) for rows in s.updates.values()) > 1

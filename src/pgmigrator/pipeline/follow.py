@@ -28,11 +28,11 @@ from pgmigrator.lsn import Lsn
 from pgmigrator.metrics import Collector
 from pgmigrator.metrics.format import format_bytes
 from pgmigrator.pg import Conn, connect
-from pgmigrator.pipeline.reader import BatchLimits, Changes, Command, CommitBatch, Reader
+from pgmigrator.pipeline.reader import BatchLimits, Changes, Command, CommitBatch, Reader, Sentinel
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.source.replication import ReplicationStream
 from pgmigrator.source.slots import slot_status
-from pgmigrator.store.state import StateStore
+from pgmigrator.store.state import StateStore, sentinel_insert_sql
 
 log = get_logger("follow")
 _STOP = object()
@@ -64,6 +64,7 @@ class Follow:
         self.applied_lsn = Lsn(0)
         self.latest_lsn = Lsn(0)  # the source's current WAL position, polled every second
         self._inflight = 0
+        self._sentinel_pending = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
 
     def request_stop(self) -> None:
@@ -97,6 +98,7 @@ class Follow:
     def _load_state(self) -> tuple[str, str, dict[tuple[str, str], Lsn]]:
         with connect(self.dest) as dst:
             store = StateStore(dst, self.settings.name)
+            store.ensure_schema()
             row = store.load()
             slot = self.settings.slot or (row.slot if row else self.settings.slot_name)
             publication = self.settings.publication or (
@@ -204,7 +206,13 @@ class Follow:
             if msg is not None:
                 reader.feed(msg.data, msg.wal_end)
             await self._drain(out, queue)
-            stream.idle = reader.idle and queue.empty() and self._inflight == 0
+            # an idle slot may advance past our last commit only once that commit is durable
+            stream.idle = (
+                reader.idle
+                and queue.empty()
+                and self._inflight == 0
+                and stream.flushed >= self.applied_lsn
+            )
             now = time.monotonic()
             if now - last_probe >= 1.0:
                 last_probe = now
@@ -226,7 +234,25 @@ class Follow:
     ) -> None:
         loop = asyncio.get_running_loop()
         in_txn = False
-        while (cmd := await queue.get()) is not _STOP:
+        last_durable = 0.0
+        while True:
+            try:
+                cmd = await asyncio.wait_for(queue.get(), timeout=1.0)
+            except TimeoutError:
+                cmd = None
+            if cmd is _STOP:
+                break
+            if (
+                not in_txn
+                and self.applied_lsn > stream.flushed
+                and (cmd is None or time.monotonic() - last_durable >= 1.0)
+            ):
+                last_durable = (
+                    time.monotonic()
+                )  # feedback follows what is on the destination's disk, not commit()
+                await self._advance_feedback(applier, stream)
+            if cmd is None:
+                continue
             self._inflight = 1
             if isinstance(cmd, Changes):
                 if not in_txn:
@@ -241,19 +267,41 @@ class Follow:
                 )
                 in_txn = False
                 self._committed(cmd, stream)
+            elif isinstance(cmd, Sentinel):
+                if not in_txn:
+                    await loop.run_in_executor(self._executor, applier.begin)
+                    in_txn = True
+                params = (cmd.id, self.settings.name, str(cmd.lsn))
+                await loop.run_in_executor(
+                    self._executor, applier.execute, sentinel_insert_sql(), params
+                )
+                self.collector.set_phase("switchover")
+                self._sentinel_pending = True
             else:
                 await loop.run_in_executor(self._executor, applier.relation, cmd)
             self._inflight = 0
         if in_txn:  # a source transaction was cut by the stop: roll it back, the slot resends it
             await loop.run_in_executor(self._executor, applier.rollback)
+        await self._advance_feedback(applier, stream)
+
+    async def _advance_feedback(self, applier: PostgresApplier, stream: ReplicationStream) -> None:
+        durable = await asyncio.get_running_loop().run_in_executor(
+            self._executor, applier.durable_lsn
+        )
+        if durable > stream.flushed:
+            stream.flushed = durable
 
     def _committed(self, cmd: CommitBatch, stream: ReplicationStream) -> None:
         self.applied_lsn = cmd.end_lsn
-        if cmd.end_lsn > stream.flushed:
-            stream.flushed = cmd.end_lsn
         self.stats.transactions += cmd.transactions
         self.stats.rows += cmd.rows
         self.stats.batches += 1
+        if (
+            self._sentinel_pending
+        ):  # the batch that carried the sentinel is durable: everything before it is here
+            self._sentinel_pending = False
+            self.collector.set_phase("switchover-complete")
+            log.info("switchover sentinel applied", lsn=str(cmd.end_lsn))
         self.collector.add_rows(cmd.rows)
         self.collector.set_lsns(
             applied=cmd.end_lsn,

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from pgmigrator.events import (
     Begin,
     Commit,
@@ -57,7 +59,16 @@ class CommitBatch:
     rows: int
 
 
-Command = Relation | Changes | CommitBatch
+@dataclass(frozen=True, slots=True)
+class Sentinel:
+    """A switchover sentinel (``pg_logical_emit_message(true, 'pgmigrator', ...)``) at its place in the stream."""
+
+    id: str
+    lsn: Lsn
+
+
+SENTINEL_PREFIX = "pgmigrator"
+Command = Relation | Changes | CommitBatch | Sentinel
 
 
 @dataclass
@@ -196,8 +207,16 @@ class Reader:
         self.origin = msg.name
 
     def _message(self, msg: Message, wal_end: Lsn) -> None:
+        self._logical_message(msg, self.txn.final_lsn if self.txn else msg.lsn)
+
+    def _logical_message(self, msg: Message, lsn: Lsn) -> None:
+        if msg.prefix == SENTINEL_PREFIX and msg.transactional:
+            sentinel_id = _sentinel_id(msg.content)
+            if sentinel_id is not None:
+                self._push_pending()  # keep its place: after every change before it
+                self.emit(Sentinel(sentinel_id, msg.lsn))
         if self.on_message is not None:
-            self.on_message(msg, self.txn.final_lsn if self.txn else msg.lsn)
+            self.on_message(msg, lsn)
 
     def _stream_start(self, msg: StreamStart, wal_end: Lsn) -> None:
         self.stream_xid = msg.xid
@@ -213,8 +232,8 @@ class Reader:
             change = decode_message(raw, in_stream=True)
             if isinstance(change, (Insert, Update, Delete, Truncate)):
                 self._add_change(change, msg.commit_lsn)
-            elif isinstance(change, Message) and self.on_message is not None:
-                self.on_message(change, msg.commit_lsn)
+            elif isinstance(change, Message):
+                self._logical_message(change, msg.commit_lsn)
         self._committed(msg.end_lsn, msg.commit_time, wal_end)
 
     def reset(self) -> None:
@@ -241,3 +260,12 @@ _HANDLERS: dict[type, Callable[[Reader, Any, Lsn], None]] = {
     StreamAbort: Reader._stream_abort,
     StreamCommit: Reader._stream_commit,
 }
+
+
+def _sentinel_id(content: bytes) -> str | None:
+    try:
+        doc = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    value = doc.get("id") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None

@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS pgmigrator.chunks (
     PRIMARY KEY (pipeline, schema_name, table_name, chunk),
     FOREIGN KEY (pipeline, schema_name, table_name) REFERENCES pgmigrator.tables ON DELETE CASCADE
 );
+CREATE TABLE IF NOT EXISTS pgmigrator.sentinels (
+    id text PRIMARY KEY,
+    pipeline text NOT NULL,
+    source_lsn pg_lsn NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
 CREATE TABLE IF NOT EXISTS pgmigrator.post_data (
     pipeline text NOT NULL REFERENCES pgmigrator.pipelines (name) ON DELETE CASCADE,
     seq int NOT NULL,
@@ -251,4 +257,12 @@ def post_data_done_sql() -> str:
     return (
         "INSERT INTO pgmigrator.post_data (pipeline, seq, done) VALUES (%s, %s, true)"
         " ON CONFLICT (pipeline, seq) DO UPDATE SET done = true"
+    )
+
+
+def sentinel_insert_sql() -> str:
+    """Run by the applier inside the batch transaction that carries the sentinel (exact proof)."""
+    return (
+        "INSERT INTO pgmigrator.sentinels (id, pipeline, source_lsn) VALUES (%s, %s, %s::pg_lsn)"
+        " ON CONFLICT (id) DO NOTHING"
     )

@@ -1,0 +1,287 @@
+"""``pgmigrator switchover``: prove the destination has every source transaction, then hand over.
+
+While ``follow`` runs: check it streams with little lag; optionally *fence* the source (new sessions
+default to read-only, open sessions of the database are terminated: reversible with ``unfence``);
+emit a transactional sentinel with ``pg_logical_emit_message(true, 'pgmigrator', ...)``. The
+follower writes the sentinel's id into ``pgmigrator.sentinels`` in the same destination transaction
+that applies everything committed before it, so seeing that row is proof. Then sequences are synced
+(plus a safety margin), tables verified, and a cutover report written. On a timeout or a
+verification failure the command exits non-zero and unfences the source unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from pgmigrator.config import Settings
+from pgmigrator.dsn import Target
+from pgmigrator.errors import PgMigratorError, PreflightError
+from pgmigrator.log import get_logger
+from pgmigrator.lsn import Lsn
+from pgmigrator.pg import Conn, connect
+from pgmigrator.pipeline import verify as verifymod
+from pgmigrator.pipeline.sequences import sync_sequences
+from pgmigrator.source.slots import slot_status
+from pgmigrator.store.state import StateStore
+
+log = get_logger("switchover")
+
+
+class SwitchoverFailed(PgMigratorError):
+    """The switchover did not complete (timeout, verification); the report says where it stopped."""
+
+
+@dataclass
+class SwitchoverOptions:
+    timeout_s: float = 60.0
+    fence: bool = False
+    keep_fence_on_failure: bool = False
+    verify: str = "full"  # full, sample, none
+    sequence_margin: int = 1000
+    max_lag_bytes: int = 64 * 1024 * 1024
+    report_path: Path | None = None
+
+
+@dataclass
+class Report:
+    pipeline: str
+    started_at: str
+    status: str = "running"
+    fenced: bool = False
+    fence_actions: list[str] = field(default_factory=list)
+    sentinel_id: str = ""
+    sentinel_lsn: str | None = None
+    lag_bytes_before: int | None = None
+    sentinel_wait_s: float | None = None
+    write_downtime_s: float | None = None
+    sequences_synced: int = 0
+    sequence_margin: int = 0
+    verification: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    finished_at: str | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Switchover:
+    def __init__(self, settings: Settings, options: SwitchoverOptions) -> None:
+        settings.require("source", "dest")
+        self.settings = settings
+        self.options = options
+        self.source = Target(settings.source or "", "source")
+        self.dest = Target(settings.dest or "", "destination")
+        self.report = Report(settings.name, _now(), sequence_margin=options.sequence_margin)
+        self._t0 = time.monotonic()
+
+    def _mark(self, step: str) -> None:
+        self.report.timings_s[step] = round(time.monotonic() - self._t0, 3)
+
+    def run(self) -> Report:
+        with connect(self.source) as src, connect(self.dest) as dst:
+            store = StateStore(dst, self.settings.name)
+            pipeline = store.require()
+            if pipeline.phase not in ("streaming", "switchover", "switchover-complete"):
+                raise PreflightError(
+                    f"pipeline {self.settings.name!r} is in phase {pipeline.phase!r}, not streaming",
+                    hint="wait for the clone to finish and `follow` to start, then retry",
+                )
+            self._precheck(src, pipeline.slot)
+            fence_t0 = time.monotonic()
+            try:
+                if self.options.fence:
+                    self.report.fence_actions = fence(src)
+                    self.report.fenced = True
+                    self._mark("fenced")
+                store.set_phase("switchover")
+                self._sentinel(src, dst)
+                self.report.sequences_synced = sync_sequences(
+                    src, dst, self.options.sequence_margin
+                )
+                self._mark("sequences")
+                if self.report.fenced:
+                    self.report.write_downtime_s = round(time.monotonic() - fence_t0, 3)
+                self._verify()
+                store.set_phase("switchover-complete")
+                self.report.status = "complete"
+            except PgMigratorError as exc:
+                self.report.status, self.report.error = "failed", exc.message
+                if self.report.fenced and not self.options.keep_fence_on_failure:
+                    self.report.fence_actions += unfence(src)
+                    self.report.fenced = False
+                raise
+            finally:
+                self.report.finished_at = _now()
+                self._write_report()
+        return self.report
+
+    def _precheck(self, src: Conn, slot: str) -> None:
+        status = slot_status(src, slot)
+        if status is None:
+            raise PreflightError(
+                f"no replication slot {slot!r} on the source",
+                hint="run `pgmigrator clone` and `follow` first",
+            )
+        if not status.active:
+            raise PreflightError(
+                f"the follower is not streaming (slot {slot!r} is not active)",
+                hint="start `pgmigrator follow` (or `clone --follow`) and retry once it has caught up",
+            )
+        row = src.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 FROM pg_replication_slots"
+            " WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+        lag = int(row[0]) if row and row[0] is not None else 0
+        self.report.lag_bytes_before = lag
+        if lag > self.options.max_lag_bytes:
+            raise PreflightError(
+                f"the follower is {lag:,} bytes behind (more than {self.options.max_lag_bytes:,})",
+                hint="wait until it catches up (see `pgmigrator status`), or raise --max-lag",
+            )
+        self._mark("prechecked")
+
+    def _sentinel(self, src: Conn, dst: Conn) -> None:
+        sentinel_id = uuid.uuid4().hex
+        content = orjson.dumps(
+            {"type": "switchover", "id": sentinel_id, "pipeline": self.settings.name}
+        )
+        row = src.execute(
+            "SELECT pg_logical_emit_message(true, 'pgmigrator', %s::bytea)::text", (content,)
+        ).fetchone()
+        self.report.sentinel_id = sentinel_id
+        self.report.sentinel_lsn = str(Lsn.parse(row[0])) if row else None
+        self._mark("sentinel_emitted")
+        started = time.monotonic()
+        _await_sentinel(dst, sentinel_id, started + self.options.timeout_s, self.options.timeout_s)
+        self.report.sentinel_wait_s = round(time.monotonic() - started, 3)
+        self._mark("sentinel_applied")
+        log.info(
+            "sentinel applied", lsn=self.report.sentinel_lsn, seconds=self.report.sentinel_wait_s
+        )
+
+    def _verify(self) -> None:
+        mode = self.options.verify
+        if mode == "none":
+            return
+        checks = verifymod.verify(
+            self.source,
+            self.dest,
+            self.settings.tables,
+            self.settings.exclude,
+            self.settings.workers,
+            sample=(mode == "sample"),
+        )
+        self.report.verification = [c.to_dict() for c in checks]
+        self._mark("verified")
+        bad = [c.table for c in checks if c.status != "ok"]
+        if bad:
+            raise SwitchoverFailed(
+                f"verification failed for {len(bad)} table(s): {', '.join(bad[:10])}",
+                hint="see the report; the source is unfenced unless --keep-fence-on-failure",
+            )
+
+    def _write_report(self) -> None:
+        path = self.options.report_path
+        if path is None:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            path = Path.cwd() / f"pgmigrator-switchover-{self.settings.name}-{stamp}.json"
+        path.write_bytes(self.report.to_json())
+        self.report_file = path
+
+
+def _sentinel_seen(dst: Conn, sentinel_id: str) -> bool:
+    """Whether the follower committed the sentinel; a lock held on the table counts as not yet."""
+    try:
+        return (
+            dst.execute(
+                "SELECT 1 FROM pgmigrator.sentinels WHERE id = %s", (sentinel_id,)
+            ).fetchone()
+            is not None
+        )
+    except psycopg.errors.LockNotAvailable:
+        return False
+
+
+def _await_sentinel(dst: Conn, sentinel_id: str, deadline: float, timeout_s: float) -> None:
+    """Poll the destination (every 50 ms, never blocked by locks) until the sentinel row is there."""
+    dst.execute("SET lock_timeout = '200ms'")
+    try:
+        while not _sentinel_seen(dst, sentinel_id):
+            if time.monotonic() > deadline:
+                raise SwitchoverFailed(
+                    f"the destination did not apply the sentinel within {timeout_s:g} s",
+                    hint="check that `follow` is running and healthy (`pgmigrator status`), then retry",
+                )
+            time.sleep(0.05)
+    finally:
+        dst.execute("RESET lock_timeout")
+
+
+def _database(conn: Conn) -> sql.Identifier:
+    row = conn.execute("SELECT current_database()").fetchone()
+    return sql.Identifier(row[0] if row else "")
+
+
+def fence(src: Conn) -> list[str]:
+    """Make the source database read-only for new sessions and end the open ones (reversible)."""
+    db = _database(src)
+    src.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(db))
+    killed = src.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    ).fetchone()
+    actions = [
+        f"ALTER DATABASE {db.as_string(src)} SET default_transaction_read_only = on",
+        f"terminated {killed[0] if killed else 0} open session(s) of the database",
+    ]
+    for line in actions:
+        log.warning("fence", action=line)
+    return actions
+
+
+def unfence(src: Conn) -> list[str]:
+    db = _database(src)
+    src.execute("SET default_transaction_read_only = off")  # this session started under the fence
+    src.execute(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(db))
+    action = f"ALTER DATABASE {db.as_string(src)} RESET default_transaction_read_only"
+    log.info("unfence", action=action)
+    return [action]
+
+
+def render(report: Report) -> str:
+    lines = [f"switchover of pipeline {report.pipeline}: {report.status.upper()}"]
+    if report.error:
+        lines.append(f"  error: {report.error}")
+    lines.append(
+        f"  sentinel {report.sentinel_id or '-'} at {report.sentinel_lsn or '-'}, applied after {report.sentinel_wait_s} s"
+    )
+    lines.append(
+        f"  lag before: {report.lag_bytes_before} bytes; write downtime: "
+        + (
+            f"{report.write_downtime_s} s"
+            if report.write_downtime_s is not None
+            else "none (not fenced)"
+        )
+    )
+    lines += [f"  fence: {a}" for a in report.fence_actions]
+    lines.append(f"  sequences synced: {report.sequences_synced} (margin {report.sequence_margin})")
+    if report.verification:
+        bad = [v for v in report.verification if v["status"] != "ok"]
+        lines.append(f"  verification: {len(report.verification)} table(s), {len(bad)} differ")
+        lines += [f"    {v['table']}: {v['status']} {v['detail']}" for v in bad[:20]]
+    return "\n".join(lines)

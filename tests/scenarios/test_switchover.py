@@ -1,0 +1,167 @@
+"""Journey: switch over to the destination with proof (sentinel), fencing, sequences and a report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_streaming
+
+
+@pytest.fixture
+def following(pair: Pair) -> Iterator[subprocess.Popen[str]]:
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE items (id bigserial PRIMARY KEY, v text)")
+        conn.execute("INSERT INTO items (v) SELECT 'x' FROM generate_series(1, 1000)")
+    pair.source_cluster.pgbench(pair.dbname, "-i", "-q", "-s", "1")
+    proc = start_pgmigrator("clone", "--follow", "--source", pair.source, "--dest", pair.dest)
+
+    wait_streaming(pair, proc)
+    yield proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with pair.src() as conn:
+        conn.execute("SET default_transaction_read_only = off")
+        conn.execute(f'ALTER DATABASE "{pair.dbname}" RESET default_transaction_read_only')
+
+
+def test_switchover_with_fence_while_pgbench_runs(
+    pair: Pair, following: subprocess.Popen[str], tmp_path: Path
+) -> None:
+    stop = threading.Event()
+
+    def writes() -> None:
+        while not stop.is_set():
+            try:
+                with pair.src() as conn:
+                    while not stop.is_set():
+                        conn.execute("INSERT INTO items (v) VALUES ('live')")
+                        conn.execute(
+                            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1 + (random() * 99999)::int"
+                        )
+            except psycopg.Error:
+                pass  # fenced: sessions terminated, then read-only; keep trying like an application would
+
+    writer = threading.Thread(target=writes)
+    writer.start()
+    try:
+        report_file = tmp_path / "cutover.json"
+        res = pgmigrator(
+            "switchover",
+            "--source",
+            pair.source,
+            "--dest",
+            pair.dest,
+            "--fence",
+            "--yes",
+            "--report",
+            str(report_file),
+            "--timeout",
+            "90s",
+        )
+    finally:
+        stop.set()
+        writer.join()
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(report_file.read_text())
+    assert (
+        report["status"] == "complete"
+        and report["fenced"] is True
+        and report["write_downtime_s"] > 0
+    )
+    assert (
+        all(v["status"] == "ok" for v in report["verification"])
+        and len(report["verification"]) >= 5
+    )
+    assert "still fenced" in res.stdout
+    with pair.src() as src, pair.dst() as dst:
+        # every committed source write is on the destination, and sequences are ahead
+        assert (
+            src.execute("SELECT count(*), max(id) FROM items").fetchone()
+            == dst.execute("SELECT count(*), max(id) FROM items").fetchone()
+        )
+        src_seq = src.execute("SELECT last_value FROM items_id_seq").fetchone()[0]
+        assert dst.execute("SELECT last_value FROM items_id_seq").fetchone()[0] >= src_seq + 1000
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), pair.src() as fresh:
+            fresh.execute("INSERT INTO items (v) VALUES ('blocked')")
+        assert (
+            dst.execute("SELECT phase FROM pgmigrator.pipelines").fetchone()[0]
+            == "switchover-complete"
+        )
+    assert pgmigrator("unfence", "--source", pair.source).returncode == 0
+    with pair.src() as fresh:
+        fresh.execute("INSERT INTO items (v) VALUES ('writable again')")
+
+
+def test_switchover_on_an_idle_source(
+    pair: Pair, following: subprocess.Popen[str], tmp_path: Path
+) -> None:
+    res = pgmigrator(
+        "switchover",
+        "--source",
+        pair.source,
+        "--dest",
+        pair.dest,
+        "--verify",
+        "sample",
+        "--report",
+        str(tmp_path / "r.json"),
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "COMPLETE" in res.stdout and "not fenced" in res.stdout
+
+
+def test_switchover_refused_when_follower_is_down(
+    pair: Pair, following: subprocess.Popen[str], tmp_path: Path
+) -> None:
+    following.send_signal(signal.SIGTERM)
+    following.wait(timeout=60)
+    res = pgmigrator(
+        "switchover",
+        "--source",
+        pair.source,
+        "--dest",
+        pair.dest,
+        "--report",
+        str(tmp_path / "r.json"),
+    )
+    assert res.returncode == 1 and "not streaming" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_switchover_timeout_unfences_the_source(
+    pair: Pair, following: subprocess.Popen[str], tmp_path: Path
+) -> None:
+    with pair.dst() as blocker:
+        blocker.execute(
+            "BEGIN; LOCK TABLE pgmigrator.sentinels IN ACCESS EXCLUSIVE MODE"
+        )  # the follower stalls on it
+        res = pgmigrator(
+            "switchover",
+            "--source",
+            pair.source,
+            "--dest",
+            pair.dest,
+            "--fence",
+            "--yes",
+            "--timeout",
+            "3s",
+            "--report",
+            str(tmp_path / "r.json"),
+        )
+        blocker.execute("ROLLBACK")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "did not apply the sentinel within 3 s" in res.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["status"] == "failed" and report["fenced"] is False
+    assert any("RESET default_transaction_read_only" in a for a in report["fence_actions"])
+    with pair.src() as fresh:
+        fresh.execute("INSERT INTO items (v) VALUES ('unfenced after the failure')")
