@@ -17,6 +17,8 @@ import click
 import orjson
 
 from pgmigrator import config as configmod
+from pgmigrator.api.host import PipelineControl
+from pgmigrator.cli_observe import api_flags, api_options, hosted_run, tui
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError, PgMigratorError
 from pgmigrator.log import get_logger, setup_logging
@@ -133,6 +135,7 @@ def preflight(
 @click.option(
     "--follow", "then_follow", is_flag=True, help="after the copy, stream changes until interrupted"
 )
+@api_options
 @handle_errors
 def clone(
     config_file: Path | None,
@@ -141,6 +144,7 @@ def clone(
     resume: bool,
     drop_if_exists: bool,
     then_follow: bool,
+    tui: bool,
     **flags: Any,
 ) -> None:
     """Copy schema and rows under one snapshot; keep the slot for `follow` (or go on with --follow)."""
@@ -148,10 +152,11 @@ def clone(
     from pgmigrator.pipeline.progress import Progress
 
     settings = load_settings(
-        config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags
+        config_file, tables=list(tables) or None, exclude=list(exclude) or None, **api_flags(flags)
     )
     collector = _collector(settings)
-    with _state_file(settings, collector):
+
+    def body(control: PipelineControl) -> None:
         try:
             options = CloneOptions(resume=resume, drop_if_exists=drop_if_exists)
             result = Clone(settings, options, Progress(collector)).run()
@@ -169,7 +174,9 @@ def clone(
             )
         )
         if then_follow:
-            _run_follow(settings, collector)
+            _run_follow(settings, collector, control)
+
+    hosted_run(settings, collector, body, tui=tui)
 
 
 def _collector(settings: configmod.Settings) -> Any:
@@ -190,18 +197,25 @@ def _state_file(settings: configmod.Settings, collector: Any) -> Any:
     return StateFileThread(collector, state_path(settings.name, settings.state_dir))
 
 
-def _run_follow(settings: configmod.Settings, collector: Any) -> None:
+def _run_follow(
+    settings: configmod.Settings, collector: Any, control: PipelineControl | None = None
+) -> None:
     import asyncio
     import signal
+    import threading
 
     from pgmigrator.pipeline.follow import Follow
 
     follow = Follow(settings, collector)
+    if control is not None:
+        control.target = follow
 
     async def main_task() -> Any:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, follow.request_stop)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, follow.request_stop)
+            loop.add_signal_handler(signal.SIGUSR1, _toggle_pause, follow)
         return await follow.run()
 
     try:
@@ -219,13 +233,26 @@ def _run_follow(settings: configmod.Settings, collector: Any) -> None:
 @common_options
 @click.option("--slot", help="replication slot name (default pgmigrator_<name>)")
 @click.option("--publication", help="publication name (default pgmigrator_<name>)")
+@api_options
 @handle_errors
-def follow(config_file: Path | None, **flags: Any) -> None:
-    """Stream changes from the slot to the destination until interrupted (resumes where it stopped)."""
-    settings = load_settings(config_file, **flags)
+def follow(config_file: Path | None, tui: bool, **flags: Any) -> None:
+    """Stream changes from the slot to the destination until interrupted (resumes where it stopped).
+
+    SIGUSR1 pauses and resumes (as do the API and the TUI); SIGINT/SIGTERM stop cleanly.
+    """
+    settings = load_settings(config_file, **api_flags(flags))
     collector = _collector(settings)
-    with _state_file(settings, collector):
-        _run_follow(settings, collector)
+    hosted_run(
+        settings, collector, lambda control: _run_follow(settings, collector, control), tui=tui
+    )
+
+
+def _toggle_pause(follow: Any) -> None:
+    """SIGUSR1: pause a running follower, resume a paused one."""
+    try:
+        follow.resume() if follow.lifecycle.paused else follow.pause()
+    except PgMigratorError as exc:
+        log.warning("pause/resume refused", reason=exc.message)
 
 
 def _duration(text: str) -> float:
@@ -471,3 +498,5 @@ def config_check(file: Path) -> None:
 
 if __name__ == "__main__":
     main()
+
+main.add_command(tui)

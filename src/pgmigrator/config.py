@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -24,6 +31,7 @@ from pydantic_settings import (
 
 from pgmigrator import dsn as dsnmod
 from pgmigrator.errors import ConfigError
+from pgmigrator.retry import RetryPolicy
 
 _file_data: ContextVar[dict[str, Any] | None] = ContextVar("_file_data", default=None)
 
@@ -43,7 +51,65 @@ class CopySettings(BaseModel):
         1024, ge=1, description="tables larger than this are split in ctid chunks"
     )
     chunk_mb: int = Field(512, ge=1, description="target chunk size for split tables")
-    max_attempts: int = Field(5, ge=1, description="attempts per chunk when the destination fails")
+    max_attempts: int | None = Field(
+        None, ge=1, description="attempts per chunk when the destination fails (default: retry's)"
+    )
+
+
+class RetrySettings(BaseModel):
+    """Backoff for reconnects (follow) and chunk retries (copy); see pgmigrator.retry."""
+
+    model_config = ConfigDict(extra="forbid")
+    initial_s: float = Field(0.5, ge=0, description="first delay before a retry, seconds")
+    max_s: float = Field(30.0, gt=0, description="longest delay between retries, seconds")
+    multiplier: float = Field(2.0, ge=1, description="each delay is the previous one times this")
+    jitter: float = Field(0.2, ge=0, lt=1, description="delays vary randomly by this fraction")
+    max_attempts: int = Field(
+        10, ge=0, description="attempts in a row before giving up (0: never give up)"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetrySettings:
+        if self.max_s < self.initial_s:
+            raise ValueError("max_s must be at least initial_s")
+        return self
+
+    def policy(self, max_attempts: int | None = None) -> RetryPolicy:
+        attempts = self.max_attempts if max_attempts is None else max_attempts
+        return RetryPolicy(self.initial_s, self.max_s, self.multiplier, self.jitter, attempts)
+
+
+class WalBudgetSettings(BaseModel):
+    """How much WAL the slot may hold back on the source (see pipeline/walbudget.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    warn_mb: int = Field(1024, ge=1, description="log a warning, slot health degraded, above this")
+    max_mb: int = Field(8192, ge=1, description="slot health down, /readyz unhealthy, above this")
+    check_s: float = Field(5.0, gt=0, description="how often the slot is checked, seconds")
+    heartbeat_s: float = Field(
+        0, ge=0, description="emit a heartbeat WAL message this often when idle (0: off)"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WalBudgetSettings:
+        if self.max_mb < self.warn_mb:
+            raise ValueError("max_mb must be at least warn_mb")
+        return self
+
+
+class ApiSettings(BaseModel):
+    """The HTTP API served by long-running commands (clone, follow, stream) when ``addr`` is set."""
+
+    model_config = ConfigDict(extra="forbid")
+    addr: str | None = Field(
+        None, description="HOST:PORT to serve the API on (e.g. 127.0.0.1:8080); unset: no API"
+    )
+    token: str | None = Field(
+        None, description="bearer token for control endpoints; unset: a random one, printed once"
+    )
+    protect_reads: bool = Field(False, description="require the token on read endpoints too")
+    ready_max_lag_s: float = Field(10.0, gt=0, description="/readyz fails above this lag")
+    ready_max_lag_mb: int = Field(64, ge=1, description="/readyz fails above this lag in MB")
 
 
 class Settings(BaseSettings):
@@ -75,6 +141,11 @@ class Settings(BaseSettings):
     )
     copy_: CopySettings = Field(
         default_factory=lambda: CopySettings.model_validate({}), alias="copy"
+    )
+    api: ApiSettings = Field(default_factory=lambda: ApiSettings.model_validate({}))
+    retry: RetrySettings = Field(default_factory=lambda: RetrySettings.model_validate({}))
+    wal_budget: WalBudgetSettings = Field(
+        default_factory=lambda: WalBudgetSettings.model_validate({})
     )
     log_level: LogLevel = "info"
     log_format: Literal["text", "json"] = "text"
@@ -120,6 +191,8 @@ class Settings(BaseSettings):
         for key in ("source", "dest"):
             if data.get(key):
                 data[key] = dsnmod.redact(data[key])
+        if data.get("api", {}).get("token"):
+            data["api"]["token"] = "***"
         return data
 
     @classmethod

@@ -28,6 +28,7 @@ from pgmigrator.lsn import Lsn
 from pgmigrator.metrics import Collector
 from pgmigrator.metrics.format import format_bytes
 from pgmigrator.pg import Conn, connect
+from pgmigrator.pipeline.lifecycle import Lifecycle
 from pgmigrator.pipeline.reader import BatchLimits, Changes, Command, CommitBatch, Reader, Sentinel
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.source.replication import ReplicationStream
@@ -66,11 +67,57 @@ class Follow:
         self._inflight = 0
         self._sentinel_pending = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
+        self.lifecycle = Lifecycle()
+        self.lifecycle.subscribe(lambda change: self.collector.set_state(change.new))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._resumed = asyncio.Event()
+        self._resumed.set()
 
     def request_stop(self) -> None:
-        self.stop_event.set()
+        """Stop after the batch in flight (signal handlers, API); safe from any thread."""
+        self.lifecycle.stop("stop requested")
+        self._call_in_loop(self.stop_event.set)
+        self._call_in_loop(self._resumed.set)
+
+    def pause(self) -> str:
+        """Stop consuming changes (status updates keep the walsender alive); any thread."""
+        self.lifecycle.pause()
+        self._call_in_loop(self._resumed.clear)
+        log.info("paused: changes stay in the slot until resume")
+        return "paused"
+
+    def resume(self) -> str:
+        self.lifecycle.resume()
+        self._call_in_loop(self._resumed.set)
+        log.info("resumed")
+        return "resumed"
+
+    def _call_in_loop(self, fn: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            fn()
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fn()
+        else:
+            loop.call_soon_threadsafe(fn)
 
     async def run(self) -> FollowStats:
+        self._loop = asyncio.get_running_loop()
+        try:
+            stats = await self._run()
+        except BaseException as exc:
+            self.lifecycle.fail(getattr(exc, "message", None) or type(exc).__name__)
+            raise
+        self.lifecycle.stop("stream ended")
+        self.lifecycle.to("stopped")
+        return stats
+
+    async def _run(self) -> FollowStats:
         slot, publication, sync_lsns = await asyncio.to_thread(self._load_state)
         self.collector.set_info("slot", slot)
         delay = 0.5
@@ -154,6 +201,8 @@ class Follow:
             self.applied_lsn = start
             await loop.run_in_executor(self._executor, stream.open, start)
             self.collector.set_phase("streaming")
+            if self.lifecycle.state == "starting":
+                self.lifecycle.to("running", "streaming")
             self.collector.set_health("source", "ok")
             self.collector.set_health("destination", "ok")
             queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
@@ -198,6 +247,11 @@ class Follow:
     ) -> None:
         last_report = last_probe = time.monotonic()
         while not self.stop_event.is_set() and not apply_task.done():
+            if not self._resumed.is_set():
+                reader.flush()  # commit what is batched, then hold still
+                await self._drain(out, queue)
+                await self._hold(stream)
+                continue
             msg = await stream.next(timeout=0)
             if msg is None:  # nothing waiting on the socket: commit what is batched, then wait
                 reader.flush()
@@ -220,6 +274,14 @@ class Follow:
             if now - last_report >= 5.0:
                 last_report = now
                 self._report(stream)
+
+    async def _hold(self, stream: ReplicationStream) -> None:
+        """While paused: read nothing (the slot buffers), keep sending status updates."""
+        stream.idle = False  # keepalives are not read while paused: never advance past our commits
+        while not self._resumed.is_set() and not self.stop_event.is_set():
+            stream.tick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resumed.wait(), 1.0)
 
     @staticmethod
     async def _drain(out: list[Command], queue: asyncio.Queue[Any]) -> None:

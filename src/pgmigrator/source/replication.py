@@ -55,6 +55,9 @@ class ReplicationStream:
         """Connect and start streaming from ``start_lsn`` (blocking: done once per connection)."""
         self.conn = connect(self.target, replication=True)
         pgconn = self.conn.pgconn
+        timeout_s = _sender_timeout_s(pgconn)
+        if timeout_s:  # status updates well inside the walsender's timeout, even while paused
+            self.status_interval = min(self.status_interval, max(0.2, timeout_s / 4))
         options = [
             ("proto_version", "2"),
             ("publication_names", self.publication),
@@ -102,6 +105,11 @@ class ReplicationStream:
                 f"replication connection lost while sending status: {exc}"
             ) from exc
         self._last_status = time.monotonic()
+
+    def tick(self) -> None:
+        """Send a status update when one is due; keeps the walsender alive while we do not read."""
+        if time.monotonic() - self._last_status >= self.status_interval:
+            self.send_status()
 
     async def next(self, timeout: float) -> XLogData | None:
         """The next XLogData, or None when nothing arrived within ``timeout`` seconds (0: only what is there)."""
@@ -182,6 +190,32 @@ async def _wait_readable(fd: int, timeout: float) -> None:
         pass
     finally:
         loop.remove_reader(fd)
+
+
+def _sender_timeout_s(pgconn: pq.abc.PGconn) -> float | None:
+    """The source's ``wal_sender_timeout`` in seconds (None when off or unknown)."""
+    res = pgconn.exec_(b"SHOW wal_sender_timeout")
+    if res.status != pq.ExecStatus.TUPLES_OK or not res.ntuples:
+        return None
+    return parse_duration_s((res.get_value(0, 0) or b"").decode())
+
+
+_UNITS = {"us": 1e-6, "ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration_s(text: str) -> float | None:
+    """``'1min'`` -> 60.0, ``'500ms'`` -> 0.5, ``'0'`` -> None (disabled), as the server prints them."""
+    text = text.strip()
+    digits = len(text) - len(text.lstrip("0123456789."))
+    try:
+        value = float(text[:digits])
+    except ValueError:
+        return None
+    unit = text[digits:].strip() or "ms"  # wal_sender_timeout's base unit is milliseconds
+    factor = _UNITS.get(unit)
+    if factor is None or value <= 0:
+        return None
+    return value * factor
 
 
 def _quote_literal(value: str) -> str:
