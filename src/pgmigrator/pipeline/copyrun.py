@@ -58,7 +58,7 @@ class CopyRun:
                     self.snapshot,
                     self.tasks,
                     self.results,
-                    self.settings.copy_.max_attempts,
+                    self.settings.retry.policy(self.settings.copy_.max_attempts),
                 ),
             )
             proc.start()

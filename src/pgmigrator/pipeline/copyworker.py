@@ -26,6 +26,7 @@ from psycopg import pq
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, RetryableCopyError
 from pgmigrator.pg import Conn, connect, translate
+from pgmigrator.retry import RetryPolicy
 from pgmigrator.store.state import chunk_done_sql
 
 PROGRESS_EVERY_S = 0.25
@@ -72,12 +73,12 @@ class Worker:
         dest: Target,
         snapshot: str,
         results: Queue[Any],
-        max_attempts: int,
+        retry: RetryPolicy,
     ) -> None:
         self.wid = wid
         self.dest = dest
         self.results = results
-        self.max_attempts = max_attempts
+        self.retry = retry
         self.src = open_snapshot(source, snapshot)
         self.dst: Conn | None = None
 
@@ -88,16 +89,18 @@ class Worker:
         return self.dst
 
     def run_task(self, task: ChunkTask) -> None:
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 rows, nbytes = self.copy(task)
                 self.results.put(("done", task.key, rows, nbytes))
                 return
             except RetryableCopyError as exc:
-                if attempt == self.max_attempts:
+                if not self.retry.allows(attempt):
                     raise
                 self.results.put(("retry", task.key, attempt, exc.message))
-                time.sleep(min(0.2 * 2**attempt, 5.0))
+                time.sleep(self.retry.delay(attempt))
 
     def copy(self, task: ChunkTask) -> tuple[int, int]:
         try:
@@ -215,13 +218,13 @@ def worker_main(
     snapshot: str,
     tasks: Queue[Any],
     results: Queue[Any],
-    max_attempts: int,
+    retry: RetryPolicy,
 ) -> None:
     """Process entry point (spawned): import the snapshot, then copy chunks until ``None`` arrives."""
     source, dest = Target(source_dsn, "source"), Target(dest_dsn, "destination")
     parent = os.getppid()
     try:
-        worker = Worker(wid, source, dest, snapshot, results, max_attempts)
+        worker = Worker(wid, source, dest, snapshot, results, retry)
     except PgMigratorError as exc:
         results.put(("fatal", wid, exc.message, exc.hint))
         return
