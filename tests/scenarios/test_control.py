@@ -11,6 +11,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -115,3 +116,35 @@ def test_pause_outlasts_wal_sender_timeout_then_resume_and_switchover(
         90,
         what="phase switchover-complete",
     )
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")
+def test_dashboard_pauses_and_resumes_a_real_follower(pair: Pair, api_follower: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(api_follower + "/")
+            expect(page.locator("#phase")).to_have_text("streaming", timeout=15_000)
+            expect(page.locator("#state")).to_have_text("running")
+            page.fill("#token", TOKEN)
+            page.click("#btn-pause")
+            expect(page.locator("#control-result")).to_have_text("pause: paused")
+            expect(page.locator("#state")).to_have_text("paused", timeout=10_000)
+            with pair.src() as conn:
+                conn.execute("INSERT INTO items (v) VALUES ('during pause')")
+            assert dest_count(pair) == 500
+            page.click("#btn-resume")
+            expect(page.locator("#state")).to_have_text("running", timeout=10_000)
+            wait_for(lambda: dest_count(pair) == 501, 60, what="the row inserted while paused")
+        finally:
+            browser.close()
