@@ -2,8 +2,9 @@
 
 Starts a source and a destination cluster under a project-local folder, loads pgbench tables plus
 the sample schema with varied types, runs preflight and clone (with live progress), then streams
-live changes with ``follow`` while pgbench writes to the source, waits until the destination has
-caught up, and verifies both sides are equal.
+live changes with ``follow`` while pgbench writes to the source (the API and web dashboard are
+served on a local port the whole time), waits until the destination has caught up, switches over
+with a fence and a sentinel, and verifies both sides are equal.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import click
 
 from pgmigrator import devcluster, sample
+from pgmigrator.api.host import PipelineControl, serving
 from pgmigrator.config import Settings, load
 from pgmigrator.dsn import Target
 from pgmigrator.metrics import Collector
@@ -24,6 +26,7 @@ from pgmigrator.pipeline import preflight, verify
 from pgmigrator.pipeline.clone import Clone, CloneOptions
 from pgmigrator.pipeline.follow import Follow
 from pgmigrator.pipeline.progress import Progress
+from pgmigrator.pipeline.switchover import Switchover, SwitchoverOptions, render, unfence
 
 
 def run_demo(base: Path, scale: int, keep: bool, live_seconds: int = 10) -> None:
@@ -48,16 +51,22 @@ def run_demo(base: Path, scale: int, keep: bool, live_seconds: int = 10) -> None
             preflight.render(preflight.run(Target(source, "source"), Target(dest, "destination")))
         )
         click.echo("\n== clone ==")
-        settings = load(None, source=source, dest=dest, name="demo", state_dir=base / "state")
+        settings = load(
+            None,
+            source=source,
+            dest=dest,
+            name="demo",
+            state_dir=base / "state",
+            api={"addr": "127.0.0.1:0", "token": "demo"},
+        )
         collector = Collector("demo")
-        result = Clone(settings, CloneOptions(), Progress(collector)).run()
-        click.echo(
-            f"copied {len(result.tables_copied)} tables, {result.rows:,} rows; slot {result.slot} at {result.consistent_lsn}"
-        )
-        click.echo(
-            f"\n== follow: streaming live changes while pgbench writes for {live_seconds} s =="
-        )
-        asyncio.run(_follow_live(settings, collector, src_cluster, dst_cluster, live_seconds))
+        control = PipelineControl(settings)
+        with serving(settings, collector, control) as hosted:
+            if hosted.server is not None:
+                click.echo(f"dashboard: {hosted.server.url}/  (API token: demo)")
+            _clone_and_follow(
+                settings, collector, control, (src_cluster, dst_cluster), live_seconds, base
+            )
         click.echo("\n== verify ==")
         click.echo(
             verify.render(verify.verify(Target(source, "source"), Target(dest, "destination")))
@@ -74,14 +83,33 @@ def run_demo(base: Path, scale: int, keep: bool, live_seconds: int = 10) -> None
             shutil.rmtree(base, ignore_errors=True)
 
 
-async def _follow_live(
+def _clone_and_follow(
     settings: Settings,
     collector: Collector,
-    src: devcluster.Cluster,
-    dst: devcluster.Cluster,
-    seconds: int,
+    control: PipelineControl,
+    clusters: tuple[devcluster.Cluster, devcluster.Cluster],
+    live_seconds: int,
+    base: Path,
 ) -> None:
+    result = Clone(settings, CloneOptions(), Progress(collector)).run()
+    click.echo(
+        f"copied {len(result.tables_copied)} tables, {result.rows:,} rows; slot {result.slot} at {result.consistent_lsn}"
+    )
+    click.echo(f"\n== follow: streaming live changes while pgbench writes for {live_seconds} s ==")
     follow = Follow(settings, collector)
+    control.target = follow
+    asyncio.run(_follow_live(follow, settings, collector, clusters, live_seconds, base))
+
+
+async def _follow_live(
+    follow: Follow,
+    settings: Settings,
+    collector: Collector,
+    clusters: tuple[devcluster.Cluster, devcluster.Cluster],
+    seconds: int,
+    base: Path,
+) -> None:
+    src, dst = clusters
     task = asyncio.create_task(follow.run())
     bench = await asyncio.to_thread(
         subprocess.Popen,
@@ -107,6 +135,12 @@ async def _follow_live(
         f"  caught up {time.monotonic() - started:.1f} s after the writes stopped: "
         f"{follow.stats.transactions:,} transactions, {follow.stats.rows:,} rows applied"
     )
+    click.echo("\n== switchover: fence the source, sentinel, sequences ==")
+    options = SwitchoverOptions(fence=True, verify="none", report_path=base / "cutover.json")
+    report = await asyncio.to_thread(Switchover(settings, options).run)
+    click.echo(render(report))
+    with src.connect("app") as conn:  # a demo: give the source its writes back
+        unfence(conn)
     follow.request_stop()
     await task
 

@@ -6,6 +6,7 @@ drop us (status updates keep flowing while nothing is read), and nothing applied
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -148,3 +149,47 @@ def test_dashboard_pauses_and_resumes_a_real_follower(pair: Pair, api_follower: 
             wait_for(lambda: dest_count(pair) == 501, 60, what="the row inserted while paused")
         finally:
             browser.close()
+
+
+async def test_probes_metrics_status_and_tui_agree_on_a_real_follower(
+    pair: Pair, api_follower: str
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pgmigrator.tui import PgMigratorTui
+
+    async with httpx.AsyncClient(base_url=api_follower, timeout=10) as client:
+        for probe in ("/livez", "/startupz", "/healthz"):
+            assert (await client.get(probe)).status_code == 200, probe
+        deadline = time.monotonic() + 20
+        while (ready := await client.get("/readyz")).status_code != 200:  # lag known within ~1 s
+            assert time.monotonic() < deadline, ready.text
+            await asyncio.sleep(0.05)
+        assert ready.json()["status"] == "ready" and "streaming" in ready.json()["reason"]
+
+        app = PgMigratorTui(api_follower, TOKEN, interval=0.1)
+        async with app.run_test(size=(150, 45)) as pilot:
+            deadline = time.monotonic() + 20
+            while "state running" not in str(app.query_one("#summary").render()):
+                assert time.monotonic() < deadline, "the TUI never showed the running state"
+                await pilot.pause(0.05)
+            await pilot.press("p")
+            while "state paused" not in str(app.query_one("#summary").render()):
+                assert time.monotonic() < deadline, "the TUI never showed the paused state"
+                await pilot.pause(0.05)
+            await pilot.press("q")
+
+        status = (await client.get("/api/v1/status")).json()
+        assert status["state"] == "paused" and status["phase"] == "streaming"
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families((await client.get("/metrics")).text)
+            for s in f.samples
+        }
+        assert samples[("pgmigrator_phase", (("phase", "streaming"),))] == 1.0
+        info = [k for k in samples if k[0] == "pgmigrator_pipeline_info"]
+        assert info and ("state", "paused") in info[0][1]
+        assert (await client.post(
+            "/api/v1/resume", headers={"Authorization": f"Bearer {TOKEN}"}
+        )).status_code == 200  # fmt: skip
+        assert (await client.get("/api/v1/status")).json()["state"] == "running"

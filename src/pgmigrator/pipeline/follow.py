@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from pgmigrator.config import Settings
+from pgmigrator.destination.conflicts import ConflictPolicy
 from pgmigrator.destination.postgres import PostgresApplier
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, ReplicationError
@@ -29,8 +29,19 @@ from pgmigrator.metrics import Collector
 from pgmigrator.metrics.format import format_bytes
 from pgmigrator.pg import Conn, connect
 from pgmigrator.pipeline.lifecycle import Lifecycle
-from pgmigrator.pipeline.reader import BatchLimits, Changes, Command, CommitBatch, Reader, Sentinel
+from pgmigrator.pipeline.reader import (
+    BatchLimits,
+    Changes,
+    Command,
+    CommitBatch,
+    OriginFilter,
+    Reader,
+    Sentinel,
+)
+from pgmigrator.pipeline.resync import load_sync_lsns
 from pgmigrator.pipeline.spill import SpillStore
+from pgmigrator.pipeline.walbudget import WalBudgetWatcher
+from pgmigrator.retry import Backoff, exhausted
 from pgmigrator.source.replication import ReplicationStream
 from pgmigrator.source.slots import slot_status
 from pgmigrator.store.state import StateStore, sentinel_insert_sql
@@ -53,9 +64,14 @@ class Follow:
         settings: Settings,
         collector: Collector | None = None,
         limits: BatchLimits | None = None,
+        *,
+        origin_filter: OriginFilter | None = None,
+        conflicts: ConflictPolicy | None = None,
     ) -> None:
         settings.require("source", "dest")
         self.settings = settings
+        self.origin_filter = origin_filter  # bidirectional: drop our own changes (pipeline/bidi.py)
+        self.conflicts = conflicts
         self.collector = collector or Collector(settings.name)
         self.limits = limits or BatchLimits()
         self.source = Target(settings.source or "", "source")
@@ -120,15 +136,25 @@ class Follow:
     async def _run(self) -> FollowStats:
         slot, publication, sync_lsns = await asyncio.to_thread(self._load_state)
         self.collector.set_info("slot", slot)
-        delay = 0.5
+        backoff = Backoff(self.settings.retry.policy())
+        budget = WalBudgetWatcher(self.source, slot, self.settings.wal_budget, self.collector)
+        watcher = asyncio.create_task(budget.run(self.stop_event))
         try:
             while not self.stop_event.is_set():
+                started = time.monotonic()
                 try:
+                    if backoff.failures:  # `pgmigrator resync` may have moved a table's sync LSN
+                        sync_lsns = await asyncio.to_thread(
+                            load_sync_lsns, self.dest, self.settings.name
+                        )
                     await self._session(slot, publication, sync_lsns)
                     return self.stats
                 except PgMigratorError as exc:
                     if not exc.retryable:
                         raise
+                    delay = backoff.failed(time.monotonic() - started)
+                    if delay is None:
+                        raise exhausted(exc, backoff.failures) from exc
                     self.stats.reconnects += 1
                     self.collector.record_error(exc.message, component="follow")
                     log.warning(
@@ -137,9 +163,10 @@ class Follow:
                         retry_in_s=round(delay, 1),
                     )
                     await self._sleep(delay)
-                    delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
             return self.stats
         finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
             self._executor.shutdown(wait=True)
 
     def _load_state(self) -> tuple[str, str, dict[tuple[str, str], Lsn]]:
@@ -190,8 +217,13 @@ class Follow:
         self, slot: str, publication: str, sync_lsns: dict[tuple[str, str], Lsn]
     ) -> None:
         loop = asyncio.get_running_loop()
-        applier = PostgresApplier(self.dest, self.settings.origin_name, collector=self.collector)
-        stream = ReplicationStream(self.source, slot, publication)
+        applier = PostgresApplier(
+            self.dest, self.settings.origin_name, collector=self.collector, conflicts=self.conflicts
+        )
+        # bidirectional: no streaming of in-progress transactions, whose origin PG 15 may not send
+        stream = ReplicationStream(
+            self.source, slot, publication, streaming=self.origin_filter is None
+        )
         spill = SpillStore()
         try:
             origin = await loop.run_in_executor(self._executor, applier.start)
@@ -207,7 +239,14 @@ class Follow:
             self.collector.set_health("destination", "ok")
             queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
             out: list[Command] = []
-            reader = Reader(out.append, sync_lsns, spill, self.limits)
+            reader = Reader(
+                out.append,
+                sync_lsns,
+                spill,
+                self.limits,
+                origin_filter=self.origin_filter,
+                track_times=self.conflicts is not None,
+            )
             try:
                 async with asyncio.TaskGroup() as group:
                     apply_task = group.create_task(self._apply_loop(applier, stream, queue))
@@ -245,7 +284,8 @@ class Follow:
         apply_task: asyncio.Task[None],
         monitor: Conn,
     ) -> None:
-        last_report = last_probe = time.monotonic()
+        last_report = time.monotonic()
+        last_probe = 0.0  # probe the source's position at once: lag is known from the start
         while not self.stop_event.is_set() and not apply_task.done():
             if not self._resumed.is_set():
                 reader.flush()  # commit what is batched, then hold still
@@ -267,10 +307,13 @@ class Follow:
                 and self._inflight == 0
                 and stream.flushed >= self.applied_lsn
             )
+            if stream.idle and reader.dropped_lsn > stream.flushed:
+                stream.flushed = reader.dropped_lsn  # our own changes coming back: nothing to apply
             now = time.monotonic()
             if now - last_probe >= 1.0:
                 last_probe = now
                 self.latest_lsn = await asyncio.to_thread(_current_lsn, monitor)
+                self._publish_lsns(stream)
             if now - last_report >= 5.0:
                 last_report = now
                 self._report(stream)
@@ -320,7 +363,7 @@ class Follow:
                 if not in_txn:
                     await loop.run_in_executor(self._executor, applier.begin)
                     in_txn = True
-                await loop.run_in_executor(self._executor, applier.apply, cmd.changes)
+                await loop.run_in_executor(self._executor, applier.apply, cmd.changes, cmd.times)
             elif isinstance(cmd, CommitBatch):
                 if not in_txn:
                     await loop.run_in_executor(self._executor, applier.begin)
@@ -371,12 +414,16 @@ class Follow:
             latest=max(self.latest_lsn, stream.received),
         )
 
-    def _report(self, stream: ReplicationStream) -> None:
+    def _publish_lsns(self, stream: ReplicationStream) -> int:
+        """Push applied / confirmed / latest positions to the collector; returns the lag in bytes."""
         latest = max(self.latest_lsn, stream.received)
-        lag = max(0, latest - max(self.applied_lsn, stream.flushed))
         self.collector.set_lsns(
             applied=max(self.applied_lsn, stream.flushed), confirmed=stream.flushed, latest=latest
         )
+        return max(0, latest - max(self.applied_lsn, stream.flushed))
+
+    def _report(self, stream: ReplicationStream) -> None:
+        lag = self._publish_lsns(stream)
         snap = self.collector.snapshot()
         log.info(
             "streaming",
