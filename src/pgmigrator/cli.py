@@ -500,3 +500,7 @@ if __name__ == "__main__":
     main()
 
 main.add_command(tui)
+
+from pgmigrator.cli_ops import resync  # noqa: E402  (registers `pgmigrator resync`)
+
+main.add_command(resync)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 # SQLSTATE classes and codes that a retry can cure: connection exceptions, operator intervention
 # (admin shutdown, crash shutdown, cannot connect now), serialization failures and deadlocks,
-# lock timeouts, statement timeouts and a server running out of connections.
+# lock timeouts, statement and idle-in-transaction timeouts, and a server running out of
+# connections. Everything else (authentication 28, privileges 42501, undefined objects 42P01 and
+# 42703, data errors 22, integrity 23, disk full 53100) is fatal: trying again gives the same error.
 _RETRYABLE_CLASSES = ("08", "57")
-_RETRYABLE_CODES = frozenset({"40001", "40P01", "55P03", "57014", "53300", "53400"})
+_RETRYABLE_CODES = frozenset({"40001", "40P01", "55P03", "57014", "25P03", "53300", "53400"})
+_FATAL_CODES = frozenset({"57P04"})  # database_dropped: no retry brings it back
 
 
 class PgMigratorError(Exception):
@@ -131,6 +134,8 @@ def sqlstate_is_retryable(sqlstate: str | None) -> bool:
     """Whether a PostgreSQL error with this SQLSTATE may succeed when tried again."""
     if not sqlstate:
         return True  # no SQLSTATE: the connection broke before the server could answer
+    if sqlstate in _FATAL_CODES:
+        return False
     return sqlstate in _RETRYABLE_CODES or sqlstate[:2] in _RETRYABLE_CLASSES
 
 

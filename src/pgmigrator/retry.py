@@ -17,7 +17,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pgmigrator.errors import is_retryable
+from pgmigrator.errors import PgMigratorError, is_retryable
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +103,13 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+def exhausted(exc: PgMigratorError, attempts: int) -> PgMigratorError:
+    """The error to raise once ``attempts`` tries in a row failed with the retryable ``exc``."""
+    return PgMigratorError(
+        f"{exc.message} (gave up after {attempts} attempts in a row)",
+        hint=(exc.hint + "; " if exc.hint else "")
+        + "raise retry.max_attempts (0 retries forever) to wait longer for the server",
+        retryable=False,
+    )

@@ -107,6 +107,9 @@ def readiness(snap: Mapping[str, Any], max_lag_s: float, max_lag_bytes: int) -> 
         return False, f"phase is {phase}, not {' or '.join(sorted(READY_PHASES))}"
     if phase == "done":
         return True, "done"
+    slot = (snap.get("health") or {}).get("slot") or {}
+    if slot.get("status") == "down":  # over the WAL budget's maximum (pipeline/walbudget.py)
+        return False, str(slot.get("detail") or "the replication slot is down")
     lag_s, lag_bytes = snap.get("lag_s"), snap.get("lag_bytes")
     if lag_s is None and lag_bytes is None:
         return False, "lag not known yet"
