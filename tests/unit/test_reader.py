@@ -7,6 +7,8 @@ from pgmigrator.events import (
     Column,
     Commit,
     Insert,
+    Message,
+    Origin,
     Relation,
     StreamAbort,
     StreamCommit,
@@ -15,7 +17,14 @@ from pgmigrator.events import (
     TupleData,
 )
 from pgmigrator.lsn import Lsn
-from pgmigrator.pipeline.reader import BatchLimits, Changes, Command, CommitBatch, Reader
+from pgmigrator.pipeline.reader import (
+    BatchLimits,
+    Changes,
+    Command,
+    CommitBatch,
+    OriginFilter,
+    Reader,
+)
 from pgmigrator.pipeline.spill import SpillStore
 
 from .pgoutput_encoder import encode
@@ -29,7 +38,10 @@ def row(i: int) -> TupleData:
 
 
 def make(
-    limits: BatchLimits | None = None, sync: dict[tuple[str, str], Lsn] | None = None
+    limits: BatchLimits | None = None,
+    sync: dict[tuple[str, str], Lsn] | None = None,
+    origin_filter: OriginFilter | None = None,
+    track_times: bool = False,
 ) -> tuple[Reader, list[Command]]:
     out: list[Command] = []
     reader = Reader(
@@ -37,6 +49,8 @@ def make(
         sync or {},
         SpillStore(),
         limits or BatchLimits(max_rows=1000, max_ms=10_000, chunk_rows=3),
+        origin_filter=origin_filter,
+        track_times=track_times,
     )
     return reader, out
 
@@ -135,3 +149,94 @@ def test_whole_streamed_transaction_abort_leaves_nothing() -> None:
     feed(reader, StreamAbort(900, 900))
     reader.flush()
     assert inserted(out) == [] and reader.spill.open_transactions() == 0
+
+
+# -- bidirectional replication: the origin filter -------------------------------------------------
+
+OURS = "pgmigrator_x_rev"
+
+
+def looped_txn(reader: Reader, final: int, rows: range, origin: str = OURS) -> None:
+    feed(reader, Begin(Lsn(final), 0, final))
+    feed(reader, Origin(Lsn(5), origin))
+    feed(reader, REL)  # pgoutput may send a relation's layout inside any transaction
+    for i in rows:
+        feed(reader, Insert(REL.oid, row(i)))
+    feed(reader, Message(True, Lsn(final - 1), "pgmigrator", b'{"id": "s1"}'))
+    feed(reader, Commit(0, Lsn(final), Lsn(final + 1), 0))
+
+
+def test_origin_filter_drops_our_own_transactions_whole() -> None:
+    f = OriginFilter(frozenset({OURS, "pgmigrator_x"}))
+    reader, out = make(origin_filter=f)
+    txn(reader, 100, range(2))
+    looped_txn(reader, 200, range(10, 15))
+    txn(reader, 300, range(2, 3))
+    reader.flush()
+    assert inserted(out) == [0, 1, 2]
+    assert [c.end_lsn for c in out if isinstance(c, CommitBatch)] == [Lsn(301)]
+    assert not any(type(c).__name__ == "Sentinel" for c in out)  # its messages go too
+    assert (f.transactions, f.rows, reader.dropped_lsn) == (1, 5, Lsn(201))
+    assert any(isinstance(c, Relation) for c in out)  # layouts still pass: later txns need them
+
+
+def test_dropped_transaction_alone_commits_nothing_but_is_acknowledgeable() -> None:
+    f = OriginFilter(frozenset({OURS}))
+    reader, out = make(origin_filter=f)
+    looped_txn(reader, 200, range(3))
+    reader.flush()
+    assert not any(isinstance(c, (Changes, CommitBatch)) for c in out)
+    assert reader.idle and reader.dropped_lsn == Lsn(201)
+
+
+def test_other_origins_and_plain_transactions_still_flow() -> None:
+    reader, out = make(origin_filter=OriginFilter(frozenset({OURS})))
+    looped_txn(reader, 200, range(3), origin="pg_16400")  # a native subscription's writes
+    txn(reader, 300, range(3, 4))  # the next transaction starts unfiltered
+    reader.flush()
+    assert inserted(out) == [0, 1, 2, 3]
+    assert reader.dropped_lsn == Lsn(0)
+
+
+def test_without_a_filter_nothing_is_dropped() -> None:
+    reader, out = make()
+    looped_txn(reader, 200, range(2))
+    reader.flush()
+    assert inserted(out) == [0, 1] and reader.dropped_lsn == Lsn(0)
+
+
+def test_streamed_transaction_with_our_origin_is_dropped_without_spilling() -> None:
+    f = OriginFilter(frozenset({OURS}))
+    reader, out = make(origin_filter=f)
+    feed(reader, REL)
+    feed(reader, StreamStart(900, True))
+    feed(reader, Origin(Lsn(5), OURS))
+    feed(reader, Insert(REL.oid, row(1), xid=900))
+    feed(reader, StreamStop())
+    feed(reader, StreamStart(900, False))
+    feed(reader, Insert(REL.oid, row(2), xid=900))
+    feed(reader, StreamStop())
+    assert reader.spill.open_transactions() == 0
+    feed(reader, StreamCommit(900, 0, Lsn(300), Lsn(301), 0))
+    txn(reader, 400, range(7, 8))
+    reader.flush()
+    assert inserted(out) == [7]
+    assert (f.transactions, f.rows, f.streams, reader.dropped_lsn) == (1, 2, set(), Lsn(301))
+
+
+def test_times_mark_each_source_transactions_run_of_changes() -> None:
+    reader, out = make(BatchLimits(max_rows=1000, max_ms=10_000, chunk_rows=100), track_times=True)
+    feed(reader, REL)
+    for n, t in enumerate((1_000, 2_000, 2_000, 5_000)):
+        feed(reader, Begin(Lsn(100 + n * 10), t, n))
+        for i in range(n + 1):
+            feed(reader, Insert(REL.oid, row(i)))
+        feed(reader, Commit(0, Lsn(100 + n * 10), Lsn(101 + n * 10), t))
+    reader.flush()
+    (changes,) = [c for c in out if isinstance(c, Changes)]
+    # equal commit times merge into one run: the applier only needs each change's time
+    assert changes.times == ((0, 1_000), (1, 2_000), (6, 5_000))
+    plain, plain_out = make()
+    txn(plain, 100, range(2))
+    plain.flush()
+    assert all(c.times is None for c in plain_out if isinstance(c, Changes))

@@ -12,6 +12,8 @@ are copied (COPY text) into a per-session staging table and applied with one DEL
 per unchanged-TOAST mask and one INSERT (a run of inserts alone is copied straight into the
 table); see `_writer`. When a set-based step hits a unique violation (a secondary unique key
 swapped within the batch) the group is rolled back to a savepoint and replayed in source order.
+With a `ConflictPolicy` (bidirectional replication) each run of changes is first checked for
+conflicts with local writes, one query per table (`conflicts.check`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from typing import LiteralString
 import psycopg
 from psycopg import sql
 
-from pgmigrator.destination import _sql, _writer
+from pgmigrator.destination import _sql, _writer, conflicts
 from pgmigrator.destination._table import Table, describe
 from pgmigrator.destination.compact import NetEffect, Step, compact
+from pgmigrator.destination.conflicts import ConflictPolicy
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ApplyError, PgMigratorError, RetryableApplyError
 from pgmigrator.events import (
@@ -58,9 +61,18 @@ _NO_GROUP: list[Change] = []  # never appended to: the first change opens a real
 class PostgresApplier:
     """Applies decoded changes to a PostgreSQL destination; see the module docstring."""
 
-    def __init__(self, dest: Target, origin: str, *, collector: object | None = None) -> None:
+    def __init__(
+        self,
+        dest: Target,
+        origin: str,
+        *,
+        collector: object | None = None,
+        conflicts: ConflictPolicy | None = None,
+    ) -> None:
         self._target = dest
         self._origin = origin
+        self._origin_id = 0  # its roident, known once started
+        self._conflicts = conflicts
         # Kept for the caller's sake; rows are counted by the follow loop (counting them here
         # too would count them twice in the collector's totals).
         self._collector = collector
@@ -109,7 +121,8 @@ class PostgresApplier:
         name = (self._origin,)
         row = conn.execute("SELECT pg_replication_origin_oid(%s)", name).fetchone()
         if row is None or row[0] is None:
-            conn.execute("SELECT pg_replication_origin_create(%s)", name)
+            row = conn.execute("SELECT pg_replication_origin_create(%s)", name).fetchone()
+        self._origin_id = int(row[0]) if row else 0
         conn.execute("SELECT pg_replication_origin_session_setup(%s)", name)
         # Resume from the destination's own record, never from one kept by this process (after
         # kill -9 the destination may hold one batch more than the process logged).
@@ -215,9 +228,19 @@ class PostgresApplier:
 
     # -- apply -----------------------------------------------------------------------------------
 
-    def apply(self, changes: Sequence[Insert | Update | Delete | Truncate]) -> None:
-        """Apply ``changes`` (source order) inside the open transaction."""
+    def apply(
+        self,
+        changes: Sequence[Insert | Update | Delete | Truncate],
+        times: Sequence[tuple[int, int]] | None = None,
+    ) -> None:
+        """Apply ``changes`` (source order) inside the open transaction.
+
+        ``times`` (`Changes.times`: the source commit time of each transaction's changes) turns
+        the conflict check on, when the applier has a conflict policy.
+        """
         self._need_txn()
+        if self._conflicts is not None and times:
+            changes = self._checked(changes, conflicts.expand_times(times, len(changes)))
         groups: dict[int, list[Change]] = {}
         oid, group = -1, _NO_GROUP  # the previous change's group: most runs hit one table
         for change in changes:
@@ -231,6 +254,23 @@ class PostgresApplier:
                 group = groups.setdefault(oid, [])
             group.append(change)
         self._apply_groups(groups)
+
+    def _checked(
+        self, changes: Sequence[Insert | Update | Delete | Truncate], times: list[int]
+    ) -> list[Insert | Update | Delete | Truncate]:
+        assert self._conflicts is not None
+        self._doing = f"conflict check of {len(changes)} change(s)"
+        try:
+            return conflicts.check_batch(
+                self._need_conn().cursor(),
+                self._table,
+                changes,
+                times,
+                self._origin_id,
+                self._conflicts,
+            )
+        except psycopg.Error as exc:
+            raise self._error(exc, self._doing) from exc
 
     def _apply_groups(self, groups: dict[int, list[Change]]) -> None:
         for oid, changes in groups.items():

@@ -13,6 +13,15 @@ waiting on the socket, so a caught-up stream commits each transaction at once (l
 walsender's XLogData ``wal_end`` is the record's own LSN in logical replication, not the server's
 WAL end, so it cannot tell whether a backlog exists.) A table copied under a later snapshot skips changes of transactions committed
 before its sync LSN (DESIGN.md rule 2). Streamed transactions are spilled to disk until they commit.
+
+Bidirectional replication (DESIGN.md rule 6): with an `OriginFilter`, a transaction whose pgoutput
+Origin message ('O', sent right after Begin or StreamStart) names one of our own replication
+origins is dropped whole: it is a change our applier made, coming back. Its Relation messages
+still pass (pgoutput sends each relation's layout once per session), and its end LSN is kept in
+`Reader.dropped_lsn` so that the follow loop can acknowledge it once everything before it is
+applied (a dropped transaction has nothing to apply, but must not pin WAL on the server). With
+``track_times`` every `Changes` also carries the source commit time of each transaction's run of
+changes, for the applier's conflict check.
 """
 
 from __future__ import annotations
@@ -49,6 +58,34 @@ Change = Insert | Update | Delete | Truncate
 @dataclass(frozen=True, slots=True)
 class Changes:
     changes: list[Change]
+    #: ``(index of its first change, source commit time)`` per source transaction in
+    #: ``changes``, in order; only when the reader tracks times (bidirectional replication).
+    times: tuple[tuple[int, int], ...] | None = None
+
+
+@dataclass
+class OriginFilter:
+    """Drop the transactions that carry one of ``origins`` (ours): nothing loops back.
+
+    PostgreSQL 15's pgoutput has no ``origin`` option (16+), so the filter runs here, on the
+    Origin message the server sends at the start of every transaction written under a
+    replication origin. Only the named origins are dropped: changes that other replication
+    (a native subscription, another tool) wrote into the source still flow.
+    """
+
+    origins: frozenset[str]
+    transactions: int = 0  # dropped so far
+    rows: int = 0  # changes inside them
+    last_lsn: Lsn = field(default_factory=lambda: Lsn(0))  # end of the last one dropped
+    streams: set[int] = field(default_factory=set)  # streamed transactions being dropped
+
+    def drops(self, origin: str) -> bool:
+        return origin in self.origins
+
+    def dropped(self, end_lsn: Lsn) -> None:
+        self.transactions += 1
+        if end_lsn > self.last_lsn:
+            self.last_lsn = end_lsn
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +124,7 @@ class _Batch:
     started: float = 0.0
     last_commit: tuple[Lsn, int] | None = None
     pending: list[Change] = field(default_factory=list)
+    times: list[tuple[int, int]] = field(default_factory=list)  # see Changes.times
 
 
 class Reader:
@@ -97,8 +135,15 @@ class Reader:
         spill: SpillStore,
         limits: BatchLimits | None = None,
         on_message: Callable[[Message, Lsn], None] | None = None,
+        *,
+        origin_filter: OriginFilter | None = None,
+        track_times: bool = False,
     ) -> None:
         self.emit = emit
+        self.origin_filter = origin_filter
+        self.track_times = track_times
+        self.dropping = False  # inside a transaction the origin filter drops
+        self._txn_time = 0  # source commit time of the transaction being read
         self.sync_lsns = sync_lsns
         self.spill = spill
         self.limits = limits or BatchLimits()
@@ -110,6 +155,11 @@ class Reader:
         self.stream_xid: int | None = None
         self.batch = _Batch()
         self.skipped_rows = 0
+
+    @property
+    def dropped_lsn(self) -> Lsn:
+        """End LSN of the last transaction the origin filter dropped (0 without a filter)."""
+        return self.origin_filter.last_lsn if self.origin_filter else Lsn(0)
 
     @property
     def idle(self) -> bool:
@@ -129,6 +179,10 @@ class Reader:
             and xid is not None
             and not isinstance(msg, (StreamStop, Relation))
         ):
+            f = self.origin_filter
+            if f is not None and self.stream_xid in f.streams:
+                f.rows += 1
+                return
             self.spill.append(self.stream_xid, xid, bytes(payload))
             return
         handler = _HANDLERS.get(type(msg))
@@ -138,6 +192,8 @@ class Reader:
     def _begin(self, msg: Begin, wal_end: Lsn) -> None:
         self.txn = msg
         self.origin = None
+        self.dropping = False
+        self._txn_time = msg.commit_time
         if self.batch.transactions == 0 and not self.batch.pending:
             self.batch.started = time.monotonic()
 
@@ -147,6 +203,10 @@ class Reader:
         self.emit(msg)
 
     def _change(self, msg: Change, wal_end: Lsn) -> None:
+        if self.dropping:
+            assert self.origin_filter is not None
+            self.origin_filter.rows += 1
+            return
         final = self.txn.final_lsn if self.txn is not None else Lsn(0)
         self._add_change(msg, final)
 
@@ -156,6 +216,10 @@ class Reader:
             return
         self.batch.pending.append(msg)
         self.batch.rows += 1
+        if self.track_times:
+            times = self.batch.times
+            if not times or times[-1][1] != self._txn_time:
+                times.append((len(self.batch.pending) - 1, self._txn_time))
         if len(self.batch.pending) >= self.limits.chunk_rows:
             self._push_pending()
 
@@ -172,6 +236,11 @@ class Reader:
 
     def _commit(self, msg: Commit, wal_end: Lsn) -> None:
         self.txn = None
+        if self.dropping:
+            assert self.origin_filter is not None
+            self.dropping = False
+            self.origin_filter.dropped(msg.end_lsn)
+            return
         self._committed(msg.end_lsn, msg.commit_time, wal_end)
 
     def _committed(self, end_lsn: Lsn, commit_time: int, wal_end: Lsn) -> None:
@@ -199,14 +268,26 @@ class Reader:
         self.batch = _Batch(started=time.monotonic())
 
     def _push_pending(self) -> None:
-        if self.batch.pending:
-            self.emit(Changes(self.batch.pending))
-            self.batch.pending = []
+        batch = self.batch
+        if batch.pending:
+            self.emit(Changes(batch.pending, tuple(batch.times) if self.track_times else None))
+            batch.pending = []
+            batch.times = []
 
     def _origin(self, msg: Origin, wal_end: Lsn) -> None:
         self.origin = msg.name
+        f = self.origin_filter
+        if f is None or not f.drops(msg.name):
+            return
+        if self.stream_xid is not None:  # the start of a block of a streamed transaction
+            f.streams.add(self.stream_xid)
+            self.spill.discard(self.stream_xid)
+        elif self.txn is not None:
+            self.dropping = True
 
     def _message(self, msg: Message, wal_end: Lsn) -> None:
+        if self.dropping:
+            return
         self._logical_message(msg, self.txn.final_lsn if self.txn else msg.lsn)
 
     def _logical_message(self, msg: Message, lsn: Lsn) -> None:
@@ -225,9 +306,18 @@ class Reader:
         self.stream_xid = None
 
     def _stream_abort(self, msg: StreamAbort, wal_end: Lsn) -> None:
+        if self.origin_filter is not None and msg.subxid in (msg.xid, 0):
+            self.origin_filter.streams.discard(msg.xid)
         self.spill.abort(msg.xid, msg.subxid)
 
     def _stream_commit(self, msg: StreamCommit, wal_end: Lsn) -> None:
+        f = self.origin_filter
+        if f is not None and msg.xid in f.streams:
+            f.streams.discard(msg.xid)
+            self.spill.discard(msg.xid)
+            f.dropped(msg.end_lsn)
+            return
+        self._txn_time = msg.commit_time
         for raw in self.spill.replay(msg.xid):
             change = decode_message(raw, in_stream=True)
             if isinstance(change, (Insert, Update, Delete, Truncate)):
@@ -241,6 +331,9 @@ class Reader:
         self.decoder = PgOutputDecoder()
         self.txn = None
         self.stream_xid = None
+        self.dropping = False
+        if self.origin_filter is not None:
+            self.origin_filter.streams.clear()
         self.batch = _Batch(started=time.monotonic())
         self.spill.discard_all()
 
