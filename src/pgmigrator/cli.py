@@ -18,6 +18,7 @@ import orjson
 
 from pgmigrator import config as configmod
 from pgmigrator.api.host import PipelineControl
+from pgmigrator.cli_bidi import bidi_flags, bidi_options, run_bidi
 from pgmigrator.cli_observe import api_flags, api_options, hosted_run, tui
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError, PgMigratorError
@@ -233,6 +234,7 @@ def _run_follow(
 @common_options
 @click.option("--slot", help="replication slot name (default pgmigrator_<name>)")
 @click.option("--publication", help="publication name (default pgmigrator_<name>)")
+@bidi_options
 @api_options
 @handle_errors
 def follow(config_file: Path | None, tui: bool, **flags: Any) -> None:
@@ -240,11 +242,10 @@ def follow(config_file: Path | None, tui: bool, **flags: Any) -> None:
 
     SIGUSR1 pauses and resumes (as do the API and the TUI); SIGINT/SIGTERM stop cleanly.
     """
-    settings = load_settings(config_file, **api_flags(flags))
+    settings = load_settings(config_file, **bidi_flags(api_flags(flags)))
     collector = _collector(settings)
-    hosted_run(
-        settings, collector, lambda control: _run_follow(settings, collector, control), tui=tui
-    )
+    run = run_bidi if settings.bidi.enabled else _run_follow  # both ways: pipeline/bidi.py
+    hosted_run(settings, collector, lambda control: run(settings, collector, control), tui=tui)
 
 
 def _toggle_pause(follow: Any) -> None:

@@ -31,6 +31,7 @@ from pydantic_settings import (
 
 from pgmigrator import dsn as dsnmod
 from pgmigrator.errors import ConfigError
+from pgmigrator.pipeline.bidi_settings import BidiSettings
 from pgmigrator.retry import RetryPolicy
 
 _file_data: ContextVar[dict[str, Any] | None] = ContextVar("_file_data", default=None)
@@ -143,6 +144,7 @@ class Settings(BaseSettings):
         default_factory=lambda: CopySettings.model_validate({}), alias="copy"
     )
     api: ApiSettings = Field(default_factory=lambda: ApiSettings.model_validate({}))
+    bidi: BidiSettings = Field(default_factory=lambda: BidiSettings.model_validate({}))
     retry: RetrySettings = Field(default_factory=lambda: RetrySettings.model_validate({}))
     wal_budget: WalBudgetSettings = Field(
         default_factory=lambda: WalBudgetSettings.model_validate({})
