@@ -505,3 +505,12 @@ main.add_command(tui)
 from pgmigrator.cli_ops import resync  # noqa: E402  (registers `pgmigrator resync`)
 
 main.add_command(resync)
+
+from pgmigrator.cli_stream import listen, stream  # noqa: E402  (registers `stream` and `listen`)
+
+main.add_command(stream)
+main.add_command(listen)
+
+from pgmigrator.cli_dlq import dlq  # noqa: E402  (registers `pgmigrator dlq ...`)
+
+main.add_command(dlq)

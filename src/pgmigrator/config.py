@@ -33,6 +33,7 @@ from pgmigrator import dsn as dsnmod
 from pgmigrator.errors import ConfigError
 from pgmigrator.pipeline.bidi_settings import BidiSettings
 from pgmigrator.retry import RetryPolicy
+from pgmigrator.stream.settings import SinkConfig, StreamSettings, redact_sink
 
 _file_data: ContextVar[dict[str, Any] | None] = ContextVar("_file_data", default=None)
 
@@ -98,6 +99,28 @@ class WalBudgetSettings(BaseModel):
         return self
 
 
+class DlqSettings(BaseModel):
+    """The dead-letter queue of stream/listen sinks (see pgmigrator.stream.dlq)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="dead-letter what a sink gives up on (else: stop)")
+    dsn: str | None = Field(
+        None, description="database holding pgmigrator.dead_letters (default: the destination)"
+    )
+    max_attempts: int = Field(
+        8,
+        ge=0,
+        description="sends of a batch on retryable errors before dead-lettering (0: retry forever)",
+    )
+
+    @field_validator("dsn")
+    @classmethod
+    def _valid_dsn(cls, value: str | None) -> str | None:
+        if value is not None:
+            dsnmod.parse(value)
+        return value
+
+
 class ApiSettings(BaseModel):
     """The HTTP API served by long-running commands (clone, follow, stream) when ``addr`` is set."""
 
@@ -144,7 +167,10 @@ class Settings(BaseSettings):
         default_factory=lambda: CopySettings.model_validate({}), alias="copy"
     )
     api: ApiSettings = Field(default_factory=lambda: ApiSettings.model_validate({}))
+    dlq: DlqSettings = Field(default_factory=lambda: DlqSettings.model_validate({}))
+    sinks: list[SinkConfig] = Field(default_factory=list, description="sinks of stream/listen")
     bidi: BidiSettings = Field(default_factory=lambda: BidiSettings.model_validate({}))
+    stream: StreamSettings = Field(default_factory=lambda: StreamSettings.model_validate({}))
     retry: RetrySettings = Field(default_factory=lambda: RetrySettings.model_validate({}))
     wal_budget: WalBudgetSettings = Field(
         default_factory=lambda: WalBudgetSettings.model_validate({})
@@ -193,8 +219,11 @@ class Settings(BaseSettings):
         for key in ("source", "dest"):
             if data.get(key):
                 data[key] = dsnmod.redact(data[key])
+        if data.get("dlq", {}).get("dsn"):
+            data["dlq"]["dsn"] = dsnmod.redact(data["dlq"]["dsn"])
         if data.get("api", {}).get("token"):
             data["api"]["token"] = "***"
+        data["sinks"] = [redact_sink(sink) for sink in data.get("sinks", [])]
         return data
 
     @classmethod

@@ -1,0 +1,258 @@
+"""``pgmigrator stream`` and ``pgmigrator listen``: the command-line edge of change-event streaming.
+
+Sinks come from ``--sink TYPE:key=value,...`` (repeatable) or, without that flag, from the config
+file's ``sinks:`` list; filters from ``--tables``/``--exclude``/``--operations``/``--drop-columns``/
+``--mask-columns`` or the config's ``stream:`` section. With ``--api-addr`` the API server also
+serves the endpoints of the live sinks (``sse``, ``websocket``). Events go to the sinks; the
+summary at the end goes to stderr (stdout may be a sink).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pgmigrator import config as configmod
+from pgmigrator.cli import _collector, _state_file, common_options, handle_errors, load_settings
+from pgmigrator.dsn import Target
+from pgmigrator.errors import ConfigError, PgMigratorError
+from pgmigrator.metrics import Collector
+from pgmigrator.sinks.base import Sink, SinkContext
+from pgmigrator.stream.bus import SinkPolicy
+from pgmigrator.stream.filters import Filters, parse_column_rules, parse_operations
+from pgmigrator.stream.settings import SinkConfig, parse_sink_spec
+
+SINK_HELP = (
+    "sink TYPE[:key=value,...], repeatable: stdout, file:path=/tmp/events.jsonl,max_bytes=10MB,"
+    "rotate_s=1h,keep=5,gzip=true,fsync=batch, webhook:url=...,secret=env:NAME, ...; "
+    "bus keys: name, policy=block|drop, queue, batch"
+)
+
+
+def sink_options(fn: Any) -> Any:
+    fn = click.option("--api-addr", help="serve the API (and sse/websocket sinks) on HOST:PORT")(fn)
+    return click.option("--sink", "sink_specs", multiple=True, help=SINK_HELP)(fn)
+
+
+def build_sinks(
+    settings: configmod.Settings, specs: Sequence[str], collector: Collector
+) -> tuple[list[tuple[Sink, SinkPolicy]], SinkContext]:
+    """The sinks and their bus policies, validated; none is started yet."""
+    import pgmigrator.sinks  # noqa: F401  (registers every sink kind)
+    from pgmigrator.sinks.base import build_sink
+
+    configs = [parse_sink_spec(s) for s in specs] if specs else list(settings.sinks)
+    if not configs:
+        raise ConfigError(
+            "no sink configured",
+            hint="pass --sink stdout or --sink file:path=/tmp/events.jsonl (or `sinks:` in the config)",
+        )
+    ctx = SinkContext(collector=collector)
+    built: list[tuple[Sink, SinkPolicy]] = []
+    names: set[str] = set()
+    for cfg in configs:
+        name = _sink_name(cfg, names)
+        sink = build_sink(cfg.type, name, cfg.options(), ctx)
+        if cfg.policy == "drop" and sink.durable:
+            raise ConfigError(
+                f"sink {name!r} ({cfg.type}) is durable: policy drop would lose events it promises to deliver",
+                hint="use policy=block (the default) for durable sinks; drop is for live sinks (sse, websocket)",
+            )
+        built.append((sink, SinkPolicy(cfg.policy, cfg.queue, cfg.batch)))
+    return built, ctx
+
+
+def _sink_name(cfg: SinkConfig, taken: set[str]) -> str:
+    if cfg.name:
+        if cfg.name in taken:
+            raise ConfigError(
+                f"two sinks are named {cfg.name!r}", hint="give each sink its own name="
+            )
+        name = cfg.name
+    else:
+        name, n = cfg.type, 1
+        while name in taken:
+            n += 1
+            name = f"{cfg.type}-{n}"
+    taken.add(name)
+    return name
+
+
+def build_filters(
+    settings: configmod.Settings,
+    operations: Sequence[str],
+    drop_columns: Sequence[str],
+    mask_columns: Sequence[str],
+) -> Filters:
+    ops = list(operations) or settings.stream.operations
+    parse_operations(ops)  # validate early: a clear error before connecting
+    drop = parse_column_rules(drop_columns) if drop_columns else settings.stream.drop_columns
+    mask = parse_column_rules(mask_columns) if mask_columns else settings.stream.mask_columns
+    return Filters(settings.tables, settings.exclude, ops, drop, mask)
+
+
+@contextmanager
+def hosting(settings: configmod.Settings, collector: Collector, ctx: SinkContext) -> Iterator[None]:
+    """The state file, and the API server (with the sinks' routes) when ``api.addr`` is set."""
+    with _state_file(settings, collector):
+        if not settings.api.addr:
+            yield
+            return
+        from pgmigrator.api.app import create_app
+        from pgmigrator.api.host import PipelineControl
+        from pgmigrator.api.server import ApiServer, resolve_token
+
+        token, generated = resolve_token(settings.api.token)
+        app = create_app(
+            collector,
+            settings,
+            PipelineControl(settings),
+            token,
+            settings.api.protect_reads,
+            extra_routes=ctx.routes,
+        )
+        server = ApiServer.from_addr(app, settings.api.addr)
+        server.start_in_thread()
+        click.echo(f"API: {server.url}/", err=True)
+        if generated:
+            click.echo(f"API token (for control requests): {token}", err=True)
+        try:
+            yield
+        finally:
+            server.stop_thread()
+
+
+def run_async(runner: Any, collector: Collector, component: str) -> Any:
+    """Run ``runner.run()`` with SIGINT/SIGTERM asking it to stop gracefully."""
+
+    async def main_task() -> Any:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, runner.request_stop)
+        return await runner.run()
+
+    try:
+        result = asyncio.run(main_task())
+    except PgMigratorError as exc:
+        collector.set_phase("failed")
+        collector.record_error(exc.message, component=component)
+        raise
+    collector.set_phase("stopped")
+    return result
+
+
+def _flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--tables", multiple=True, help="include pattern schema.table (glob), repeatable"
+        ),
+        click.option(
+            "--exclude", multiple=True, help="exclude pattern schema.table (glob), repeatable"
+        ),
+        click.option(
+            "--operations",
+            multiple=True,
+            help="emit only these: c,u,d,t,r,m (or insert,update,...)",
+        ),
+        click.option(
+            "--drop-columns", multiple=True, help="TABLE=COL[,COL]: remove columns from events"
+        ),
+        click.option(
+            "--mask-columns", multiple=True, help="TABLE=COL[,COL]: replace values with ***"
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.command()
+@common_options
+@click.option("--slot", help="replication slot (default pgmigrator_<name>)")
+@click.option("--publication", help="publication (default pgmigrator_<name>)")
+@click.option("--create", is_flag=True, help="create the publication and slot when missing")
+@click.option(
+    "--snapshot", is_flag=True, help="with a new slot: existing rows first, as op r events"
+)
+@_flags
+@sink_options
+@handle_errors
+def stream(
+    config_file: Path | None,
+    create: bool,
+    snapshot: bool,
+    tables: tuple[str, ...],
+    exclude: tuple[str, ...],
+    operations: tuple[str, ...],
+    drop_columns: tuple[str, ...],
+    mask_columns: tuple[str, ...],
+    sink_specs: tuple[str, ...],
+    api_addr: str | None,
+    **flags: Any,
+) -> None:
+    """Stream WAL changes from a slot to sinks as JSON events (at-least-once, stable ids)."""
+    from pgmigrator.stream.wal import WalStream
+
+    if api_addr:
+        flags["api"] = {"addr": api_addr}
+    settings = load_settings(
+        config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags
+    )
+    settings.require("source")
+    collector = _collector(settings)
+    filters = build_filters(settings, operations, drop_columns, mask_columns)
+    sinks, ctx = build_sinks(settings, sink_specs, collector)
+    runner = WalStream(settings, sinks, filters, collector, create=create, snapshot=snapshot)
+    with hosting(settings, collector, ctx):
+        stats = run_async(runner, collector, "stream")
+    click.echo(
+        f"stopped: {stats.events} event(s) ({stats.snapshot_rows} snapshot row(s)), "
+        f"slot flushed to {stats.flushed}"
+        + (
+            "" if stats.drained else "; some queued events were not delivered (replayed on restart)"
+        ),
+        err=True,
+    )
+
+
+@click.command()
+@common_options
+@click.option(
+    "--channel", "channels", multiple=True, required=True, help="channel to LISTEN on, repeatable"
+)
+@sink_options
+@handle_errors
+def listen(
+    config_file: Path | None,
+    channels: tuple[str, ...],
+    sink_specs: tuple[str, ...],
+    api_addr: str | None,
+    **flags: Any,
+) -> None:
+    """Forward LISTEN/NOTIFY notifications to sinks as JSON events (at-most-once)."""
+    from pgmigrator.stream.listen import ListenStream
+
+    if api_addr:
+        flags["api"] = {"addr": api_addr}
+    settings = load_settings(config_file, **flags)
+    settings.require("source")
+    collector = _collector(settings)
+    sinks, ctx = build_sinks(settings, sink_specs, collector)
+    runner = ListenStream(
+        Target(settings.source or "", "source"),
+        channels,
+        sinks,
+        collector,
+        drain_timeout_s=settings.stream.drain_timeout_s,
+    )
+    with hosting(settings, collector, ctx):
+        stats = run_async(runner, collector, "listen")
+    click.echo(
+        f"stopped: {stats.notifications} notification(s), {stats.reconnects} reconnect(s)", err=True
+    )

@@ -1,0 +1,1 @@
+"""`pgmigrator stream` and `pgmigrator listen`: change events encoded once, filtered, fanned out to sinks."""

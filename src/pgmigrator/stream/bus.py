@@ -1,0 +1,280 @@
+"""The bus: fan-out of event chunks to every sink through a bounded queue per sink.
+
+Each sink has a worker task that takes queued chunks, merges them into batches of up to
+``batch`` events and calls ``sink.send``. Per sink, a backpressure policy decides what a full queue
+means: ``block`` (the publisher waits: nothing is lost, the slot buffers the rest) or ``drop``
+(only for non-durable sinks: the chunk is dropped, counted and logged at most every few seconds),
+so one slow ``drop`` sink never stalls the others. Retryable send errors are retried with
+exponential backoff and jitter (health ``degraded``); a non-retryable one stops the pipeline:
+every failure goes through `Bus._fatal`, the one place a dead-letter queue can plug into.
+Delivered marks are acknowledged to the `AckTracker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pgmigrator.errors import PgMigratorError, RetryableSinkError, SinkError, is_retryable
+from pgmigrator.log import get_logger
+from pgmigrator.lsn import ZERO, Lsn
+from pgmigrator.metrics import Collector
+from pgmigrator.sinks.base import Event, Sink
+from pgmigrator.stream.ack import AckTracker
+
+log = get_logger("bus")
+Policy = Literal["block", "drop"]
+
+
+@dataclass
+class SinkPolicy:
+    policy: Policy = "block"
+    queue: int = 10_000  # events queued at most (one chunk may overshoot it)
+    batch: int = 1_000  # events per send at most
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+
+
+class SinkWorker:
+    def __init__(self, bus: Bus, sink: Sink, policy: SinkPolicy) -> None:
+        self.bus = bus
+        self.sink = sink
+        self.name = sink.name
+        self.policy = policy
+        self.depth = 0
+        self.dropped = 0
+        self.delivered = 0
+        self._items: deque[tuple[Sequence[Event], Lsn | None]] = deque()
+        self._wakeup = asyncio.Event()
+        self._space = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._closing = False
+        self._health = ""
+        self._drop_logged = 0.0
+        self._drops_since_log = 0
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.depth >= self.policy.queue
+
+    async def put(self, events: Sequence[Event], mark: Lsn | None) -> None:
+        if self.full and self.policy.policy == "drop":
+            self._drop(len(events))
+            return
+        while self.full:
+            self.bus.raise_if_failed()
+            self._space.clear()
+            await self._space.wait()
+        self._items.append((events, mark))
+        self.depth += len(events)
+        self._empty.clear()
+        self._wakeup.set()
+
+    def _drop(self, n: int) -> None:
+        self.dropped += n
+        self._drops_since_log += n
+        self.bus.collector.sink_counter(self.name, dropped=n, queue_depth=self.depth)
+        now = time.monotonic()
+        if now - self._drop_logged >= 5.0:
+            log.warning(
+                "sink queue full, dropping events",
+                sink=self.name,
+                dropped=self._drops_since_log,
+                dropped_total=self.dropped,
+            )
+            self._drop_logged, self._drops_since_log = now, 0
+
+    def close(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            if not self._items:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch, mark = self._take()
+            if batch:
+                await self._deliver(batch)
+            if mark is not None and self.sink.durable:
+                self.bus.tracker.ack(self.name, mark)
+            self.depth -= len(batch)
+            self._space.set()
+            if not self._items:
+                self._empty.set()
+            self.bus.collector.sink_counter(self.name, delivered=len(batch), queue_depth=self.depth)
+
+    def _take(self) -> tuple[Sequence[Event], Lsn | None]:
+        events, mark = self._items.popleft()
+        if not self._items or len(events) >= self.policy.batch:
+            return events, mark
+        batch = list(events)
+        while self._items and len(batch) + len(self._items[0][0]) <= self.policy.batch:
+            more, more_mark = self._items.popleft()
+            batch.extend(more)
+            if more_mark is not None:
+                mark = more_mark
+        return batch, mark
+
+    async def _deliver(self, batch: Sequence[Event]) -> None:
+        delay = self.policy.retry_initial_s
+        while True:
+            try:
+                await self.sink.send(batch)
+            except Exception as exc:
+                error = _as_sink_error(self.name, exc)
+                self.bus.collector.sink_counter(self.name, failed=len(batch))
+                if not error.retryable:
+                    raise self.bus._fatal(self, error) from exc
+                self._set_health("degraded", error.message)
+                log.warning(
+                    "sink failed, retrying",
+                    sink=self.name,
+                    error=error.message,
+                    retry_in_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self.policy.retry_max_s)
+                self.bus.collector.sink_counter(self.name, retried=len(batch))
+                continue
+            self.delivered += len(batch)
+            self._set_health("ok")
+            return
+
+    def _set_health(self, status: Literal["ok", "degraded", "down"], detail: str = "") -> None:
+        if status != self._health:
+            self._health = status
+            self.bus.collector.set_health(f"sink:{self.name}", status, detail)
+
+
+def _as_sink_error(name: str, exc: BaseException) -> SinkError:
+    if isinstance(exc, SinkError):
+        return exc
+    if isinstance(exc, PgMigratorError):
+        cls = RetryableSinkError if exc.retryable else SinkError
+        return cls(exc.message, hint=exc.hint)
+    cls = RetryableSinkError if is_retryable(exc) else SinkError
+    return cls(f"sink {name!r}: {type(exc).__name__}: {exc}")
+
+
+class Bus:
+    def __init__(
+        self,
+        sinks: Sequence[tuple[Sink, SinkPolicy]],
+        collector: Collector,
+        start: Lsn = ZERO,
+    ) -> None:
+        self.collector = collector
+        self.workers = [SinkWorker(self, sink, policy) for sink, policy in sinks]
+        self.tracker = AckTracker([w.name for w in self.workers if w.sink.durable], start)
+        self.failure: SinkError | None = None
+        self.failed = asyncio.Event()
+        self.aborting = False
+        self.published_events = 0
+        self._closed: bool | None = None
+
+    def raise_if_failed(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def _fatal(self, worker: SinkWorker, error: SinkError) -> SinkError:
+        """A sink gave up: report it and stop the pipeline (the dead-letter queue plugs in here)."""
+        worker._set_health("down", error.message)
+        self.collector.record_error(error.message, component=f"sink:{worker.name}")
+        log.error("sink failed", sink=worker.name, error=error.message)
+        failure = SinkError(
+            f"sink {worker.name!r} failed: {error.message}",
+            hint=error.hint or "fix the sink, then restart: unacknowledged events are replayed",
+        )
+        if self.failure is None:
+            self.failure = failure
+        self.failed.set()
+        for other in self.workers:
+            other._space.set()  # wake publishers blocked on any queue
+        return failure
+
+    async def start(self) -> None:
+        """Start every sink (saying which one cannot start and why), then their workers."""
+        for worker in self.workers:
+            try:
+                await worker.sink.start()
+            except Exception as exc:
+                error = _as_sink_error(worker.name, exc)
+                raise SinkError(
+                    f"sink {worker.name!r} cannot start: {error.message}", hint=error.hint
+                ) from exc
+            worker._set_health("ok")
+            self.collector.sink_counter(worker.name, queue_depth=0)
+        for worker in self.workers:
+            worker.task = asyncio.create_task(self._run(worker), name=f"sink:{worker.name}")
+
+    async def _run(self, worker: SinkWorker) -> None:
+        with contextlib.suppress(SinkError):
+            await worker.run()
+
+    async def publish(self, events: Sequence[Event], mark: Lsn | None = None) -> None:
+        """Queue a chunk for every sink (waits on full ``block`` queues); ``mark``: see `AckTracker`."""
+        self.raise_if_failed()
+        if mark is not None:
+            self.tracker.publish(mark)
+        if not events and mark is None:
+            return
+        self.published_events += len(events)
+        for worker in self.workers:
+            await worker.put(events, mark)
+        self.raise_if_failed()
+
+    async def wait_delivered(self) -> None:
+        """Wait until every sink delivered everything queued so far (or one failed)."""
+        for worker in self.workers:
+            while not worker._empty.is_set():
+                self.raise_if_failed()
+                waiter = asyncio.ensure_future(worker._empty.wait())
+                failed = asyncio.ensure_future(self.failed.wait())
+                await asyncio.wait([waiter, failed], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                failed.cancel()
+        self.raise_if_failed()
+
+    def queued(self) -> int:
+        return sum(w.depth for w in self.workers)
+
+    async def close(self, timeout: float = 30.0) -> bool:
+        """Deliver what is queued (up to ``timeout`` seconds), then close every sink.
+
+        Returns whether everything queued was delivered; what was not stays unacknowledged and is
+        replayed from the slot on the next start. Closing twice returns the first result.
+        """
+        if self._closed is not None:
+            return self._closed
+        self._closed = False
+        for worker in self.workers:
+            worker.close()
+        tasks = [w.task for w in self.workers if w.task is not None]
+        drained = True
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                drained = False
+                self.aborting = True
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        for worker in self.workers:
+            try:
+                await worker.sink.close()
+            except Exception as exc:  # closing must not hide the stop; say what happened
+                log.warning("sink did not close cleanly", sink=worker.name, error=str(exc))
+        self._closed = drained and self.failure is None
+        return self._closed

@@ -1,0 +1,242 @@
+"""``pgmigrator stream``: WAL changes from a slot, encoded once, fanned out to sinks, acknowledged.
+
+The read loop receives XLogData from `ReplicationStream` (``streaming`` off: the server hands over
+each transaction whole at commit, spilling large ones to its own disk, so nothing big is held
+here), feeds the `ChangeEncoder` and publishes chunks to the `Bus` when a chunk is full or nothing
+more waits on the socket (latency when caught up, big batches when there is a backlog). The slot's
+flush position follows the `AckTracker`: what every durable sink acknowledged. Retryable source
+failures reconnect with backoff from that position (already published transactions are skipped).
+On stop: what is queued is delivered (up to ``drain_timeout_s``), a final status update is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pgmigrator.config import Settings
+from pgmigrator.dsn import Target
+from pgmigrator.errors import PgMigratorError
+from pgmigrator.events import PG_EPOCH_UNIX_US
+from pgmigrator.log import get_logger
+from pgmigrator.lsn import ZERO, Lsn
+from pgmigrator.metrics import Collector
+from pgmigrator.pg import Conn, connect
+from pgmigrator.sinks.base import Sink
+from pgmigrator.source.replication import ReplicationStream
+from pgmigrator.stream.bus import Bus, SinkPolicy
+from pgmigrator.stream.changes import ChangeEncoder
+from pgmigrator.stream.filters import Filters
+from pgmigrator.stream.setup import (
+    Prepared,
+    current_lsn,
+    marker_path,
+    prepare,
+    walsender_target,
+    write_marker,
+)
+from pgmigrator.stream.snapshot import SnapshotReader
+
+log = get_logger("stream")
+
+
+@dataclass
+class StreamStats:
+    events: int = 0
+    snapshot_rows: int = 0
+    transactions: int = 0
+    reconnects: int = 0
+    flushed: Lsn = ZERO
+    drained: bool = True
+
+
+class WalStream:
+    def __init__(
+        self,
+        settings: Settings,
+        sinks: Sequence[tuple[Sink, SinkPolicy]],
+        filters: Filters,
+        collector: Collector,
+        *,
+        create: bool = False,
+        snapshot: bool = False,
+    ) -> None:
+        settings.require("source")
+        self.settings = settings
+        self.source = Target(settings.source or "", "source")
+        self.filters = filters
+        self.collector = collector
+        self.create = create
+        self.snapshot = snapshot
+        self.bus = Bus(sinks, collector)
+        self.encoder = ChangeEncoder(self.source.database, filters)
+        self.stop_event = asyncio.Event()
+        self.stats = StreamStats()
+        self.flushed = Lsn(0)
+        self.latest = Lsn(0)
+        self._chunk = settings.stream.chunk_events
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    async def run(self) -> StreamStats:
+        self.collector.set_phase("connecting")
+        await self.bus.start()
+        try:
+            prepared = await asyncio.to_thread(
+                prepare, self.settings, self.source, create=self.create, snapshot=self.snapshot
+            )
+            self.collector.update_info({"slot": prepared.slot, "publication": prepared.publication})
+            self.flushed = prepared.start
+            self.bus.tracker.reset(prepared.start)
+            if prepared.session is not None:
+                await self._snapshot(prepared)
+            await self._stream(prepared)
+        finally:
+            self.stats.drained = await self.bus.close(self.settings.stream.drain_timeout_s)
+        self.bus.raise_if_failed()
+        self.stats.flushed = self.flushed
+        return self.stats
+
+    async def _snapshot(self, prepared: Prepared) -> None:
+        assert prepared.created is not None and prepared.session is not None
+        consistent = prepared.created.consistent_lsn
+        marker = marker_path(self.settings, prepared.slot)
+        reader = SnapshotReader(
+            self.source, prepared.publication, self.filters, self.source.database
+        )
+        try:
+            await asyncio.to_thread(write_marker, marker, prepared.slot, "running", consistent)
+            await asyncio.to_thread(reader.open, prepared.created.snapshot)
+        finally:
+            prepared.session.close()  # the snapshot is imported (or failed): the slot stays
+        self.collector.set_phase("snapshot")
+        log.info("snapshot started", tables=len(reader.tables), consistent_lsn=str(consistent))
+        try:
+            if self.filters.op_allowed("r"):
+                batches = reader.batches(consistent, self._chunk)
+                while not self.stop_event.is_set():
+                    batch = await asyncio.to_thread(next, batches, None)
+                    if batch is None:
+                        break
+                    await self.bus.publish(batch)
+                    self.stats.events += len(batch)
+                    self.collector.add_rows(len(batch))
+        finally:
+            await asyncio.to_thread(reader.close)
+        self.stats.snapshot_rows = reader.rows
+        if self.stop_event.is_set():
+            return  # the marker stays "running": a restart says so instead of skipping rows
+        await self.bus.wait_delivered()
+        await asyncio.to_thread(write_marker, marker, prepared.slot, "done", consistent)
+        log.info("snapshot delivered", rows=reader.rows)
+
+    async def _stream(self, prepared: Prepared) -> None:
+        if self.stop_event.is_set():
+            return
+        delay = 0.5
+        while not self.stop_event.is_set():
+            try:
+                await self._session(prepared)
+                return
+            except PgMigratorError as exc:
+                if not exc.retryable or self.bus.failure is not None:
+                    raise
+                self.stats.reconnects += 1
+                self.collector.set_health("source", "down", exc.message)
+                self.collector.record_error(exc.message, component="stream")
+                log.warning(
+                    "connection lost, reconnecting", error=exc.message, retry_in_s=round(delay, 1)
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), delay)
+                delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
+
+    async def _session(self, prepared: Prepared) -> None:
+        stream = ReplicationStream(
+            walsender_target(self.source), prepared.slot, prepared.publication, streaming=False
+        )
+        stream.flushed = self.flushed
+        self.encoder.reset()
+        self.encoder.skip_through = self.encoder.last_commit
+        monitor: Conn | None = None
+        try:
+            await asyncio.to_thread(stream.open, self.flushed)
+            monitor = await asyncio.to_thread(connect, self.source)
+            self.collector.set_phase("streaming")
+            self.collector.set_health("source", "ok")
+            await self._read(stream, monitor)
+            await self._publish()
+            drained = await self.bus.close(self.settings.stream.drain_timeout_s)
+            self.stats.drained = drained
+            self._advance(stream)
+            stream.send_status()
+            log.info("stopped", flushed_lsn=str(self.flushed), drained=drained)
+        finally:
+            stream.close()
+            if monitor is not None:
+                await asyncio.to_thread(monitor.close)
+
+    async def _read(self, stream: ReplicationStream, monitor: Conn) -> None:
+        last_probe = last_report = 0.0
+        encoder = self.encoder
+        while not self.stop_event.is_set():
+            self.bus.raise_if_failed()
+            msg = await stream.next(timeout=0)
+            if msg is None:  # nothing waiting on the socket: hand over what we have, then wait
+                await self._publish()
+                self._advance(stream)
+                msg = await stream.next(timeout=0.5)
+            if msg is not None:
+                encoder.feed(msg.data)
+                if len(encoder.out) >= self._chunk:
+                    await self._publish()
+            now = time.monotonic()
+            if now - last_probe >= 1.0:
+                last_probe = now
+                self._advance(stream)
+                self.latest = await asyncio.to_thread(current_lsn, monitor)
+                self._metrics(stream)
+            if now - last_report >= 10.0:
+                last_report = now
+                log.info(
+                    "streaming",
+                    flushed_lsn=str(self.flushed),
+                    events=self.stats.events,
+                    queued=self.bus.queued(),
+                )
+
+    async def _publish(self) -> None:
+        events, mark = self.encoder.drain()
+        if events or mark is not None:
+            await self.bus.publish(events, mark)
+            self.stats.events += len(events)
+            if events:
+                self.collector.add_rows(len(events))
+
+    def _advance(self, stream: ReplicationStream) -> None:
+        """Move the slot's flush position to what every durable sink acknowledged."""
+        acked = self.bus.tracker.flush_lsn()
+        if acked > stream.flushed:
+            stream.flushed = acked
+        self.flushed = max(self.flushed, stream.flushed)
+        stream.idle = (
+            not self.encoder.in_txn and not self.encoder.out and self.bus.tracker.caught_up()
+        )
+
+    def _metrics(self, stream: ReplicationStream) -> None:
+        self.stats.transactions = self.encoder.transactions
+        latest = max(self.latest, stream.received)
+        commit_us = self.encoder.last_commit_time
+        self.collector.set_lsns(
+            applied=self.bus.tracker.flush_lsn(),
+            confirmed=stream.flushed,
+            latest=latest,
+            commit_time=(PG_EPOCH_UNIX_US + commit_us) / 1e6 if commit_us else None,
+        )
+        for worker in self.bus.workers:
+            self.collector.sink_counter(worker.name, queue_depth=worker.depth)
