@@ -175,6 +175,18 @@ def test_concurrent_writes_on_both_sides_converge_without_loops(
     assert f"reverse {_txns(out, 'reverse')} transaction(s), {dst_rows[0]} row(s)" in out, out
     res = pgmigrator("verify", "--source", pair.source, "--dest", pair.dest)
     assert res.returncode == 0, res.stdout + res.stderr
+    res = pgmigrator("cleanup", "--source", pair.source, "--dest", pair.dest)
+    assert res.returncode == 0, res.stderr
+    assert "dropped replication slot pgmigrator_default_rev on the destination" in res.stdout
+    assert "dropped replication origin pgmigrator_default_rev on the source" in res.stdout
+    for connect in (pair.src, pair.dst):  # nothing of either direction is left behind
+        with connect() as conn:
+            left = conn.execute(
+                "SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database())"
+                " + (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_origin)"
+                " + (SELECT count(*) FROM pg_namespace WHERE nspname = 'pgmigrator')"
+            ).fetchone()[0]
+            assert left == 0
 
 
 def _lsn_diff(conn: psycopg.Connection, a: str, b: str) -> int:

@@ -26,6 +26,7 @@ Families (all prefixed ``pgmigrator_``; counters get the ``_total`` suffix on ex
 ``errors``                         counter  errors counted by the collector
 ``component_healthy{component}``   gauge    1 when the component reports ``ok``
 ``slot_retained_wal_bytes``        gauge    WAL the slot holds back on the source (when known)
+``conflicts``                      counter  same row changed on both sides (bidirectional only)
 =================================  =======  ============================================
 """
 
@@ -144,6 +145,11 @@ def _pipeline_families(snap: Mapping[str, Any]) -> Iterator[Metric]:
         "WAL bytes the replication slot retains on the source",
         _num(retained),
     )
+    conflicts = _num(info_map.get("conflicts")) if isinstance(info_map, Mapping) else None
+    if conflicts is not None:  # bidirectional replication only
+        family = CounterMetricFamily(PREFIX + "conflicts", "Rows changed on both sides (bidi)")
+        family.add_metric([], conflicts)
+        yield family
 
 
 def _volume_families(snap: Mapping[str, Any]) -> Iterator[Metric]:

@@ -38,7 +38,7 @@ from pgmigrator.pg import Conn, connect
 from pgmigrator.pipeline.bidi_settings import BidiSettings
 from pgmigrator.pipeline.follow import Follow, FollowStats
 from pgmigrator.pipeline.reader import OriginFilter
-from pgmigrator.source.slots import slot_status
+from pgmigrator.source.slots import drop_publication, drop_slot, slot_status
 from pgmigrator.store.state import StateStore
 
 log = get_logger("bidi")
@@ -214,6 +214,54 @@ def _start(dst: Conn, pipeline: str, rev: Settings) -> int:
     return int(row[0]) if row else 0
 
 
+def cleanup_reverse(settings: Settings) -> list[str]:
+    """Drop the reverse direction's objects, if any (called by `pgmigrator cleanup`)."""
+    source, dest = (
+        Target(settings.source or "", "source"),
+        Target(settings.dest or "", "destination"),
+    )
+    done: list[str] = []
+    with connect(dest) as dst:
+        row = None
+        if dst.execute("SELECT to_regclass('pgmigrator.bidi')").fetchone() != (None,):
+            row = dst.execute(
+                "DELETE FROM pgmigrator.bidi WHERE pipeline = %s"
+                " RETURNING reverse_name, reverse_slot, reverse_publication",
+                (settings.name,),
+            ).fetchone()
+        state = StateStore(dst, settings.name).load()
+        if row is None:
+            rev = reverse_settings(
+                settings,
+                settings.slot or (state.slot if state else settings.slot_name),
+                settings.publication or (state.publication if state else settings.publication_name),
+            )
+            name, slot, publication = rev.name, rev.slot_name, rev.publication_name
+        else:
+            name, slot, publication = str(row[0]), str(row[1]), str(row[2])
+        if drop_slot(dst, slot):
+            done.append(f"dropped replication slot {slot} on the destination")
+        if drop_publication(dst, publication):
+            done.append(f"dropped publication {publication} on the destination")
+    with connect(source) as src:
+        origin = f"pgmigrator_{name}"
+        if src.execute(
+            "SELECT 1 FROM pg_replication_origin WHERE roname = %s", (origin,)
+        ).fetchone():
+            src.execute("SELECT pg_replication_origin_drop(%s)", (origin,))
+            done.append(f"dropped replication origin {origin} on the source")
+        store = StateStore(src, name)
+        if store.load() is not None:
+            store.drop_pipeline()
+        if (
+            store.exists()
+            and not src.execute("SELECT 1 FROM pgmigrator.pipelines LIMIT 1").fetchone()
+        ):
+            src.execute("DROP SCHEMA pgmigrator CASCADE")
+            done.append("dropped schema pgmigrator on the source (the reverse pipeline's state)")
+    return done
+
+
 class Bidirectional:
     """Runs the forward and the reverse `Follow` together; either failing stops both."""
 
@@ -266,10 +314,7 @@ class Bidirectional:
     def _policy(self, plan: Plan, direction: Literal["forward", "reverse"]) -> ConflictPolicy:
         def on_conflict(conflict: Conflict) -> None:
             self.conflicts += 1
-            self.collector.update_info({"conflicts": self.conflicts})
-            add = getattr(self.collector, "add_conflicts", None)
-            if add is not None:
-                add(1)
+            self.collector.update_info({"conflicts": self.conflicts})  # also on /metrics
             self.collector.log(
                 "warning",
                 "bidi",

@@ -2,7 +2,8 @@
 
 Drops the replication slot and publication on the source, the replication origin and the
 pipeline's rows (and the ``pgmigrator`` schema once no pipeline is left) on the destination.
-Copied tables are left alone: they are the user's data.
+Copied tables are left alone: they are the user's data. After bidirectional replication it also
+drops the reverse slot and publication (destination) and the reverse origin and state (source).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pgmigrator.config import Settings
 from pgmigrator.dsn import Target
 from pgmigrator.log import get_logger
 from pgmigrator.pg import connect
+from pgmigrator.pipeline.bidi import cleanup_reverse
 from pgmigrator.source.slots import drop_publication, drop_slot
 from pgmigrator.store.state import StateStore
 
@@ -19,7 +21,7 @@ log = get_logger("cleanup")
 
 def cleanup(settings: Settings) -> list[str]:
     settings.require("source", "dest")
-    done: list[str] = []
+    done: list[str] = cleanup_reverse(settings)  # bidirectional replication's reverse objects
     source, dest = (
         Target(settings.source or "", "source"),
         Target(settings.dest or "", "destination"),
