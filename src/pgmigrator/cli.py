@@ -510,7 +510,3 @@ from pgmigrator.cli_stream import listen, stream  # noqa: E402  (registers `stre
 
 main.add_command(stream)
 main.add_command(listen)
-
-from pgmigrator.cli_dlq import dlq  # noqa: E402  (registers `pgmigrator dlq ...`)
-
-main.add_command(dlq)
