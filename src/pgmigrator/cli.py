@@ -136,6 +136,7 @@ def preflight(
 @click.option(
     "--follow", "then_follow", is_flag=True, help="after the copy, stream changes until interrupted"
 )
+@bidi_options
 @api_options
 @handle_errors
 def clone(
@@ -153,7 +154,10 @@ def clone(
     from pgmigrator.pipeline.progress import Progress
 
     settings = load_settings(
-        config_file, tables=list(tables) or None, exclude=list(exclude) or None, **api_flags(flags)
+        config_file,
+        tables=list(tables) or None,
+        exclude=list(exclude) or None,
+        **bidi_flags(api_flags(flags)),
     )
     collector = _collector(settings)
 
@@ -174,8 +178,8 @@ def clone(
                 else f"; slot {result.slot} kept for `pgmigrator follow`"
             )
         )
-        if then_follow:
-            _run_follow(settings, collector, control)
+        if then_follow:  # --bidirectional: the reverse slot starts now, after the copy
+            (run_bidi if settings.bidi.enabled else _run_follow)(settings, collector, control)
 
     hosted_run(settings, collector, body, tui=tui)
 
