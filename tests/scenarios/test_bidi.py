@@ -43,14 +43,17 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def _clone_and_follow(
-    pair: Pair, procs: list[subprocess.Popen[str]], *extra: str
+    pair: Pair, procs: list[subprocess.Popen[str]], *extra: str, one_command: bool = False
 ) -> subprocess.Popen[str]:
+    """Clone, then follow both ways: two commands, or ``clone --follow --bidirectional``."""
     _load(pair)
-    res = pgmigrator("clone", "--source", pair.source, "--dest", pair.dest)
-    assert res.returncode == 0, res.stdout + res.stderr
-    proc = start_pgmigrator(
-        "follow", "--bidirectional", "--source", pair.source, "--dest", pair.dest, *extra
-    )
+    dsns = ("--source", pair.source, "--dest", pair.dest)
+    if one_command:
+        proc = start_pgmigrator("clone", "--follow", "--bidirectional", *dsns, *extra)
+    else:
+        res = pgmigrator("clone", *dsns)
+        assert res.returncode == 0, res.stdout + res.stderr
+        proc = start_pgmigrator("follow", "--bidirectional", *dsns, *extra)
     procs.append(proc)
 
     def both_streaming() -> bool:
@@ -222,6 +225,25 @@ def _conflict_setup(pair: Pair) -> None:
         local.commit()
 
 
+def test_follow_bidirectional_refuses_before_the_clone_is_complete(pair: Pair) -> None:
+    _load(pair)
+    dsns = ("--source", pair.source, "--dest", pair.dest)
+    res = pgmigrator("follow", "--bidirectional", *dsns)
+    assert res.returncode == 1 and "no pipeline 'default' on the destination" in res.stderr
+    res = pgmigrator("clone", *dsns)
+    assert res.returncode == 0, res.stderr
+    with pair.dst() as conn:  # as if the copy had been interrupted
+        conn.execute("UPDATE pgmigrator.tables SET state = 'copying' WHERE table_name = 'note'")
+    res = pgmigrator("follow", "--bidirectional", *dsns)
+    assert res.returncode == 1, res.stderr
+    assert "the clone of pipeline 'default' is not complete (public.note)" in res.stderr
+    assert "clone --resume" in res.stderr  # the hint says what to do
+    with pair.dst() as conn:  # and nothing of the reverse direction was created
+        slots = "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
+        assert conn.execute(slots).fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM pg_publication").fetchone()[0] == 0
+
+
 def test_conflict_with_policy_error_stops_naming_the_row(
     pair: Pair, procs: list[subprocess.Popen[str]]
 ) -> None:
@@ -238,7 +260,7 @@ def test_conflict_with_policy_error_stops_naming_the_row(
 def test_conflict_last_writer_wins_on_both_sides(
     pair: Pair, procs: list[subprocess.Popen[str]]
 ) -> None:
-    proc = _clone_and_follow(pair, procs, "--conflict", "last-writer-wins")
+    proc = _clone_and_follow(pair, procs, "--conflict", "last-writer-wins", one_command=True)
     _conflict_setup(pair)
 
     def settled() -> bool:
