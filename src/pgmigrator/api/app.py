@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -320,12 +320,14 @@ def create_app(
     ready_max_lag_s: float = DEFAULT_READY_MAX_LAG_S,
     ready_max_lag_bytes: int = DEFAULT_READY_MAX_LAG_BYTES,
     ws_interval: float | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The API app for one collector; see the module docstring.
 
     ``token`` None disables authentication altogether (only sensible on loopback, for tests).
     ``ready_max_lag_*`` are the ``/readyz`` thresholds; ``ws_interval`` (default: the collector's
-    ``publish_interval``, 0.5 s) is the WebSocket push period.
+    ``publish_interval``, 0.5 s) is the WebSocket push period. ``extra_routes`` are mounted too
+    (sinks' endpoints, which read ``app.state.token`` / ``protect_reads`` for authentication).
     """
     api = _Api(collector, settings, control, token, protect_reads)
     api.ready_max_lag_s, api.ready_max_lag_bytes = ready_max_lag_s, ready_max_lag_bytes
@@ -347,6 +349,7 @@ def create_app(
         Route("/livez", api.livez, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/startupz", api.startupz, methods=["GET"]),
+        *extra_routes,  # e.g. the sse/websocket sinks' endpoints (SinkContext.routes)
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.token = token
