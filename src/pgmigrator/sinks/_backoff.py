@@ -8,6 +8,7 @@ then spread by ``±jitter`` (a fraction) so that many senders do not retry in lo
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,3 +38,18 @@ class BackoffOptions(BaseModel):
 
 
 _RNG = random.Random()
+
+
+def fold_flat(data: Any, prefix: str, into: str) -> Any:
+    """Move flat option keys ``<prefix><name>`` into the nested mapping ``into``.
+
+    ``--sink TYPE:key=value`` options are flat: ``retry_attempts=5`` becomes
+    ``{"retry": {"attempts": 5}}`` and ``header.X-Tenant=acme`` ``{"headers": {"X-Tenant": ...}}``.
+    """
+    if not isinstance(data, dict) or not any(str(k).startswith(prefix) for k in data):
+        return data
+    out = {k: v for k, v in data.items() if not str(k).startswith(prefix)}
+    nested = dict(out.get(into) or {})
+    nested.update({str(k)[len(prefix) :]: v for k, v in data.items() if str(k).startswith(prefix)})
+    out[into] = nested
+    return out

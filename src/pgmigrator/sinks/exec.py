@@ -22,13 +22,13 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pgmigrator.errors import ConfigError, RetryableSinkError
 from pgmigrator.log import get_logger
-from pgmigrator.sinks._backoff import BackoffOptions
+from pgmigrator.sinks._backoff import BackoffOptions, fold_flat
 from pgmigrator.sinks.base import Event, SinkContext, register
 
 log = get_logger("sink.exec")
@@ -40,6 +40,13 @@ class ExecOptions(BaseModel):
     """Options of an ``exec`` sink."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, data: Any) -> Any:
+        data = fold_flat(data, "restart_", "restart")
+        data = fold_flat(data, "env.", "env")
+        return data
 
     command: list[str] | str
     ack: Literal["write", "stdout"] = "write"

@@ -17,16 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from pgmigrator import dsn as dsnlib
 from pgmigrator.errors import RetryableSinkError, SinkError, is_retryable
 from pgmigrator.log import get_logger
-from pgmigrator.sinks._backoff import BackoffOptions
+from pgmigrator.sinks._backoff import BackoffOptions, fold_flat
 from pgmigrator.sinks.base import Event, SinkContext, register
 
 log = get_logger("sink.pg_table")
@@ -47,6 +47,12 @@ class PgTableOptions(BaseModel):
     """Options of a ``pg_table`` sink."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, data: Any) -> Any:
+        data = fold_flat(data, "retry_", "retry")
+        return data
 
     dsn: SecretStr
     table: str = "public.pgmigrator_events"

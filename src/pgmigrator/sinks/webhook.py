@@ -21,15 +21,15 @@ import hmac
 import os
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from pgmigrator import __version__
 from pgmigrator.errors import ConfigError, RetryableSinkError, SinkError
 from pgmigrator.log import get_logger
-from pgmigrator.sinks._backoff import BackoffOptions
+from pgmigrator.sinks._backoff import BackoffOptions, fold_flat
 from pgmigrator.sinks.base import Event, SinkContext, register
 
 log = get_logger("sink.webhook")
@@ -42,6 +42,13 @@ class WebhookOptions(BaseModel):
     """Options of a ``webhook`` sink."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, data: Any) -> Any:
+        data = fold_flat(data, "retry_", "retry")
+        data = fold_flat(data, "header.", "headers")
+        return data
 
     url: str
     batch_size: int = Field(default=1, ge=1, le=100_000)
