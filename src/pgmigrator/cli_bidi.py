@@ -55,6 +55,8 @@ def run_bidi(settings: configmod.Settings, collector: Any, control: Any = None) 
     from pgmigrator.pipeline.bidi import Bidirectional
 
     pipeline = Bidirectional(settings, collector)
+    if control is not None:
+        control.target = pipeline  # pause / resume from the API act on both directions
 
     async def main_task() -> Any:
         loop = asyncio.get_running_loop()

@@ -280,6 +280,20 @@ class Bidirectional:
             if f is not None:
                 f.request_stop()
 
+    def pause(self) -> str:
+        """Pause both directions (API, TUI, SIGUSR1 of a single follower)."""
+        return self._both("pause")
+
+    def resume(self) -> str:
+        return self._both("resume")
+
+    def _both(self, action: str) -> str:
+        followers = [f for f in (self.forward, self.reverse) if f is not None]
+        if not followers:
+            raise StateError(f"cannot {action}: nothing is streaming yet")
+        results = [getattr(f, action)() for f in followers]
+        return str(results[0])
+
     async def run(self) -> tuple[FollowStats, FollowStats]:
         plan = await asyncio.to_thread(prepare, self.settings)
         ours = frozenset({plan.forward_origin, plan.reverse_origin})
