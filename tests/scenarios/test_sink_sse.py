@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import orjson
@@ -184,3 +184,54 @@ def test_api_served_from_a_thread_gets_events_published_from_another_loop() -> N
                     break
         assert data == [1, 2]
         asyncio.run(sink.close())
+
+
+async def test_a_slow_client_is_dropped_and_told_so() -> None:
+    collector = Collector()
+    ctx = SinkContext(collector=collector)
+    sink = build_sink("sse", "sse", {"client_queue": 8, "heartbeat_s": 5}, ctx)
+    assert isinstance(sink, SseSink)
+    app = create_app(collector, None, NoControl(), None, extra_routes=ctx.routes)
+    server = ApiServer(app, "127.0.0.1", 0)
+    await server.start()
+    fast_ids: list[str] = []
+    try:
+        async with (
+            httpx.AsyncClient(timeout=30) as http,
+            http.stream("GET", server.url + PATH) as fast,
+            http.stream("GET", server.url + PATH) as slow,
+        ):
+            while sink.hub.clients != 2:
+                await asyncio.sleep(0.01)
+
+            async def read_fast() -> None:
+                async for line in fast.aiter_lines():
+                    if line.startswith("id: "):
+                        fast_ids.append(line[4:])
+
+            reader = asyncio.ensure_future(read_fast())
+            pad = "y" * 100_000
+            n = 0
+            while not collector.snapshot()["sinks"].get("sse", {}).get("dropped"):
+                batch = [
+                    Event(f"0/{n + i + 1:X}:0", Lsn(n + i + 1), "c", "public", "t",
+                          orjson.dumps({"n": n + i + 1, "pad": pad}))
+                    for i in range(4)
+                ]  # fmt: skip
+                n += 4
+                await sink.send(batch)
+                await asyncio.wait_for(_until(lambda k=n: len(fast_ids) >= k), 10)  # keeps up
+                assert n < 4000, "the slow client was never dropped"
+            assert sink.hub.clients == 1
+            tail = [line async for line in slow.aiter_lines() if line.startswith("event:")]
+            assert tail == ["event: dropped"]  # what it had, then the reason, then the end
+            reader.cancel()
+        assert fast_ids == [f"0/{i:X}:0" for i in range(1, n + 1)]
+    finally:
+        await sink.close()
+        await server.stop()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.005)

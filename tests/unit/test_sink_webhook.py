@@ -131,3 +131,24 @@ def test_secret_never_in_repr() -> None:
     sink = build_sink("webhook", "w", {"url": "http://x/y", "secret": "hunter2"}, SinkContext())
     assert isinstance(sink, WebhookSink)
     assert "hunter2" not in repr(sink.opts) and "hunter2" not in str(sink.opts.model_dump())
+
+
+def test_flat_command_line_keys_fold_into_nested_options() -> None:
+    from pgmigrator.sinks._backoff import fold_flat
+
+    raw = {"url": "http://x/y", "retry_attempts": "3", "retry_initial_s": "0.1"}
+    assert fold_flat(raw, "retry_", "retry") == {
+        "url": "http://x/y",
+        "retry": {"attempts": "3", "initial_s": "0.1"},
+    }
+    assert fold_flat({"url": "u"}, "retry_", "retry") == {"url": "u"}
+    sink = build_sink(
+        "webhook",
+        "w",
+        {"url": "http://x/y", "retry_attempts": "4", "header.X-Tenant": "acme"},
+        SinkContext(),
+    )
+    assert isinstance(sink, WebhookSink)
+    assert sink.opts.retry.attempts == 4 and sink.opts.headers == {"X-Tenant": "acme"}
+    with pytest.raises(ConfigError, match="retry"):
+        build_sink("webhook", "w", {"url": "http://x/y", "retry_bogus": "1"}, SinkContext())
