@@ -17,4 +17,6 @@ for _module in ("webhook", "exec", "pg_table", "sse", "websocket", "nats"):
         importlib.import_module(f"pgmigrator.sinks.{_module}")
     except ModuleNotFoundError as _exc:
         if _exc.name != f"pgmigrator.sinks.{_module}":
-            get_logger("sinks").debug("sink kind unavailable", kind=_module, error=str(_exc))
+            get_logger("sinks").warning("sink kind unavailable", kind=_module, error=str(_exc))
+    except ImportError as _exc:  # a broken optional sink must not take the others down
+        get_logger("sinks").warning("sink kind unavailable", kind=_module, error=str(_exc))

@@ -40,6 +40,7 @@ class ChangeEncoder:
         self.filters = filters
         self.decoder = PgOutputDecoder()
         self.codecs: dict[int, TableCodec | None] = {}
+        self._relations: dict[int, Relation] = {}
         self.out: list[Event] = []
         self.mark: Lsn | None = None
         self.skip_through = Lsn(0)
@@ -90,6 +91,9 @@ class ChangeEncoder:
         self.transactions += 1
 
     def _relation(self, msg: Relation) -> None:
+        if self._relations.get(msg.oid) == msg:
+            return  # the same layout again (sent per session and after invalidations)
+        self._relations[msg.oid] = msg
         if not self.filters.table_allowed(msg.namespace, msg.name):
             self.codecs[msg.oid] = None
             return
@@ -115,21 +119,16 @@ class ChangeEncoder:
 
     def _insert(self, msg: Insert) -> None:
         codec = self._target(msg.relation_oid, "c")
-        if codec is None:
-            return
-        values = msg.new.values
-        self.out.append(
-            encode(
-                codec,
-                f"{self._prefix}{self._index}",
-                self._lsn,
-                "c",
-                self._source(msg.relation_oid, codec),
-                codec.key(values),
-                None,
-                codec.row(values),
+        if codec is not None:
+            self.out.append(
+                codec.insert(
+                    msg.new.values,
+                    f"{self._prefix}{self._index}",
+                    self._lsn,
+                    self._source(msg.relation_oid, codec),
+                    "c",
+                )
             )
-        )
 
     def _update(self, msg: Update) -> None:
         codec = self._target(msg.relation_oid, "u")

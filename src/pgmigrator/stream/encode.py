@@ -110,10 +110,46 @@ def iso_from_pg_us(us: int) -> str:
         return str(us)
 
 
-class TableCodec:
-    """Encodes rows of one table layout; see the module docstring."""
+_EVENT_FIELDS = ("id", "lsn", "op", "schema", "table", "body")
+_EVENT_SETTERS = tuple(Event.__dict__[f].__set__ for f in _EVENT_FIELDS)
+_new_event: Callable[[type[Event]], Event] = object.__new__
 
-    __slots__ = ("cols", "db", "key_cols", "names", "schema", "table")
+
+def make_event(
+    event_id: str, lsn: Lsn, op: str, schema: str | None, table: str | None, body: bytes
+) -> Event:
+    """`Event(...)` without the frozen dataclass's ``object.__setattr__`` per field (hot path)."""
+    event = _new_event(Event)
+    s_id, s_lsn, s_op, s_schema, s_table, s_body = _EVENT_SETTERS
+    s_id(event, event_id)
+    s_lsn(event, lsn)
+    s_op(event, op)
+    s_schema(event, schema)
+    s_table(event, table)
+    s_body(event, body)
+    return event
+
+
+def _expression(conv: Converter, i: int, ns: dict[str, Any]) -> str:
+    """Python source converting ``x`` (not None) with ``conv``, inlined for the common types."""
+    if conv is _text:
+        return "x.decode()"
+    if conv is int:
+        return "int(x)"
+    if conv is _bool:
+        return "x == b't'"
+    ns[f"c{i}"] = conv
+    return f"c{i}(x)"
+
+
+class TableCodec:
+    """Encodes rows of one table layout; see the module docstring.
+
+    ``row``, ``key`` and ``insert`` are compiled per layout (plain Python source with the column
+    names and converters baked in): no loop, no per-column lookups on the hot path.
+    """
+
+    __slots__ = ("cols", "db", "insert", "key", "key_cols", "names", "row", "schema", "table")
 
     def __init__(
         self,
@@ -133,6 +169,37 @@ class TableCodec:
             if c.name not in drop
         )
         self.key_cols = tuple(col for col in self.cols if columns[col[0]].is_key)
+        self._compile()
+
+    def _compile(self) -> None:
+        ns: dict[str, Any] = {
+            "dumps": orjson.dumps,
+            "make_event": make_event,
+            "SCHEMA": self.schema,
+            "TABLE": self.table,
+            "EMPTY": [],
+        }
+        conv = [
+            f"    a{i} = None if (x := values[{i}]) is None else {_expression(c, i, ns)}\n"
+            for i, _, c in self.cols
+        ]
+        after = ", ".join(f"{n!r}: a{i}" for i, n, _ in self.cols)
+        key = ", ".join(f"{n!r}: a{i}" for i, n, _ in self.key_cols)
+        key_conv = [conv[j] for j, col in enumerate(self.cols) if col in self.key_cols]
+        source = (
+            f"def row(values):\n{''.join(conv)}    return {{{after}}}\n"
+            f"def key(values):\n{''.join(key_conv)}    return {{{key}}}\n"
+            f"def insert(values, eid, lsn, src, op):\n{''.join(conv)}"
+            f"    return make_event(eid, lsn, op, SCHEMA, TABLE, dumps({{'id': eid, 'op': op,"
+            f" 'source': src, 'key': {{{key}}}, 'before': None, 'after': {{{after}}},"
+            f" 'unchanged_toast': EMPTY}}))\n"
+        )
+        exec(compile(source, f"<codec {self.schema}.{self.table}>", "exec"), ns)
+        self.row: Callable[[Sequence[bytes | None]], dict[str, Any]] = ns["row"]
+        self.key: Callable[[Sequence[bytes | None]], dict[str, Any]] = ns["key"]
+        self.insert: Callable[[Sequence[bytes | None], str, Lsn, orjson.Fragment, str], Event] = ns[
+            "insert"
+        ]
 
     def source(self, lsn: str | None, xid: int | None, commit_time: str | None) -> orjson.Fragment:
         return orjson.Fragment(
@@ -148,10 +215,6 @@ class TableCodec:
             )
         )
 
-    def row(self, values: Sequence[bytes | None]) -> dict[str, Any]:
-        """All kept columns (NULL -> None); for complete rows (no unchanged TOAST)."""
-        return {n: None if (v := values[i]) is None else c(v) for i, n, c in self.cols}
-
     def row_toast(
         self, kinds: bytes, values: Sequence[bytes | None]
     ) -> tuple[dict[str, Any], list[str]]:
@@ -165,9 +228,6 @@ class TableCodec:
                 v = values[i]
                 row[n] = None if v is None else c(v)
         return row, unchanged
-
-    def key(self, values: Sequence[bytes | None]) -> dict[str, Any]:
-        return {n: None if (v := values[i]) is None else c(v) for i, n, c in self.key_cols}
 
 
 def encode(
@@ -192,7 +252,7 @@ def encode(
             "unchanged_toast": unchanged or [],
         }
     )
-    return Event(event_id, lsn, op, codec.schema, codec.table, body)
+    return make_event(event_id, lsn, op, codec.schema, codec.table, body)
 
 
 def message_event(

@@ -20,7 +20,7 @@ from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, server_major
 from pgmigrator.pipeline.copyworker import open_snapshot
 from pgmigrator.sinks.base import Event
-from pgmigrator.stream.encode import ColumnSpec, TableCodec, encode
+from pgmigrator.stream.encode import ColumnSpec, TableCodec
 from pgmigrator.stream.filters import Filters
 
 _TABLES_SQL = """
@@ -121,6 +121,7 @@ class SnapshotReader:
                 self.db, table.schema, table.name, table.columns, rules.drop, rules.mask
             )
             source = codec.source(str(consistent), None, None)
+            insert = codec.insert
             query = sql.SQL("COPY {} ({}) TO STDOUT").format(
                 sql.Identifier(table.schema, table.name),
                 sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns),
@@ -131,18 +132,7 @@ class SnapshotReader:
                     values = copy_fields(bytes(data))
                     self.rows += 1
                     eid = f"{prefix}{self.rows}"
-                    batch.append(
-                        encode(
-                            codec,
-                            eid,
-                            consistent,
-                            "r",
-                            source,
-                            codec.key(values),
-                            None,
-                            codec.row(values),
-                        )
-                    )
+                    batch.append(insert(values, eid, consistent, source, "r"))
                     if len(batch) >= batch_rows:
                         yield batch
                         batch = []

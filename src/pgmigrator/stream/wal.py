@@ -14,18 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import psycopg
+
 from pgmigrator.config import Settings
 from pgmigrator.dsn import Target
-from pgmigrator.errors import PgMigratorError
+from pgmigrator.errors import PgMigratorError, RetryableReplicationError
 from pgmigrator.events import PG_EPOCH_UNIX_US
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import ZERO, Lsn
 from pgmigrator.metrics import Collector
 from pgmigrator.pg import Conn, connect
+from pgmigrator.protocol import parse_copy_data
 from pgmigrator.sinks.base import Sink
 from pgmigrator.source.replication import ReplicationStream
 from pgmigrator.stream.bus import Bus, SinkPolicy
@@ -42,6 +46,8 @@ from pgmigrator.stream.setup import (
 from pgmigrator.stream.snapshot import SnapshotReader
 
 log = get_logger("stream")
+_XLOG_DATA = ord("w")
+_WAL_END = struct.Struct("!Q").unpack_from
 
 
 @dataclass
@@ -193,6 +199,7 @@ class WalStream:
                 msg = await stream.next(timeout=0.5)
             if msg is not None:
                 encoder.feed(msg.data)
+                self._pump(stream)
                 if len(encoder.out) >= self._chunk:
                     await self._publish()
             now = time.monotonic()
@@ -209,6 +216,33 @@ class WalStream:
                     events=self.stats.events,
                     queued=self.bus.queued(),
                 )
+
+    def _pump(self, stream: ReplicationStream) -> None:
+        """Feed what libpq already holds, without an ``await`` per message (the backlog hot path).
+
+        Stops at a full chunk or when nothing is buffered; keepalives go to the stream as usual.
+        """
+        assert stream.conn is not None
+        pgconn = stream.conn.pgconn
+        feed, out, chunk = self.encoder.feed, self.encoder.out, self._chunk
+        wal_end = 0
+        try:
+            while len(out) < chunk:
+                size, data = pgconn.get_copy_data(1)
+                if size <= 0:
+                    if size < 0:
+                        raise stream._stream_end()
+                    break
+                if data[0] == _XLOG_DATA:
+                    wal_end = _WAL_END(data, 9)[0]
+                    feed(bytes(data[25:]))
+                else:
+                    stream._keepalive(parse_copy_data(data))  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise RetryableReplicationError(f"replication connection lost: {exc}") from exc
+        finally:
+            if wal_end > stream.received:
+                stream.received = Lsn(wal_end)
 
     async def _publish(self) -> None:
         events, mark = self.encoder.drain()
