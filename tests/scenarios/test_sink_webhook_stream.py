@@ -126,3 +126,49 @@ def _keys(receiver: Receiver) -> set[int]:
         if 200 <= r.status < 300:
             out.update(d["key"]["id"] for d in r.documents() if d.get("op") == "c")
     return out
+
+
+def test_kill_9_while_the_webhook_is_down_then_restart_delivers_everything(
+    pair: Pair, procs: list[subprocess.Popen[str]]
+) -> None:
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, item text)")
+    receiver = Receiver(secret=SECRET.encode()).start()
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    spec = (
+        f"webhook:name=hook,url={receiver.url},secret=env:HOOK_SECRET,batch_size=50,"
+        "retry_initial_s=0.05,retry_max_s=0.3,retry_attempts=0"
+    )
+    args = ("stream", "--source", pair.source, "--name", pair.dbname, "--create", "--sink", spec)
+    env = {"HOOK_SECRET": SECRET}
+    proc = start_pgmigrator(*args, "--api-addr", f"127.0.0.1:{port}", env=env)
+    procs.append(proc)
+    try:
+        wait_for(lambda: sink_status(api, proc), timeout=60, what="the stream's API")
+        wait_for(lambda: _slot_active(pair), timeout=60, what="the stream to start")
+        insert(pair, 1, 200)
+        wait_for(lambda: len(_keys(receiver)) >= 200, timeout=60, what="the first events")
+        receiver.stop()
+        insert(pair, 201, 500)
+        wait_for(
+            lambda: sink_status(api, proc).get("retried", 0) >= 3,
+            timeout=60,
+            what="the sink to lag (retrying) while the receiver is down",
+        )
+        os.killpg(proc.pid, signal.SIGKILL)  # events 201..500 were never acknowledged
+        proc.wait()
+        receiver.start()
+        proc = start_pgmigrator(*args, env=env)
+        procs.append(proc)
+        wait_for(
+            lambda: _keys(receiver) >= set(range(1, 501)),
+            timeout=90,
+            what="every event after the restart",
+        )
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        receiver.stop()
+    assert all(r.signature_ok for r in receiver.requests)

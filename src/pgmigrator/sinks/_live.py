@@ -10,6 +10,7 @@ cross loops with ``call_soon_threadsafe`` and the hub's state is guarded by a lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import threading
 from collections import deque
@@ -124,8 +125,9 @@ class Client:
             running = None
         if running is self.loop:
             event.set()
-        elif not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(event.set)
+        else:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                self.loop.call_soon_threadsafe(event.set)
 
     def end(self, reason: str, dropped: bool) -> None:
         self.gone_reason = Gone(reason, dropped)

@@ -87,6 +87,7 @@ class ExecSink:
         self._acks: asyncio.Queue[bytes] = asyncio.Queue()
         self._failures = 0  # consecutive failed attempts without progress
         self._spawned = False
+        self._closing = False
         self.restarts = 0
 
     @property
@@ -124,8 +125,15 @@ class ExecSink:
         self._readers = [
             asyncio.create_task(self._read_lines(proc.stderr, "stderr", False)),
             asyncio.create_task(self._read_lines(proc.stdout, "stdout", ack_out)),
+            asyncio.create_task(self._watch(proc)),
         ]
         log.info("exec sink child started", sink=self.name, pid=proc.pid)
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        """Say so when the child exits on its own (it is started again on the next send)."""
+        code = await proc.wait()
+        if self._proc is proc and not self._closing:
+            log.warning("exec sink child exited", sink=self.name, pid=proc.pid, returncode=code)
 
     async def _read_lines(self, stream: asyncio.StreamReader, which: str, acks: bool) -> None:
         """Log (or, for acknowledgements, queue) every line the child writes."""
@@ -235,6 +243,7 @@ class ExecSink:
         proc = self._proc
         if proc is None:
             return
+        self._closing = True
         if proc.stdin is not None:
             proc.stdin.close()
         with contextlib.suppress(TimeoutError):
