@@ -55,7 +55,11 @@ def _clone_and_follow(
         assert res.returncode == 0, res.stdout + res.stderr
         proc = start_pgmigrator("follow", "--bidirectional", *dsns, *extra)
     procs.append(proc)
+    _wait_both_streaming(pair, proc)
+    return proc
 
+
+def _wait_both_streaming(pair: Pair, proc: subprocess.Popen[str]) -> None:
     def both_streaming() -> bool:
         if proc.poll() is not None:
             raise AssertionError(
@@ -71,7 +75,6 @@ def _clone_and_follow(
         return active == 2
 
     wait_for(both_streaming, timeout=60, interval=0.1, what="both directions to stream")
-    return proc
 
 
 def _rows(conn: psycopg.Connection) -> list[tuple[object, ...]]:
@@ -254,7 +257,27 @@ def test_conflict_with_policy_error_stops_naming_the_row(
     assert proc.returncode == 1, err
     assert "conflict on public.acc (id=7)" in err, err
     assert '"dest wins"' in err and "source loses" in err, err  # both row versions
-    assert "last-writer-wins" in err  # the hint names the other policy
+    assert "last-writer-wins" in err  # the hint names the way out
+    again = start_pgmigrator(  # as the hint says: once with last-writer-wins
+        "follow", "--bidirectional", "--conflict", "last-writer-wins",
+        "--source", pair.source, "--dest", pair.dest,
+    )  # fmt: skip
+    procs.append(again)
+    _wait_both_streaming(pair, again)
+    with pair.src() as conn:  # the forward direction got past the conflict
+        conn.execute("UPDATE acc SET v = 'later' WHERE id = 8")
+    wait_for(lambda: _converged(pair), timeout=60, interval=0.2, what="convergence")
+    assert _row7(pair) == [("dest wins", 2)] * 2
+    out, _ = _stop(again)
+    assert "1 conflict(s)" in out
+
+
+def _row7(pair: Pair) -> list[tuple[object, ...]]:
+    rows = []
+    for connect in (pair.src, pair.dst):
+        with connect() as conn:
+            rows.append(conn.execute("SELECT v, n FROM acc WHERE id = 7").fetchone())
+    return rows
 
 
 def test_conflict_last_writer_wins_on_both_sides(

@@ -163,8 +163,9 @@ def check(
         if winner is None:
             raise ApplyError(
                 conflict.describe(),
-                hint="decide which version is right, fix the row on one side, then restart; "
-                "or set bidi.conflict: last-writer-wins",
+                hint="the follower will stop here on every restart: run it once with "
+                "--conflict last-writer-wins (bidi.conflict) to keep the newer version, then "
+                "correct the row by hand if the other version was right",
             )
         (skip if winner == "local" else replace).add(k)
     return _resolve(t, changes, skip, replace)
