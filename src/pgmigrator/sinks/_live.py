@@ -209,8 +209,11 @@ class Hub:
             client.end("the sink is closed", False)
 
 
-async def next_events(client: Client, timeout: float) -> list[Event] | None:
-    """The client's pending events (backlog first); None after ``timeout`` s idle; raises `Gone`."""
+async def next_events(client: Client, timeout: float | None) -> list[Event] | None:
+    """The client's pending events (backlog first); None after ``timeout`` s idle; raises `Gone`.
+
+    ``timeout`` None waits for as long as it takes.
+    """
     while True:
         if client.gone_reason is not None:
             raise client.gone_reason

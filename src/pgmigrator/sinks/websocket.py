@@ -40,7 +40,6 @@ class WebSocketOptions(BaseModel):
     path: str = Field(default="/api/v1/events/ws", pattern=r"^/[^?#\s]*$")
     ring: int = Field(default=1000, ge=0, le=1_000_000)
     client_queue: int = Field(default=256, ge=1)
-    ping_s: float = Field(default=30.0, gt=0)  # an idle check period (uvicorn pings on its own)
     close_timeout_s: float = Field(default=5.0, gt=0)
 
 
@@ -90,7 +89,7 @@ class WebSocketSink:
     async def _pump(self, ws: WebSocket, client: Client) -> None:
         try:
             while True:
-                batch = await next_events(client, self.opts.ping_s)
+                batch = await next_events(client, None)  # uvicorn pings idle clients
                 for e in batch or ():
                     await ws.send_text(e.body.decode())
         except (Gone, WebSocketDisconnect, OSError, RuntimeError):
