@@ -195,6 +195,47 @@ def test_concurrent_writes_on_both_sides_converge_without_loops(
             assert left == 0
 
 
+def test_kill_9_mid_stream_then_restart_resumes_both_directions(
+    pair: Pair, procs: list[subprocess.Popen[str]]
+) -> None:
+    proc = _clone_and_follow(pair, procs)
+    stop = threading.Event()
+    counts = [0], [0]
+    writers = [
+        threading.Thread(
+            target=_write,
+            args=(pair.src, ["INSERT INTO acc VALUES (10001 + %(i)s, 'src', 0)"], stop, counts[0]),
+        ),
+        threading.Thread(
+            target=_write,
+            args=(pair.dst, ["INSERT INTO acc VALUES (20001 + %(i)s, 'dst', 0)"], stop, counts[1]),
+        ),
+    ]
+    for w in writers:
+        w.start()
+    try:
+        wait_for(lambda: counts[0][0] > 200 and counts[1][0] > 200, timeout=60, what="writes")
+        os.killpg(proc.pid, signal.SIGKILL)  # mid-stream, in both directions
+        proc.wait()
+        wait_for(lambda: counts[0][0] > 400 and counts[1][0] > 400, timeout=60, what="more writes")
+        again = start_pgmigrator(
+            "follow", "--bidirectional", "--source", pair.source, "--dest", pair.dest
+        )
+        procs.append(again)
+    finally:
+        stop.set()
+        for w in writers:
+            w.join()
+    wait_for(lambda: _converged(pair), timeout=90, interval=0.2, what="convergence after restart")
+    with (
+        pair.src() as conn
+    ):  # every insert of both sides, once (a second copy would not fit the key)
+        assert conn.execute("SELECT count(*) FROM acc").fetchone()[0] == ROWS + sum(
+            c[0] for c in counts
+        )
+    _stop(again)
+
+
 def _lsn_diff(conn: psycopg.Connection, a: str, b: str) -> int:
     return int(conn.execute("SELECT pg_wal_lsn_diff(%s, %s)", (a, b)).fetchone()[0])
 
