@@ -514,3 +514,11 @@ from pgmigrator.cli_stream import listen, stream  # noqa: E402  (registers `stre
 
 main.add_command(stream)
 main.add_command(listen)
+
+from pgmigrator.cli_dlq import dlq  # noqa: E402  (registers `pgmigrator dlq ...`)
+
+main.add_command(dlq)
+
+from pgmigrator.cli_lake import lake  # noqa: E402  (registers `pgmigrator lake`)
+
+main.add_command(lake)

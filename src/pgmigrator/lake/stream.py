@@ -1,0 +1,209 @@
+"""Streaming changes from the lake's slot into Iceberg, exactly once.
+
+The stream starts at the lowest LSN any lake table has committed. Each table skips the changes of
+transactions committed before its own LSN (DESIGN.md rule 2, per Iceberg table), so a restart after
+a crash (even between a change-log commit and the merge that follows it) writes nothing twice.
+
+Changes are buffered per table (`ChangeBuffer`) and flushed at a source commit boundary every
+``flush_interval_s`` seconds or ``max_rows`` rows: for each table, the change log is appended,
+then the net effect is merged into the current state, each commit carrying the batch's end LSN.
+Only then does the slot's flush LSN move (``stream.flushed``): the slot never discards WAL the lake
+does not hold. New source columns (a Relation with more columns) are added to both tables first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+
+from pgmigrator.dsn import Target
+from pgmigrator.errors import PgMigratorError
+from pgmigrator.events import Begin, Commit, Delete, Insert, Relation, Truncate, Update
+from pgmigrator.lake.batch import ChangeBuffer
+from pgmigrator.lake.types import map_type
+from pgmigrator.lake.writer import CHANGES_SUFFIX, IcebergLake
+from pgmigrator.log import get_logger
+from pgmigrator.lsn import ZERO, Lsn
+from pgmigrator.protocol import PgOutputDecoder
+from pgmigrator.source.replication import ReplicationStream
+
+log = get_logger("lake.stream")
+TableKey = tuple[str, str]
+
+
+@dataclass
+class StreamStats:
+    transactions: int = 0
+    rows: int = 0
+    skipped: int = 0
+    flushes: int = 0
+    reconnects: int = 0
+    committed_lsn: Lsn = ZERO
+
+
+@dataclass
+class _Txn:
+    final_lsn: Lsn
+    commit_time: int
+    seq: int = 0
+
+
+@dataclass
+class _State:
+    relations: dict[int, Relation] = field(default_factory=dict)
+    buffers: dict[TableKey, ChangeBuffer] = field(default_factory=dict)
+    txn: _Txn | None = None
+    last_end: Lsn | None = None  # end LSN of the last complete transaction buffered
+    rows: int = 0
+    started: float = 0.0
+
+
+class LakeStream:
+    def __init__(
+        self,
+        source: Target,
+        slot: str,
+        publication: str,
+        lake: IcebergLake,
+        table_lsns: dict[TableKey, Lsn],
+        *,
+        flush_interval_s: float = 5.0,
+        max_rows: int = 100_000,
+    ) -> None:
+        self.source = source
+        self.slot = slot
+        self.publication = publication
+        self.lake = lake
+        self.table_lsns = dict(table_lsns)
+        self.flush_interval_s = flush_interval_s
+        self.max_rows = max_rows
+        self.stop_event = asyncio.Event()
+        self.stats = StreamStats()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    async def run(self) -> StreamStats:
+        delay = 0.5
+        while not self.stop_event.is_set():
+            try:
+                await self._session()
+                break
+            except PgMigratorError as exc:
+                if not exc.retryable:
+                    raise
+                self.stats.reconnects += 1
+                log.warning("stream interrupted, reconnecting", error=exc.message)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), delay)
+                delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
+        return self.stats
+
+    async def _session(self) -> None:
+        start = min(self.table_lsns.values(), default=Lsn(0))
+        stream = ReplicationStream(self.source, self.slot, self.publication, streaming=False)
+        await asyncio.to_thread(stream.open, start)
+        state = _State(started=time.monotonic())
+        decoder = PgOutputDecoder()
+        try:
+            while not self.stop_event.is_set():
+                msg = await stream.next(timeout=min(1.0, self.flush_interval_s))
+                if msg is not None:
+                    self._feed(state, decoder.decode(msg.data))
+                due = time.monotonic() - state.started >= self.flush_interval_s
+                if state.txn is None and (state.rows >= self.max_rows or due):
+                    await self._flush(state, stream)
+                stream.idle = state.txn is None and state.rows == 0 and not state.buffers
+            if state.txn is None:
+                await self._flush(state, stream)
+            stream.send_status()
+        finally:
+            stream.close()
+
+    def _feed(self, state: _State, msg: object) -> None:
+        if isinstance(msg, Begin):
+            state.txn = _Txn(msg.final_lsn, msg.commit_time)
+        elif isinstance(msg, (Insert, Update, Delete)):
+            self._change(state, msg, msg.relation_oid)
+        elif isinstance(msg, Commit):
+            state.txn = None
+            state.last_end = msg.end_lsn
+            self.stats.transactions += 1
+        elif isinstance(msg, Relation):
+            state.relations[msg.oid] = msg
+        elif isinstance(msg, Truncate):
+            for oid in msg.relation_oids:
+                self._change(state, msg, oid)
+
+    def _change(self, state: _State, msg: Insert | Update | Delete | Truncate, oid: int) -> None:
+        rel = state.relations.get(oid)
+        txn = state.txn
+        if rel is None or txn is None:
+            return
+        key = (rel.namespace, rel.name)
+        stored = self.table_lsns.get(key)
+        if stored is None:
+            return  # not a lake table
+        if txn.final_lsn < stored:  # this table already holds that transaction
+            self.stats.skipped += 1
+            return
+        buf = state.buffers.get(key)
+        if buf is None:
+            buf = state.buffers[key] = ChangeBuffer(rel.namespace, rel.name)
+        buf.add(msg, rel, txn.final_lsn, txn.seq, txn.commit_time)
+        txn.seq += 1
+        state.rows += 1
+
+    async def _flush(self, state: _State, stream: ReplicationStream) -> None:
+        state.started = time.monotonic()
+        end = state.last_end
+        if end is None:
+            return
+        if state.buffers:
+            buffers = list(state.buffers.values())
+            await asyncio.to_thread(self._commit_all, buffers, end)
+            self.stats.rows += state.rows
+            self.stats.flushes += 1
+            log.info(
+                "lake commit",
+                lsn=str(end),
+                tables=len(buffers),
+                rows=state.rows,
+                transactions=self.stats.transactions,
+            )
+        state.buffers = {}
+        state.rows = 0
+        state.last_end = None
+        self.stats.committed_lsn = end
+        if end > stream.flushed:
+            stream.flushed = end  # everything up to ``end`` is committed in the lake
+            stream.send_status()
+
+    def _commit_all(self, buffers: list[ChangeBuffer], end: Lsn) -> None:
+        for buf in buffers:
+            self._commit(buf, end)
+
+    def _commit(self, buf: ChangeBuffer, end: Lsn) -> None:
+        changes = self.lake.load(buf.schema, buf.table + CHANGES_SUFFIX)
+        current = self.lake.load(buf.schema, buf.table)
+        if changes is None or current is None:
+            log.warning("lake table missing, changes dropped", table=f"{buf.schema}.{buf.table}")
+            return
+        latest = buf.rows[-1].relation
+        wanted = [(c.name, map_type(c.type_oid, c.type_modifier)) for c in latest.columns]
+        for table in (changes, current):
+            self.lake.add_columns(table, wanted)
+        self.lake.append_changes(changes, buf, end)
+        key = [c.name for c in latest.columns if c.is_key]
+        self.lake.merge(current, buf, key, end)
+        self.table_lsns[(buf.schema, buf.table)] = end
+        if buf.unchanged_toast:
+            log.warning(
+                "unchanged TOAST values stored as NULL",
+                table=f"{buf.schema}.{buf.table}",
+                values=buf.unchanged_toast,
+                hint="set REPLICA IDENTITY FULL on the table so the source sends them",
+            )
