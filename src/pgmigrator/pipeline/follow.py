@@ -427,6 +427,7 @@ class Follow:
         snap = self.collector.snapshot()
         log.info(
             "streaming",
+            pipeline=self.settings.name,  # two of them with --bidirectional
             applied_lsn=str(self.applied_lsn),
             lag=format_bytes(lag),
             rows_per_s=round(snap["rows_per_s"]),
