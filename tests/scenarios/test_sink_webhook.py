@@ -168,3 +168,16 @@ async def test_receiver_down_for_a_while_then_back_loses_nothing(
     assert ids[-1] == rest[-1].id
     assert all(r.signature_ok for r in receiver.requests)
     assert SECRET.decode() not in caplog.text
+
+
+async def test_a_retried_batch_skips_what_was_already_delivered(receiver: Receiver) -> None:
+    receiver.plan.extend([200, 200, 503, 503])
+    sink = make(receiver, batch_size=5, retry={**FAST_RETRY, "attempts": 2})
+    await sink.start()
+    batch = events(20)
+    with pytest.raises(RetryableSinkError):
+        await sink.send(batch)  # 10 delivered, then the receiver fails twice: gave up
+    await sink.send(batch)  # the bus sends the same batch again
+    await sink.close()
+    assert receiver.ids() == [e.id for e in batch]  # each event exactly once
+    assert receiver.statuses() == [200, 200, 503, 503, 200, 200]

@@ -9,7 +9,8 @@ is set, ``X-Pgmigrator-Signature: sha256=<hex HMAC-SHA256 of the exact body byte
 Retries, with exponential backoff and jitter (``retry`` options), on 5xx, 408, 429, timeouts and
 connection errors; ``Retry-After`` (seconds or an HTTP date) is honoured, up to
 ``retry_after_max_s``. Any other status (3xx, 4xx) fails at once: a retry would get the same
-answer. Giving up raises `RetryableSinkError` (the receiver may come back) or `SinkError`.
+answer. Giving up raises `RetryableSinkError` (the receiver may come back) or `SinkError`. When
+the bus sends the same batch again, the requests the failed send had delivered are skipped.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ class WebhookSink:
         self._secret = resolve_secret(opts.secret)
         self._where = safe_url(opts.url)
         self._client: httpx.AsyncClient | None = None
+        self._progress: tuple[str, int] | None = None  # (first id, delivered) of a failed send
         self._headers = {
             "User-Agent": f"pgmigrator/{__version__}",
             **opts.headers,
@@ -174,8 +176,23 @@ class WebhookSink:
         if self._client is None:
             await self.start()
         size = self.opts.batch_size
-        for i in range(0, len(events), size):
-            await self._deliver(events[i : i + size])
+        done = self._already_delivered(events)
+        try:
+            for i in range(done, len(events), size):
+                await self._deliver(events[i : i + size])
+                done = min(len(events), i + size)
+        except BaseException:
+            self._progress = (events[0].id, done) if done else None
+            raise
+        self._progress = None
+
+    def _already_delivered(self, events: Sequence[Event]) -> int:
+        """How many leading events a failed send of the same batch delivered (skip them now)."""
+        progress = self._progress
+        if progress is None or events[0].id != progress[0] or len(events) < progress[1]:
+            return 0
+        log.info("webhook resumes a retried batch", sink=self.name, skipped=progress[1])
+        return progress[1]
 
     async def _deliver(self, events: Sequence[Event]) -> None:
         body = batch_body(events, self.opts.batch_size > 1)
