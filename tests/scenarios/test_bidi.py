@@ -7,12 +7,14 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import orjson
 import psycopg
 import pytest
 
+from pgmigrator import devcluster
 from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for
 
 ROWS = 1000  # rows cloned; the source then writes ids 1-400 and 10001+, the destination 401-800 and 20001+
@@ -159,8 +161,9 @@ def test_concurrent_writes_on_both_sides_converge_without_loops(
         assert conn.execute("SELECT count(*) FROM acc WHERE id > 20000").fetchone()[0] > 0
     wait_for(lambda: _slots_caught_up(pair), timeout=60, interval=0.2, what="slots to catch up")
 
-    # No loop: for several seconds, no row version is rewritten on either side and WAL stays
-    # put but for background records (a loop would rewrite rows within milliseconds).
+    # No loop: for several seconds, no row version is rewritten on either side (a loop would
+    # rewrite rows within milliseconds) and WAL stays put but for background records (the bound
+    # leaves room for a checkpoint or a catalog vacuum elsewhere in the cluster: a full page each).
     with pair.src() as s, pair.dst() as d:
         before = (_versions(s), _versions(d))
         deadline = time.monotonic() + 6
@@ -169,7 +172,7 @@ def test_concurrent_writes_on_both_sides_converge_without_loops(
             assert [v[0] for v in now] == [v[0] for v in before], "rows rewritten: a loop"
             for side_now, side_before in zip(now, before, strict=True):
                 moved = _lsn_diff(s, side_now[1], side_before[1])
-                assert moved < 4096, f"WAL moved {moved} bytes with no writes"
+                assert moved < 64 * 1024, f"WAL moved {moved} bytes with no writes"
             time.sleep(
                 0.5
             )  # an observation window: nothing should happen, there is nothing to await
@@ -324,7 +327,16 @@ def _row7(pair: Pair) -> list[tuple[object, ...]]:
 def test_conflict_last_writer_wins_on_both_sides(
     pair: Pair, procs: list[subprocess.Popen[str]]
 ) -> None:
-    proc = _clone_and_follow(pair, procs, "--conflict", "last-writer-wins", one_command=True)
+    port = devcluster.free_port()
+    proc = _clone_and_follow(
+        pair,
+        procs,
+        "--conflict",
+        "last-writer-wins",
+        "--api-addr",
+        f"127.0.0.1:{port}",
+        one_command=True,
+    )
     _conflict_setup(pair)
 
     def settled() -> bool:
@@ -344,6 +356,8 @@ def test_conflict_last_writer_wins_on_both_sides(
 
     info = wait_for(counted, timeout=30, interval=0.5, what="the conflict in the status")
     assert info["bidi_conflict_policy"] == "last-writer-wins"  # type: ignore[index]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        assert "pgmigrator_conflicts_total 1.0" in resp.read().decode()
     out, err = _stop(proc)
     assert "1 conflict(s)" in out
     assert "conflict" in err and "dest wins" in err  # logged with both versions
