@@ -342,3 +342,56 @@ def test_missing_publication_without_create(pair: Pair) -> None:
     )
     assert result.returncode == 1
     assert "publication 'absent' does not exist" in result.stderr and "--create" in result.stderr
+
+
+def test_walsender_terminated_reconnects_and_loses_nothing(
+    pair: Pair, procs: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE w (id int PRIMARY KEY)")
+    out = tmp_path / "w.jsonl"
+    proc = start_stream(pair, procs, "--create", "--sink", f"file:path={out}")
+    wait_for(lambda: _slot_active(pair), what="the stream to start")
+    with pair.src() as conn:
+        conn.execute("INSERT INTO w SELECT generate_series(1, 100)")
+        wait_events(out, proc, lambda ev: len(ev) >= 100, "the first rows")
+        conn.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
+            (f"pgmigrator_{pair.dbname}",),
+        )
+        conn.execute("INSERT INTO w SELECT generate_series(101, 200)")
+    events = wait_events(out, proc, lambda ev: len({e["key"]["id"] for e in ev}) >= 200, "all rows")
+    assert {e["key"]["id"] for e in events} == set(range(1, 201))
+    code, err = stop(proc)
+    assert code == 0, err
+    assert "connection lost, reconnecting" in err
+
+
+def test_sinks_and_filters_from_the_config_file(
+    pair: Pair, procs: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE users (id int PRIMARY KEY, email text, note text)")
+    out = tmp_path / "cfg.jsonl"
+    config = tmp_path / "stream.yaml"
+    config.write_text(
+        f"sinks:\n  - {{name: archive, type: file, path: {out}, fsync: never, batch: 10}}\n"
+        "stream:\n  mask_columns: {'public.users': [email]}\n  operations: [insert]\n"
+    )
+    check = pgmigrator("config", "check", str(config))
+    assert check.returncode == 0, check.stderr
+    proc = start_stream(pair, procs, "--create", "--config", str(config))
+    wait_for(lambda: _slot_active(pair), what="the stream to start")
+    with pair.src() as conn:
+        conn.execute("INSERT INTO users VALUES (1, 'a@b.c', 'n')")
+        conn.execute("UPDATE users SET note = 'm'")
+        conn.execute("INSERT INTO users VALUES (2, 'd@e.f', 'n')")
+    events = wait_events(out, proc, lambda ev: len(ev) >= 2, "two inserts")
+    assert [(e["op"], e["after"]["email"]) for e in events] == [("c", "***"), ("c", "***")]
+    code, err = stop(proc)
+    assert code == 0, err
+    status = pgmigrator("status", "--name", pair.dbname, "--json")
+    assert status.returncode == 0, status.stderr
+    snap = orjson.loads(status.stdout)
+    assert snap["sinks"]["archive"]["delivered"] >= 2
+    assert snap["health"]["sink:archive"]["status"] == "ok"

@@ -35,8 +35,8 @@ Policy = Literal["block", "drop"]
 @dataclass
 class SinkPolicy:
     policy: Policy = "block"
-    queue: int = 10_000  # events queued at most (one chunk may overshoot it)
-    batch: int = 1_000  # events per send at most
+    queue: int = 20_000  # events queued at most (one chunk may overshoot it)
+    batch: int = 5_000  # events per send at most
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
 

@@ -32,8 +32,8 @@ class SinkConfig(BaseModel):
         "block",
         description="full queue: block the stream (default) or drop (non-durable sinks only)",
     )
-    queue: int = Field(10_000, ge=1, description="events queued for this sink at most")
-    batch: int = Field(1_000, ge=1, description="events per send at most")
+    queue: int = Field(20_000, ge=1, description="events queued for this sink at most")
+    batch: int = Field(5_000, ge=1, description="events per send at most")
 
     def options(self) -> dict[str, Any]:
         return {k: _resolve(k, v) for k, v in (self.model_extra or {}).items()}
