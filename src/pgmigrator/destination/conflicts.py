@@ -130,14 +130,7 @@ def check(
     """
     if not t.key:
         return list(changes)
-    keys: dict[tuple[bytes | None, ...], _Key] = {}
-    for change, at in zip(changes, times, strict=True):
-        k = _key(t, change)
-        found = keys.get(k)
-        if found is None:
-            keys[k] = _Key(at, at, change)
-        else:
-            found.last, found.change = at, change
+    keys = _keys(t, changes, times)
     ordered = list(keys)
     rows = cur.execute(_query(t), _params(t, ordered, keys, own_origin, policy)).fetchall()
     if not rows:
@@ -147,28 +140,53 @@ def check(
     replace: set[tuple[bytes | None, ...]] = set()
     for ordinal, local_us, roident, local in rows:
         k = ordered[ordinal - 1]
-        found = keys[k]
-        winner = _winner(policy, local_us, found.last)
-        conflict = Conflict(
-            table=t.name,
-            key={t.relation.columns[i].name: _text(v) for i, v in zip(t.key, k, strict=True)},
-            local=_shorten(local),
-            local_time=pg_timestamp_to_datetime(local_us),
-            local_origin=names.get(roident, "local"),
-            incoming=_incoming(t, found.change),
-            incoming_time=pg_timestamp_to_datetime(found.first),
-            winner=winner,
-        )
+        conflict = _conflict(t, k, keys[k], policy, local_us, names.get(roident, "local"), local)
         _report(policy, conflict)
-        if winner is None:
+        if conflict.winner is None:
             raise ApplyError(
                 conflict.describe(),
                 hint="the follower will stop here on every restart: run it once with "
                 "--conflict last-writer-wins (bidi.conflict) to keep the newer version, then "
                 "correct the row by hand if the other version was right",
             )
-        (skip if winner == "local" else replace).add(k)
+        (skip if conflict.winner == "local" else replace).add(k)
     return _resolve(t, changes, skip, replace)
+
+
+def _keys(
+    t: Table, changes: Sequence[Change], times: Sequence[int]
+) -> dict[tuple[bytes | None, ...], _Key]:
+    """Each key the changes touch, with the first and last commit times and the last change."""
+    keys: dict[tuple[bytes | None, ...], _Key] = {}
+    for change, at in zip(changes, times, strict=True):
+        k = _key(t, change)
+        found = keys.get(k)
+        if found is None:
+            keys[k] = _Key(at, at, change)
+        else:
+            found.last, found.change = at, change
+    return keys
+
+
+def _conflict(
+    t: Table,
+    k: tuple[bytes | None, ...],
+    found: _Key,
+    policy: ConflictPolicy,
+    local_us: int,
+    local_origin: str,
+    local: str,
+) -> Conflict:
+    return Conflict(
+        table=t.name,
+        key={t.relation.columns[i].name: _text(v) for i, v in zip(t.key, k, strict=True)},
+        local=_shorten(local),
+        local_time=pg_timestamp_to_datetime(local_us),
+        local_origin=local_origin,
+        incoming=_incoming(t, found.change),
+        incoming_time=pg_timestamp_to_datetime(found.first),
+        winner=_winner(policy, local_us, found.last),
+    )
 
 
 def _winner(
