@@ -1,0 +1,153 @@
+"""Journey: a destination table got damaged; `pgmigrator resync` copies it again while the
+follower streams and the source keeps writing, and the two sides end up equal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for, wait_streaming
+from tests.scenarios.faults.helpers import (
+    converge,
+    load,
+    marker,
+    stop_all,
+    wait_marker,
+    workload,
+    write_some,
+)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    stop_all(started)
+
+
+def _table_row(pair: Pair, name: str) -> tuple[str, str | None, int]:
+    with pair.dst() as conn:
+        row = conn.execute(
+            "SELECT state, sync_lsn::text, copies FROM pgmigrator.tables WHERE table_name = %s",
+            (name,),
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+@contextmanager
+def _follower_held_back(pair: Pair) -> Iterator[None]:
+    """Keep the follower behind until the resync has planned its copy.
+
+    The follower's destination transaction starts with a change to ``hist`` and waits on a lock
+    we hold there (it holds no lock on ``acct``). Everything written meanwhile is older than the
+    new copy's sync LSN: applied on top of the copy it would duplicate rows. The lock goes as
+    soon as the state store shows the new copy planned (``copying``, second copy).
+    """
+    marker(pair, "idle")
+    wait_marker(pair, "idle")
+    holder = pair.dst()
+    holder.execute("BEGIN")
+    holder.execute("LOCK TABLE hist IN ACCESS EXCLUSIVE MODE")
+    with pair.src() as conn:
+        conn.execute("INSERT INTO hist (acct, delta) VALUES (0, 0)")
+
+    def follower_waits() -> bool:
+        with pair.dst() as conn:
+            return bool(
+                conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE relation = 'hist'::regclass AND NOT granted"
+                ).fetchone()[0]
+            )
+
+    wait_for(follower_waits, timeout=30, what="the follower to wait on hist")
+
+    def release() -> None:
+        wait_for(
+            lambda: _table_row(pair, "acct")[0::2] == ("copying", 2),
+            timeout=60,
+            interval=0.02,
+            what="the resync to plan its copy",
+        )
+        holder.rollback()
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(60)
+        holder.close()
+
+
+def test_resync_a_damaged_table_while_following_under_writes(
+    pair: Pair, procs: list[subprocess.Popen[str]]
+) -> None:
+    load(pair)
+    assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
+    proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
+    procs.append(proc)
+    wait_streaming(pair, proc)
+    with pair.dst() as conn:  # the damage: rows lost and rows changed behind the pipeline's back
+        conn.execute("DELETE FROM acct WHERE id % 7 = 0")
+        conn.execute("UPDATE acct SET note = 'corrupt' WHERE id % 11 = 0")
+    with _follower_held_back(pair), workload(pair, acct_inserts=True):
+        write_some(pair, 50, "before")  # the follower lags: these wait, and are in the new copy
+        res = pgmigrator("resync", "--source", pair.source, "--dest", pair.dest, "--json", "acct")
+    assert res.returncode == 0, res.stderr
+    write_some(pair, 50, "after")
+    [done] = json.loads(res.stdout)
+    assert done["table"] == "public.acct" and done["rows"] > 2000
+    assert done["follower_reconnected"] is True
+    state, sync_lsn, copies = _table_row(pair, "acct")
+    assert (state, sync_lsn, copies) == ("copied", done["sync_lsn"], 2)
+    assert _table_row(pair, "hist")[2] == 1  # the other tables were left alone
+    converge(pair, "resynced")  # keyless table included: nothing lost, nothing applied twice
+    assert proc.poll() is None  # the follower reconnected by itself and kept streaming
+
+
+def test_resync_without_a_follower_then_follow_skips_what_the_copy_has(
+    pair: Pair, procs: list[subprocess.Popen[str]]
+) -> None:
+    load(pair)
+    assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
+    with pair.dst() as conn:  # a table the clone reported as failed, and its rows half gone
+        conn.execute("DELETE FROM no_key WHERE a < 100")
+        conn.execute("UPDATE pgmigrator.tables SET state = 'errored' WHERE table_name = 'no_key'")
+    write_some(pair, 30, "pending")  # in the slot, not applied yet: the new copy has them
+    res = pgmigrator("resync", "--source", pair.source, "--dest", pair.dest, "public.no_key")
+    assert res.returncode == 0, res.stderr
+    assert "resynced public.no_key: 230 row(s)" in res.stdout
+    assert "follower reconnected" not in res.stdout
+    assert _table_row(pair, "no_key")[0] == "copied"
+    proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
+    procs.append(proc)
+    write_some(pair, 10, "later")
+    converge(pair, "followed")  # keyless no_key: the 30 pending inserts were not applied twice
+
+
+def test_resync_bad_input(pair: Pair) -> None:
+    load(pair, rows=10)
+    res = pgmigrator("resync", "--source", pair.source, "--dest", pair.dest, "acct")
+    assert res.returncode == 1 and "no state for pipeline 'default'" in res.stderr, res.stderr
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE later (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO later VALUES (1)")
+    assert (
+        pgmigrator(
+            "clone", "--source", pair.source, "--dest", pair.dest, "--exclude", "public.later"
+        ).returncode
+        == 0
+    )
+    res = pgmigrator("resync", "--source", pair.source, "--dest", pair.dest, "nope")
+    assert res.returncode == 1 and "no table on the source matches nope" in res.stderr
+    res = pgmigrator("resync", "--source", pair.source, "--dest", pair.dest, "later")
+    assert res.returncode == 1 and "not part of pipeline 'default': public.later" in res.stderr
+    res = pgmigrator("resync", "--source", pair.source, "--dest", pair.dest)
+    assert res.returncode == 2 and "Missing argument" in res.stderr
+    assert "Traceback" not in res.stderr and "pgm-secret" not in res.stdout + res.stderr
