@@ -9,12 +9,15 @@ coming back (sends fail as retryable while it is down and succeed once it is bac
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import orjson
@@ -25,6 +28,7 @@ from pgmigrator.errors import RetryableSinkError
 from pgmigrator.lsn import Lsn
 from pgmigrator.sinks import Event, SinkContext, build_sink
 from pgmigrator.sinks.nats import NatsSink
+from tests.conftest import Pair, start_pgmigrator
 
 NATS_SERVER = shutil.which("nats-server")
 pytestmark = pytest.mark.skipif(
@@ -206,3 +210,87 @@ async def test_unreachable_broker_is_a_retryable_error_with_hint(tmp_path: Path)
     assert info.value.hint and "nats-server" in info.value.hint
     assert "s3cret" not in str(info.value)
     await built.close()
+
+
+async def until(condition: Any, timeout: float, what: str) -> Any:
+    """Await ``condition()`` (a coroutine function) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def kill_group(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+async def test_stream_command_kill_9_and_restart_is_deduplicated(
+    pair: Pair, server: NatsServer
+) -> None:
+    """`pgmigrator stream --sink nats`: a kill -9 mid-backlog, a restart, every event once."""
+    last = 60_000
+    total = last + 1  # rows 0..last
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE q (id int PRIMARY KEY, v text)")
+    args = (
+        "stream", "--source", pair.source, "--name", pair.dbname, "--create",
+        "--sink", f"nats:url={server.url},batch=500",
+    )  # fmt: skip
+    proc = start_pgmigrator(*args)
+    try:
+
+        async def first() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read() if proc.stderr else "stream exited")
+            try:
+                return await stream_messages(server.url) > 0
+            except nats.js.errors.NotFoundError:
+                return False
+
+        async def slot_active() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read() if proc.stderr else "stream exited")
+            with pair.src() as conn:
+                sql = "SELECT count(*) FROM pg_replication_slots WHERE active AND database = current_database()"
+                return bool(conn.execute(sql).fetchone()[0])  # type: ignore[index]
+
+        await until(slot_active, 60, "the stream to start")
+        with pair.src() as conn:
+            conn.execute("INSERT INTO q VALUES (0, 'first')")
+        await until(first, 60, "the stream to publish")
+        with pair.src() as conn:  # a backlog of small transactions
+            for start in range(1, last + 1, 100):
+                conn.execute(
+                    "INSERT INTO q SELECT g, 'v' || g FROM generate_series(%s::int, %s::int) g",
+                    (start, start + 99),
+                )
+
+        async def some() -> bool:
+            return await stream_messages(server.url) > 5000
+
+        await until(some, 60, "part of the backlog")
+        kill_group(proc)
+        at_kill = await stream_messages(server.url)
+        assert at_kill < total, "the kill should land in the middle of the backlog"
+        proc = start_pgmigrator(*args)
+
+        async def everything() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read() if proc.stderr else "stream exited")
+            return await stream_messages(server.url) >= total
+
+        await until(everything, 120, "every event after the restart")
+        got = await consume_all(server.url, "check", total)
+        ids = [g[1] for g in got]
+        assert len(set(ids)) == len(ids) == total, "JetStream holds every event exactly once"
+        rows = sorted(orjson.loads(g[2])["after"]["id"] for g in got)
+        assert rows == list(range(last + 1))
+        assert {g[0] for g in got} == {"pgmigrator.public.q"}
+    finally:
+        kill_group(proc)
