@@ -64,7 +64,7 @@ def build_sinks(
                 f"sink {name!r} ({cfg.type}) is durable: policy drop would lose events it promises to deliver",
                 hint="use policy=block (the default) for durable sinks; drop is for live sinks (sse, websocket)",
             )
-        built.append((sink, SinkPolicy(cfg.policy, cfg.queue, cfg.batch)))
+        built.append((sink, SinkPolicy(cfg.policy, cfg.queue, cfg.queue_bytes, cfg.batch)))
     return built, ctx
 
 

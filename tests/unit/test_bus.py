@@ -166,3 +166,19 @@ def test_ack_tracker_without_durable_sinks_follows_publishing() -> None:
     assert t.flush_lsn() == Lsn(5)
     t.publish(Lsn(40))
     assert t.flush_lsn() == Lsn(40)
+
+
+async def test_queue_is_bounded_in_bytes_too() -> None:
+    gate = asyncio.Event()
+    live = RecordingSink("live", durable=False, gate=gate)
+    bus = Bus([(live, SinkPolicy("drop", queue=1000, queue_bytes=20, **FAST))], Collector())
+    await bus.start()
+    for i in range(1, 11):
+        await bus.publish([ev(i)])  # 8 bytes each: the third chunk finds 16+ bytes queued
+    worker = bus.workers[0]
+    assert worker.depth_bytes <= 24
+    assert worker.dropped > 0
+    gate.set()
+    assert await bus.close(5)
+    assert len(live.got) + worker.dropped == 10
+    assert worker.depth == 0 and worker.depth_bytes == 0

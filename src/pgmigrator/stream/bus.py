@@ -36,6 +36,7 @@ Policy = Literal["block", "drop"]
 class SinkPolicy:
     policy: Policy = "block"
     queue: int = 20_000  # events queued at most (one chunk may overshoot it)
+    queue_bytes: int = 64 << 20  # bytes of event documents queued at most (idem)
     batch: int = 5_000  # events per send at most
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
@@ -48,9 +49,10 @@ class SinkWorker:
         self.name = sink.name
         self.policy = policy
         self.depth = 0
+        self.depth_bytes = 0
         self.dropped = 0
         self.delivered = 0
-        self._items: deque[tuple[Sequence[Event], Lsn | None]] = deque()
+        self._items: deque[tuple[Sequence[Event], Lsn | None, int]] = deque()
         self._wakeup = asyncio.Event()
         self._space = asyncio.Event()
         self._empty = asyncio.Event()
@@ -63,9 +65,9 @@ class SinkWorker:
 
     @property
     def full(self) -> bool:
-        return self.depth >= self.policy.queue
+        return self.depth >= self.policy.queue or self.depth_bytes >= self.policy.queue_bytes
 
-    async def put(self, events: Sequence[Event], mark: Lsn | None) -> None:
+    async def put(self, events: Sequence[Event], mark: Lsn | None, nbytes: int) -> None:
         if self.full and self.policy.policy == "drop":
             self._drop(len(events))
             return
@@ -73,8 +75,9 @@ class SinkWorker:
             self.bus.raise_if_failed()
             self._space.clear()
             await self._space.wait()
-        self._items.append((events, mark))
+        self._items.append((events, mark, nbytes))
         self.depth += len(events)
+        self.depth_bytes += nbytes
         self._empty.clear()
         self._wakeup.set()
 
@@ -104,28 +107,30 @@ class SinkWorker:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch, mark = self._take()
+            batch, mark, nbytes = self._take()
             if batch:
                 await self._deliver(batch)
             if mark is not None and self.sink.durable:
                 self.bus.tracker.ack(self.name, mark)
             self.depth -= len(batch)
+            self.depth_bytes -= nbytes
             self._space.set()
             if not self._items:
                 self._empty.set()
             self.bus.collector.sink_counter(self.name, delivered=len(batch), queue_depth=self.depth)
 
-    def _take(self) -> tuple[Sequence[Event], Lsn | None]:
-        events, mark = self._items.popleft()
+    def _take(self) -> tuple[Sequence[Event], Lsn | None, int]:
+        events, mark, nbytes = self._items.popleft()
         if not self._items or len(events) >= self.policy.batch:
-            return events, mark
+            return events, mark, nbytes
         batch = list(events)
         while self._items and len(batch) + len(self._items[0][0]) <= self.policy.batch:
-            more, more_mark = self._items.popleft()
+            more, more_mark, more_bytes = self._items.popleft()
             batch.extend(more)
+            nbytes += more_bytes
             if more_mark is not None:
                 mark = more_mark
-        return batch, mark
+        return batch, mark, nbytes
 
     async def _deliver(self, batch: Sequence[Event]) -> None:
         delay = self.policy.retry_initial_s
@@ -231,8 +236,9 @@ class Bus:
         if not events and mark is None:
             return
         self.published_events += len(events)
+        nbytes = sum([len(e.body) for e in events])
         for worker in self.workers:
-            await worker.put(events, mark)
+            await worker.put(events, mark, nbytes)
         self.raise_if_failed()
 
     async def wait_delivered(self) -> None:

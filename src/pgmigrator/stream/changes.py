@@ -42,6 +42,7 @@ class ChangeEncoder:
         self.codecs: dict[int, TableCodec | None] = {}
         self._relations: dict[int, Relation] = {}
         self.out: list[Event] = []
+        self.out_bytes = 0  # size of the event documents in out
         self.mark: Lsn | None = None
         self.skip_through = Lsn(0)
         self.last_commit = Lsn(0)  # commit LSN of the last transaction whose events are in out
@@ -64,8 +65,12 @@ class ChangeEncoder:
 
     def drain(self) -> tuple[list[Event], Lsn | None]:
         events, mark = self.out, self.mark
-        self.out, self.mark = [], None
+        self.out, self.mark, self.out_bytes = [], None, 0
         return events, mark
+
+    def _emit(self, event: Event) -> None:
+        self.out.append(event)
+        self.out_bytes += len(event.body)
 
     def feed(self, payload: memoryview | bytes) -> None:
         msg = self.decoder.decode(payload)
@@ -120,7 +125,7 @@ class ChangeEncoder:
     def _insert(self, msg: Insert) -> None:
         codec = self._target(msg.relation_oid, "c")
         if codec is not None:
-            self.out.append(
+            self._emit(
                 codec.insert(
                     msg.new.values,
                     f"{self._prefix}{self._index}",
@@ -141,7 +146,7 @@ class ChangeEncoder:
         else:
             after = codec.row(new.values)
         before = _old_image(codec, msg.old, msg.old_kind)
-        self.out.append(
+        self._emit(
             encode(
                 codec,
                 f"{self._prefix}{self._index}",
@@ -160,7 +165,7 @@ class ChangeEncoder:
         if codec is None:
             return
         old = msg.old
-        self.out.append(
+        self._emit(
             encode(
                 codec,
                 f"{self._prefix}{self._index}",
@@ -178,7 +183,7 @@ class ChangeEncoder:
             codec = self._target(oid, "t")
             if codec is None:
                 continue
-            self.out.append(
+            self._emit(
                 encode(
                     codec,
                     f"{self._prefix}{self._index}",
@@ -209,7 +214,7 @@ class ChangeEncoder:
             self.mark = msg.lsn if self.mark is None else max(self.mark, msg.lsn)
         if self._ops is not None and "m" not in self._ops:
             return
-        self.out.append(
+        self._emit(
             message_event(
                 self.db, event_id, lsn, xid, when, msg.transactional, msg.prefix, msg.content
             )

@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pgmigrator.errors import ConfigError
 
-BUS_KEYS = ("name", "type", "policy", "queue", "batch")
+BUS_KEYS = ("name", "type", "policy", "queue", "batch", "queue_bytes")
 
 
 class SinkConfig(BaseModel):
@@ -34,6 +34,16 @@ class SinkConfig(BaseModel):
     )
     queue: int = Field(20_000, ge=1, description="events queued for this sink at most")
     batch: int = Field(5_000, ge=1, description="events per send at most")
+    queue_bytes: int = Field(
+        64 << 20, ge=1, description="bytes of events queued for this sink at most"
+    )
+
+    @field_validator("queue_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        from pgmigrator.sinks.file import parse_size
+
+        return parse_size(value)
 
     def options(self) -> dict[str, Any]:
         return {k: _resolve(k, v) for k, v in (self.model_extra or {}).items()}
@@ -57,6 +67,7 @@ class StreamSettings(BaseModel):
         30.0, gt=0, description="on stop, how long queued events may take to be delivered"
     )
     chunk_events: int = Field(1_000, ge=1, description="events handed to the bus at once")
+    chunk_bytes: int = Field(8 << 20, ge=1, description="bytes of events handed to the bus at once")
 
 
 def _resolve(key: str, value: Any) -> Any:

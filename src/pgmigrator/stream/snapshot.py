@@ -111,7 +111,9 @@ class SnapshotReader:
         tables = published_tables(self.conn, self.publication)
         self.tables = [t for t in tables if self.filters.table_allowed(t.schema, t.name)]
 
-    def batches(self, consistent: Lsn, batch_rows: int = 1000) -> Iterator[list[Event]]:
+    def batches(
+        self, consistent: Lsn, batch_rows: int = 1000, batch_bytes: int = 8 << 20
+    ) -> Iterator[list[Event]]:
         """Event batches, table after table; run each step in a worker thread (blocking I/O)."""
         assert self.conn is not None, "open() first"
         prefix = f"{consistent}:r"
@@ -127,15 +129,18 @@ class SnapshotReader:
                 sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns),
             )
             batch: list[Event] = []
+            size = 0
             with self.conn.cursor().copy(query) as copy:
                 while data := copy.read():
                     values = copy_fields(bytes(data))
                     self.rows += 1
                     eid = f"{prefix}{self.rows}"
-                    batch.append(insert(values, eid, consistent, source, "r"))
-                    if len(batch) >= batch_rows:
+                    event = insert(values, eid, consistent, source, "r")
+                    batch.append(event)
+                    size += len(event.body)
+                    if len(batch) >= batch_rows or size >= batch_bytes:
                         yield batch
-                        batch = []
+                        batch, size = [], 0
             if batch:
                 yield batch
 

@@ -85,6 +85,7 @@ class WalStream:
         self.flushed = Lsn(0)
         self.latest = Lsn(0)
         self._chunk = settings.stream.chunk_events
+        self._chunk_bytes = settings.stream.chunk_bytes
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -124,7 +125,7 @@ class WalStream:
         log.info("snapshot started", tables=len(reader.tables), consistent_lsn=str(consistent))
         try:
             if self.filters.op_allowed("r"):
-                batches = reader.batches(consistent, self._chunk)
+                batches = reader.batches(consistent, self._chunk, self._chunk_bytes)
                 while not self.stop_event.is_set():
                     batch = await asyncio.to_thread(next, batches, None)
                     if batch is None:
@@ -200,7 +201,7 @@ class WalStream:
             if msg is not None:
                 encoder.feed(msg.data)
                 self._pump(stream)
-                if len(encoder.out) >= self._chunk:
+                if len(encoder.out) >= self._chunk or encoder.out_bytes >= self._chunk_bytes:
                     await self._publish()
             now = time.monotonic()
             if now - last_probe >= 1.0:
@@ -224,10 +225,11 @@ class WalStream:
         """
         assert stream.conn is not None
         pgconn = stream.conn.pgconn
-        feed, out, chunk = self.encoder.feed, self.encoder.out, self._chunk
+        encoder = self.encoder
+        feed, out, chunk, chunk_bytes = encoder.feed, encoder.out, self._chunk, self._chunk_bytes
         wal_end = 0
         try:
-            while len(out) < chunk:
+            while len(out) < chunk and encoder.out_bytes < chunk_bytes:
                 size, data = pgconn.get_copy_data(1)
                 if size <= 0:
                     if size < 0:
