@@ -7,6 +7,7 @@ import base64
 import gzip
 import os
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -395,3 +396,36 @@ def test_sinks_and_filters_from_the_config_file(
     snap = orjson.loads(status.stdout)
     assert snap["sinks"]["archive"]["delivered"] >= 2
     assert snap["health"]["sink:archive"]["status"] == "ok"
+
+
+def test_sigterm_stops_even_with_a_sink_that_never_delivers(
+    pair: Pair, procs: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE s (id int PRIMARY KEY)")
+    with socket.socket() as probe:  # a port nobody listens on: every POST is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "ok.jsonl"
+    proc = start_pgmigrator(
+        "stream", "--source", pair.source, "--name", pair.dbname, "--create",
+        "--sink", f"webhook:url=http://127.0.0.1:{port}/x,retry_attempts=1,queue=10",
+        "--sink", f"file:path={out}",
+        env={"PGMIGRATOR_STREAM__DRAIN_TIMEOUT_S": "1"},
+    )  # fmt: skip
+    procs.append(proc)
+    wait_for(lambda: _slot_active(pair), what="the stream to start")
+    with pair.src() as conn:
+        start = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        for i in range(50):
+            conn.execute("INSERT INTO s VALUES (%s)", (i,))
+    wait_events(out, proc, lambda ev: len(ev) >= 10, "the file sink to get events")
+    code, err = stop(proc)
+    assert code == 0, err
+    assert "not delivered (replayed on restart)" in err
+    with pair.src() as conn:
+        held = conn.execute(
+            "SELECT confirmed_flush_lsn <= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+            (start, f"pgmigrator_{pair.dbname}"),
+        ).fetchone()
+    assert held and held[0], "the failing durable sink holds the slot back"

@@ -182,3 +182,16 @@ async def test_queue_is_bounded_in_bytes_too() -> None:
     assert await bus.close(5)
     assert len(live.got) + worker.dropped == 10
     assert worker.depth == 0 and worker.depth_bytes == 0
+
+
+async def test_interrupt_releases_a_publisher_blocked_on_a_stuck_sink() -> None:
+    gate = asyncio.Event()
+    stuck = RecordingSink("stuck", gate=gate)
+    bus = Bus([(stuck, SinkPolicy("block", queue=1, **FAST))], Collector())
+    await bus.start()
+    publisher = asyncio.create_task(_publish_all(bus, [[ev(i)] for i in range(1, 20)], marks=True))
+    await asyncio.wait_for(until(lambda: bus.workers[0].full), 5)
+    bus.interrupt()
+    await asyncio.wait_for(publisher, 5)  # returns instead of waiting for the stuck sink
+    assert not await bus.close(0.05)  # what was queued could not be delivered in time
+    assert bus.tracker.flush_lsn() == Lsn(0)  # nothing acknowledged: all replayed on restart

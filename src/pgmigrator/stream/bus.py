@@ -73,6 +73,8 @@ class SinkWorker:
             return
         while self.full:
             self.bus.raise_if_failed()
+            if self.bus.interrupted:
+                return  # stopping: not queued, so never acknowledged (replayed on restart)
             self._space.clear()
             await self._space.wait()
         self._items.append((events, mark, nbytes))
@@ -186,8 +188,18 @@ class Bus:
         self.failure: SinkError | None = None
         self.failed = asyncio.Event()
         self.aborting = False
+        self.interrupted = False
         self.published_events = 0
         self._closed: bool | None = None
+
+    def interrupt(self) -> None:
+        """Stop accepting chunks (on SIGINT/SIGTERM): a publisher blocked on a full queue returns.
+
+        What is already queued is still delivered by `close`.
+        """
+        self.interrupted = True
+        for worker in self.workers:
+            worker._space.set()
 
     def raise_if_failed(self) -> None:
         if self.failure is not None:
@@ -231,6 +243,8 @@ class Bus:
     async def publish(self, events: Sequence[Event], mark: Lsn | None = None) -> None:
         """Queue a chunk for every sink (waits on full ``block`` queues); ``mark``: see `AckTracker`."""
         self.raise_if_failed()
+        if self.interrupted:
+            return
         if mark is not None:
             self.tracker.publish(mark)
         if not events and mark is None:

@@ -102,6 +102,7 @@ class ListenStream:
 
     def request_stop(self) -> None:
         self.stop_event.set()
+        self.bus.interrupt()
 
     async def run(self) -> ListenStats:
         self.collector.set_phase("connecting")

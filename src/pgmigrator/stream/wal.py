@@ -89,6 +89,7 @@ class WalStream:
 
     def request_stop(self) -> None:
         self.stop_event.set()
+        self.bus.interrupt()
 
     async def run(self) -> StreamStats:
         self.collector.set_phase("connecting")
