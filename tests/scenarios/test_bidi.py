@@ -248,16 +248,20 @@ def _txns(out: str, direction: str) -> str:
     return part.split(" ", 1)[0]
 
 
-def _conflict_setup(pair: Pair) -> None:
+def _conflict_setup(
+    pair: Pair,
+    dest_stmt: str = "UPDATE acc SET v = 'dest wins', n = 2 WHERE id = 7",
+    source_stmt: str = "UPDATE acc SET v = 'source loses', n = 1 WHERE id = 7",
+) -> None:
     """The same row changed on both sides; the destination's change commits last.
 
-    The destination's transaction holds the row while the source's change arrives, so the
-    forward applier waits on it and then finds the destination's newer version.
+    The destination's transaction holds the row (or the new key) while the source's change
+    arrives, so the forward applier waits on it and then meets the destination's newer version.
     """
     with psycopg.connect(pair.dest) as local:  # a transaction, not autocommit
-        local.execute("UPDATE acc SET v = 'dest wins', n = 2 WHERE id = 7")
+        local.execute(dest_stmt)
         with pair.src() as conn:
-            conn.execute("UPDATE acc SET v = 'source loses', n = 1 WHERE id = 7")
+            conn.execute(source_stmt)
 
         def applier_waits() -> bool:
             with pair.dst() as conn:
@@ -345,6 +349,21 @@ def test_conflict_last_writer_wins_on_both_sides(
             return s.execute(q).fetchone() == d.execute(q).fetchone() == ("dest wins", 2)
 
     wait_for(settled, timeout=60, interval=0.1, what="the newer write on both sides")
+    # The same new key inserted on both sides: the forward insert waits on the destination's
+    # uncommitted row, fails on the key once it commits and is retried; the check then finds
+    # the newer row (kept), and the reverse direction replaces the source's older row with it.
+    _conflict_setup(
+        pair,
+        "INSERT INTO acc VALUES (5000, 'dest insert', 2)",
+        "INSERT INTO acc VALUES (5000, 'source insert', 1)",
+    )
+
+    def inserted() -> bool:
+        with pair.src() as s, pair.dst() as d:
+            q = "SELECT v FROM acc WHERE id = 5000"
+            return s.execute(q).fetchone() == d.execute(q).fetchone() == ("dest insert",)
+
+    wait_for(inserted, timeout=60, interval=0.1, what="the newer insert on both sides")
     with pair.src() as conn:  # and the rest still flows
         conn.execute("UPDATE acc SET v = 'after' WHERE id = 8")
     wait_for(lambda: _converged(pair), timeout=60, interval=0.2, what="convergence")
@@ -352,12 +371,13 @@ def test_conflict_last_writer_wins_on_both_sides(
     def counted() -> dict[str, object] | None:
         res = pgmigrator("status", "--json")
         info: dict[str, object] = orjson.loads(res.stdout)["info"] if res.returncode == 0 else {}
-        return info if info.get("conflicts") == 1 else None
+        return info if info.get("conflicts") == 3 else None
 
     info = wait_for(counted, timeout=30, interval=0.5, what="the conflict in the status")
     assert info["bidi_conflict_policy"] == "last-writer-wins"  # type: ignore[index]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        assert "pgmigrator_conflicts_total 1.0" in resp.read().decode()
+        assert "pgmigrator_conflicts_total 3.0" in resp.read().decode()
     out, err = _stop(proc)
-    assert "1 conflict(s)" in out
+    assert "3 conflict(s)" in out  # the update (one side), the insert (both sides)
     assert "conflict" in err and "dest wins" in err  # logged with both versions
+    assert "duplicate key value violates unique constraint" in err  # the insert race, retried

@@ -1,19 +1,21 @@
 """Conflict detection for bidirectional replication: one set-based query per table and batch.
 
-A *conflict* is an incoming UPDATE, DELETE or INSERT whose target row (found by its key) holds a
-version that was committed on this side by a transaction with another replication origin than
-this applier's (a local write, usually) at a later time than the incoming change was committed
-on the other side, and after bidirectional replication started (``since``: rows written before,
-such as the clone's own copy, are never conflicts). Commit times come from
-``pg_xact_commit_timestamp_origin(xmin)`` (``track_commit_timestamp = on``); an applied
-transaction keeps its *source* commit time (``pg_replication_origin_xact_setup``), so both sides
-compare the same clocks.
+A *conflict* is an incoming UPDATE or DELETE whose target row (found by its key) holds a version
+committed on this side by a transaction with another replication origin than this applier's (a
+local write, usually) later than the incoming change was committed on the other side; or an
+incoming INSERT whose key holds such a version, whatever its time. Only versions committed after
+bidirectional replication started count (``since``: rows written before, such as the clone's own
+copy, are never conflicts). Commit times come from ``pg_xact_commit_timestamp_origin(xmin)``
+(``track_commit_timestamp = on``); an applied transaction keeps its *source* commit time
+(``pg_replication_origin_xact_setup``), so both sides compare the same clocks.
 
 Policies: ``error`` stops the applier with a message naming the table, the key and both row
 versions; ``last-writer-wins`` keeps the version with the later commit time: the incoming
 changes to that key are skipped when the local version is newer, applied otherwise (an INSERT
-then replaces the row). Matching rows are locked (``FOR UPDATE``) so that a local write cannot
-slip in between the check and the apply (every row the batch touches is locked first). Tables without a key (REPLICA IDENTITY FULL) are not
+then replaces the row). Every row the batch touches is locked (``FOR UPDATE``) by the check, so
+that a local write cannot slip in between the check and the apply; a row inserted here after the
+check makes the apply fail with a unique violation, which the applier turns into a retry of the
+batch (the check then sees the row). Tables without a key (REPLICA IDENTITY FULL) are not
 checked.
 """
 
@@ -28,7 +30,7 @@ import orjson
 from psycopg import sql
 
 from pgmigrator.destination._table import Table
-from pgmigrator.errors import ApplyError
+from pgmigrator.errors import ApplyError, RetryableApplyError
 from pgmigrator.events import (
     Delete,
     Insert,
@@ -75,8 +77,8 @@ class Conflict:
         return (
             f"conflict on {self.table} ({key}): the row here was changed at "
             f"{self.local_time.isoformat()} ({self.local_origin}): {self.local}; the incoming "
-            f"change was committed earlier on the other side, at "
-            f"{self.incoming_time.isoformat()}: {self.incoming}"
+            f"change was committed on the other side at {self.incoming_time.isoformat()}: "
+            f"{self.incoming}"
         )
 
 
@@ -85,6 +87,7 @@ class _Key:
     first: int  # commit time of the first incoming change to the key
     last: int  # ... and of the last one
     change: Change  # the last change, for messages
+    insert: bool  # the first change is an INSERT: any existing local row conflicts
 
 
 def check_batch(
@@ -162,7 +165,7 @@ def _keys(
         k = _key(t, change)
         found = keys.get(k)
         if found is None:
-            keys[k] = _Key(at, at, change)
+            keys[k] = _Key(at, at, change, isinstance(change, Insert))
         else:
             found.last, found.change = at, change
     return keys
@@ -186,6 +189,16 @@ def _conflict(
         incoming=_incoming(t, found.change),
         incoming_time=pg_timestamp_to_datetime(found.first),
         winner=_winner(policy, local_us, found.last),
+    )
+
+
+def concurrent_insert(table: str, exc: Exception) -> RetryableApplyError:
+    """The retry for a unique violation in bidirectional mode (a row inserted here meanwhile)."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return RetryableApplyError(
+        f"{table}: {detail}",
+        hint="in bidirectional mode this means a row with the same key was inserted on this side "
+        "after the conflict check: the batch is retried, and the check then sees that row",
     )
 
 
@@ -264,12 +277,13 @@ def _query(t: Table) -> bytes:
     # Every matching row is locked, not only the conflicting ones: a row that does not conflict
     # yet could be changed here between this check and the apply.
     stmt = sql.SQL(
-        "WITH locked AS MATERIALIZED (SELECT s.ord, s.t, d.xmin AS x, row_to_json(d)::text AS r"
-        " FROM unnest({arrays}, %s::int8[]) WITH ORDINALITY AS s({knames}, t, ord)"
+        "WITH locked AS MATERIALIZED (SELECT s.ord, s.t, s.ins, d.xmin AS x,"
+        " row_to_json(d)::text AS r"
+        " FROM unnest({arrays}, %s::int8[], %s::bool[]) WITH ORDINALITY AS s({knames}, t, ins, ord)"
         " JOIN {table} AS d ON {join} FOR UPDATE OF d)"
         " SELECT l.ord, {us}, c.roident, l.r FROM locked AS l"
         " CROSS JOIN LATERAL pg_xact_commit_timestamp_origin(l.x) AS c"
-        " WHERE c.roident <> %s::oid AND {us} > greatest(l.t, %s::int8)"
+        " WHERE c.roident <> %s::oid AND {us} > %s::int8 AND ({us} > l.t OR l.ins)"
     ).format(
         us=_US,
         arrays=arrays,
@@ -293,6 +307,7 @@ def _params(
         _array([k[n] for k in ordered]) for n in range(len(t.key))
     ]  # array literals built here: psycopg's list adaptation costs far more per value
     params.append(b"{" + b",".join(b"%d" % keys[k].first for k in ordered) + b"}")
+    params.append(b"{" + b",".join(b"t" if keys[k].insert else b"f" for k in ordered) + b"}")
     params += [own_origin, policy.since_us]
     return params
 

@@ -278,6 +278,8 @@ class PostgresApplier:
             try:
                 self._apply_relation(table, changes)
             except psycopg.Error as exc:
+                if self._conflicts is not None and isinstance(exc, psycopg.errors.UniqueViolation):
+                    raise conflicts.concurrent_insert(table.name, exc) from exc
                 raise self._error(exc, f"{self._doing} on {table.name}") from exc
             self._txn_rows += len(changes)
 
