@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import pytest
@@ -429,3 +431,47 @@ def test_sigterm_stops_even_with_a_sink_that_never_delivers(
             (start, f"pgmigrator_{pair.dbname}"),
         ).fetchone()
     assert held and held[0], "the failing durable sink holds the slot back"
+
+
+class _SlowReceiver(http.server.BaseHTTPRequestHandler):
+    """Answers every POST after 2.5 s: a sink slower than the walsender's timeout."""
+
+    bodies: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(2.5)  # the receiver's own slowness, not a wait in the test
+        _SlowReceiver.bodies.append(body)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_sink_slower_than_wal_sender_timeout_does_not_break_the_stream(
+    pair: Pair, procs: list[subprocess.Popen[str]]
+) -> None:
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE slow (id int PRIMARY KEY)")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowReceiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    source = f"{pair.source} options='-c wal_sender_timeout=2s'"
+    try:
+        proc = start_pgmigrator(
+            "stream", "--source", source, "--name", pair.dbname, "--create",
+            "--sink", f"webhook:url=http://127.0.0.1:{server.server_port}/,queue=1,batch=1",
+        )  # fmt: skip
+        procs.append(proc)
+        wait_for(lambda: _slot_active(pair), what="the stream to start")
+        with pair.src() as conn:
+            for i in range(4):
+                conn.execute("INSERT INTO slow VALUES (%s)", (i,))
+        wait_for(lambda: len(_SlowReceiver.bodies) >= 4, timeout=60, what="4 slow deliveries")
+        code, err = stop(proc)
+    finally:
+        server.shutdown()
+    assert code == 0, err
+    assert "reconnecting" not in err, err
+    assert sorted(orjson.loads(b)["key"]["id"] for b in _SlowReceiver.bodies) == [0, 1, 2, 3]

@@ -86,6 +86,7 @@ class WalStream:
         self.latest = Lsn(0)
         self._chunk = settings.stream.chunk_events
         self._chunk_bytes = settings.stream.chunk_bytes
+        self._publishing = False
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -172,6 +173,7 @@ class WalStream:
         self.encoder.reset()
         self.encoder.skip_through = self.encoder.last_commit
         monitor: Conn | None = None
+        keeper = asyncio.create_task(self._keep_alive(stream))
         try:
             await asyncio.to_thread(stream.open, self.flushed)
             monitor = await asyncio.to_thread(connect, self.source)
@@ -185,6 +187,7 @@ class WalStream:
             stream.send_status()
             log.info("stopped", flushed_lsn=str(self.flushed), drained=drained)
         finally:
+            keeper.cancel()
             stream.close()
             if monitor is not None:
                 await asyncio.to_thread(monitor.close)
@@ -247,10 +250,26 @@ class WalStream:
             if wal_end > stream.received:
                 stream.received = Lsn(wal_end)
 
+    async def _keep_alive(self, stream: ReplicationStream) -> None:
+        """While the reader waits on a full ``block`` queue, keep reporting to the walsender.
+
+        Without it a sink slower than ``wal_sender_timeout`` would get the connection closed.
+        """
+        while True:
+            await asyncio.sleep(min(1.0, stream.status_interval / 2))
+            if self._publishing and stream.conn is not None:
+                self._advance(stream)
+                with contextlib.suppress(PgMigratorError):
+                    stream.send_status()
+
     async def _publish(self) -> None:
         events, mark = self.encoder.drain()
         if events or mark is not None:
-            await self.bus.publish(events, mark)
+            self._publishing = True
+            try:
+                await self.bus.publish(events, mark)
+            finally:
+                self._publishing = False
             self.stats.events += len(events)
             if events:
                 self.collector.add_rows(len(events))
