@@ -11,6 +11,7 @@ import click
 import orjson
 
 from pgmigrator.cli import common_options, handle_errors, load_settings
+from pgmigrator.lake.settings import LakeSettings
 
 
 @click.command()
@@ -51,13 +52,13 @@ def lake(
     **flags: Any,
 ) -> None:
     """Copy source tables into Iceberg tables under one snapshot, then (--follow) stream changes."""
-    from pgmigrator.lake.runner import LakePipeline, LakeSettings
+    from pgmigrator.lake.runner import LakePipeline
 
     settings = load_settings(
         config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags
     )
     settings.require("source")
-    base = getattr(settings, "lake", None)
+    base = getattr(settings, "lake", None)  # the config file's `lake:` section
     values: dict[str, Any] = base.model_dump() if isinstance(base, LakeSettings) else {}
     overrides = {
         "warehouse": warehouse,

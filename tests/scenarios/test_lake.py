@@ -3,8 +3,9 @@
 `pgmigrator lake --follow` copies the tables under the slot's exported snapshot into a local
 warehouse (SQLite catalog), then streams inserts, updates (one changing the key), deletes, a
 truncate and an added column. The lake is read back with pyiceberg and compared with the source.
-A second journey kills the process with SIGKILL in the middle of a backlog and restarts it: the
-change log holds every change exactly once and the current state equals the source.
+A second journey kills the process with SIGKILL in the middle of a backlog (a transaction larger
+than the commit limit, written in pieces, then many small ones) and restarts it: the change log
+holds every change exactly once and the current state equals the source.
 """
 
 from __future__ import annotations
@@ -186,6 +187,9 @@ def test_kill_minus_9_mid_stream_then_restart_is_exactly_once(pair: Pair, tmp_pa
         )
         with pair.src() as conn:
             conn.autocommit = True
+            # one transaction larger than --max-rows: committed to the lake in pieces
+            conn.execute("INSERT INTO acc SELECT i, 1 FROM generate_series(50000, 54999) AS i")
+            changes += 5000
             for i in range(1500):  # one change per transaction: a long stream of small commits
                 if i % 3 == 0:
                     conn.execute("INSERT INTO acc VALUES (%s, %s)", (10_000 + i, i))

@@ -11,7 +11,7 @@ import pytest
 from pyiceberg.types import DecimalType, IntegerType, LongType, StringType, TimestamptzType
 
 from pgmigrator.events import Column, Delete, Insert, Relation, Truncate, TupleData, Update
-from pgmigrator.lake.batch import ChangeBuffer, csv_to_table
+from pgmigrator.lake.batch import ChangeBuffer, Position, csv_to_table
 from pgmigrator.lake.types import LakeError, from_iceberg, map_type, to_arrow
 from pgmigrator.lake.writer import key_filter
 
@@ -108,7 +108,16 @@ def test_net_effect_follows_ordered_apply() -> None:
     log = buf.changelog(COLS)
     assert log.column("_op").to_pylist() == ["c", "u", "c", "d", "u"]
     assert log.column("_seq").to_pylist() == [0, 1, 2, 3, 4]
-    assert buf.changelog(COLS, min_lsn=101).num_rows == 0
+    assert buf.changelog(COLS, Position(101)).num_rows == 0  # all of transaction 100 is in
+    assert buf.changelog(COLS, Position(50, 100, 3)).column("_seq").to_pylist() == [3, 4]
+
+
+def test_position_holds() -> None:
+    pos = Position(200, partial_lsn=300, partial_seq=5)
+    assert pos.holds(199, 1_000)  # an older transaction: all of it
+    assert not pos.holds(200, 0)  # a transaction committed at the position: not yet
+    assert pos.holds(300, 4) and not pos.holds(300, 5)  # the piece written so far
+    assert not pos.holds(301, 0)
 
 
 def test_truncate_empties_what_came_before() -> None:

@@ -29,6 +29,24 @@ META_COLUMNS = ("_op", "_lsn", "_seq", "_commit_time")
 OPS = {"I": "c", "U": "u", "D": "d", "T": "t"}
 
 
+@dataclass(frozen=True, slots=True)
+class Position:
+    """How far a lake table holds the stream (stored in its ``pgmigrator.*`` table properties).
+
+    Every source transaction committed before ``lsn`` (the end LSN of the last one included) is
+    in the table; of the transaction committed at ``partial_lsn`` (one larger than a commit's row
+    limit, written in pieces) the changes with ``_seq`` below ``partial_seq`` are in too.
+    """
+
+    lsn: int
+    partial_lsn: int = 0
+    partial_seq: int = 0
+
+    def holds(self, lsn: int, seq: int) -> bool:
+        """Whether the change ``seq`` of the transaction committed at ``lsn`` is already in."""
+        return lsn < self.lsn or (lsn == self.partial_lsn and seq < self.partial_seq)
+
+
 def csv_to_table(data: bytes, columns: Sequence[tuple[str, LakeType]]) -> pa.Table:
     """Parse a chunk of ``COPY ... (FORMAT csv)`` output (complete rows) into a typed table."""
     names = [name for name, _ in columns]
@@ -111,9 +129,11 @@ class ChangeBuffer:
                     values[i] = v
         return tuple(values)
 
-    def changelog(self, columns: Sequence[tuple[str, LakeType]], min_lsn: int = 0) -> pa.Table:
-        """The buffered changes of transactions committed at or after ``min_lsn``, in order."""
-        rows = [r for r in self.rows if r.lsn >= min_lsn] if min_lsn else self.rows
+    def changelog(
+        self, columns: Sequence[tuple[str, LakeType]], stored: Position | None = None
+    ) -> pa.Table:
+        """The buffered changes that ``stored`` does not hold yet, in order."""
+        rows = [r for r in self.rows if not stored.holds(r.lsn, r.seq)] if stored else self.rows
         arrays = _columns([(r.relation, r.values) for r in rows], columns)
         arrays.append(pa.array([r.op for r in rows], pa.large_string()))
         arrays.append(pa.array([r.lsn for r in rows], pa.int64()))

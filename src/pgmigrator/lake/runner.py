@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from pydantic import BaseModel, Field
 
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PreflightError
+from pgmigrator.lake.batch import Position
 from pgmigrator.lake.copy import CopyStats, copy_tables
+from pgmigrator.lake.settings import LakeSettings
 from pgmigrator.lake.stream import LakeStream, StreamStats
 from pgmigrator.lake.types import LakeError
 from pgmigrator.lake.writer import CHANGES_SUFFIX, IcebergLake
@@ -39,23 +38,6 @@ from pgmigrator.source.slots import (
 )
 
 log = get_logger("lake")
-
-
-class LakeSettings(BaseModel):
-    """Settings of the Iceberg destination (``pgmigrator lake``)."""
-
-    warehouse: Path | None = Field(default=None, description="warehouse folder (local path)")
-    catalog: str | None = Field(
-        default=None,
-        description="SQLAlchemy URL of the Iceberg SQL catalog (default: sqlite file in the warehouse)",
-    )
-    flush_interval_s: float = Field(
-        default=5.0, gt=0, description="seconds between lake commits while streaming"
-    )
-    max_rows: int = Field(default=100_000, ge=1, description="rows buffered before a commit")
-    copy_batch_rows: int = Field(
-        default=100_000, ge=1, description="rows per Arrow batch in the copy"
-    )
 
 
 @dataclass
@@ -117,13 +99,14 @@ class LakePipeline:
                 self._check_copied(tables)
         return result
 
-    def table_lsns(self) -> dict[tuple[str, str], Lsn]:
+    def table_lsns(self) -> dict[tuple[str, str], Position]:
+        """How far each current-state table holds the stream (it never runs ahead of its log)."""
         out = {}
         for ns, name in self._lake_names():
             table = self.lake.load(ns, name)
-            lsn = self.lake.stored_lsn(table) if table is not None else None
-            if lsn is not None:
-                out[(ns, name)] = lsn
+            pos = self.lake.position(table) if table is not None else None
+            if pos is not None:
+                out[(ns, name)] = pos
         return out
 
     async def follow(self) -> StreamStats:

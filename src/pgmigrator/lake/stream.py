@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError
 from pgmigrator.events import Begin, Commit, Delete, Insert, Relation, Truncate, Update
-from pgmigrator.lake.batch import ChangeBuffer
+from pgmigrator.lake.batch import ChangeBuffer, Position
 from pgmigrator.lake.types import map_type
 from pgmigrator.lake.writer import CHANGES_SUFFIX, IcebergLake
 from pgmigrator.log import get_logger
@@ -68,7 +68,7 @@ class LakeStream:
         slot: str,
         publication: str,
         lake: IcebergLake,
-        table_lsns: dict[TableKey, Lsn],
+        table_lsns: dict[TableKey, Position],
         *,
         flush_interval_s: float = 5.0,
         max_rows: int = 100_000,
@@ -103,7 +103,7 @@ class LakeStream:
         return self.stats
 
     async def _session(self) -> None:
-        start = min(self.table_lsns.values(), default=Lsn(0))
+        start = Lsn(min((p.lsn for p in self.table_lsns.values()), default=0))
         stream = ReplicationStream(self.source, self.slot, self.publication, streaming=False)
         await asyncio.to_thread(stream.open, start)
         state = _State(started=time.monotonic())
@@ -114,7 +114,9 @@ class LakeStream:
                 if msg is not None:
                     self._feed(state, decoder.decode(msg.data))
                 due = time.monotonic() - state.started >= self.flush_interval_s
-                if state.txn is None and (state.rows >= self.max_rows or due):
+                if state.rows >= self.max_rows or (
+                    state.txn is None and due
+                ):  # inside a large transaction: commit a piece
                     await self._flush(state, stream)
                 stream.idle = state.txn is None and state.rows == 0 and not state.buffers
             if state.txn is None:
@@ -143,33 +145,39 @@ class LakeStream:
         txn = state.txn
         if rel is None or txn is None:
             return
+        seq = txn.seq  # counts every change of the transaction: the same on every replay
+        if not isinstance(msg, Truncate) or oid == msg.relation_oids[-1]:
+            txn.seq += 1
         key = (rel.namespace, rel.name)
         stored = self.table_lsns.get(key)
         if stored is None:
             return  # not a lake table
-        if txn.final_lsn < stored:  # this table already holds that transaction
+        if stored.holds(txn.final_lsn, seq):  # this table already has that change
             self.stats.skipped += 1
             return
         buf = state.buffers.get(key)
         if buf is None:
             buf = state.buffers[key] = ChangeBuffer(rel.namespace, rel.name)
-        buf.add(msg, rel, txn.final_lsn, txn.seq, txn.commit_time)
-        txn.seq += 1
+        buf.add(msg, rel, txn.final_lsn, seq, txn.commit_time)
         state.rows += 1
 
     async def _flush(self, state: _State, stream: ReplicationStream) -> None:
+        """Commit what is buffered; inside an open transaction, as a piece of it."""
         state.started = time.monotonic()
         end = state.last_end
-        if end is None:
+        txn = state.txn
+        if end is None and txn is None:
             return
         if state.buffers:
             buffers = list(state.buffers.values())
-            await asyncio.to_thread(self._commit_all, buffers, end)
+            piece = (txn.final_lsn, txn.seq) if txn is not None else None
+            await asyncio.to_thread(self._commit_all, buffers, end, piece)
             self.stats.rows += state.rows
             self.stats.flushes += 1
             log.info(
                 "lake commit",
                 lsn=str(end),
+                piece_of=str(txn.final_lsn) if txn is not None else None,
                 tables=len(buffers),
                 rows=state.rows,
                 transactions=self.stats.transactions,
@@ -177,16 +185,23 @@ class LakeStream:
         state.buffers = {}
         state.rows = 0
         state.last_end = None
+        if end is None:
+            return
         self.stats.committed_lsn = end
         if end > stream.flushed:
             stream.flushed = end  # everything up to ``end`` is committed in the lake
             stream.send_status()
 
-    def _commit_all(self, buffers: list[ChangeBuffer], end: Lsn) -> None:
+    def _commit_all(
+        self, buffers: list[ChangeBuffer], end: Lsn | None, piece: tuple[Lsn, int] | None
+    ) -> None:
         for buf in buffers:
-            self._commit(buf, end)
+            key = (buf.schema, buf.table)
+            done = max(self.table_lsns[key].lsn, end or 0)
+            pos = Position(done, *piece) if piece is not None else Position(done)
+            self._commit(buf, pos)
 
-    def _commit(self, buf: ChangeBuffer, end: Lsn) -> None:
+    def _commit(self, buf: ChangeBuffer, pos: Position) -> None:
         changes = self.lake.load(buf.schema, buf.table + CHANGES_SUFFIX)
         current = self.lake.load(buf.schema, buf.table)
         if changes is None or current is None:
@@ -196,10 +211,10 @@ class LakeStream:
         wanted = [(c.name, map_type(c.type_oid, c.type_modifier)) for c in latest.columns]
         for table in (changes, current):
             self.lake.add_columns(table, wanted)
-        self.lake.append_changes(changes, buf, end)
+        self.lake.append_changes(changes, buf, pos)
         key = [c.name for c in latest.columns if c.is_key]
-        self.lake.merge(current, buf, key, end)
-        self.table_lsns[(buf.schema, buf.table)] = end
+        self.lake.merge(current, buf, key, pos)
+        self.table_lsns[(buf.schema, buf.table)] = pos
         if buf.unchanged_toast:
             log.warning(
                 "unchanged TOAST values stored as NULL",

@@ -37,13 +37,14 @@ from pyiceberg.table import Table
 from pyiceberg.types import IntegerType, LongType, NestedField, StringType, TimestamptzType
 from sqlalchemy.exc import SQLAlchemyError
 
-from pgmigrator.lake.batch import META_COLUMNS, ChangeBuffer
+from pgmigrator.lake.batch import META_COLUMNS, ChangeBuffer, Position
 from pgmigrator.lake.types import LakeError, LakeType, RetryableLakeError, from_iceberg
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 
 log = get_logger("lake")
 LSN_PROPERTY = "pgmigrator.lsn"
+PARTIAL_PROPERTY = "pgmigrator.partial"  # "<commit LSN>:<seq>" of a transaction written in pieces
 CHANGES_SUFFIX = "__changes"
 _IN: Any = In  # pydantic models: their positional constructors confuse the type checker
 _EQ: Any = EqualTo
@@ -121,6 +122,17 @@ class IcebergLake:
         value = table.properties.get(LSN_PROPERTY)
         return Lsn.parse(value) if value else None
 
+    @classmethod
+    def position(cls, table: Table) -> Position | None:
+        lsn = cls.stored_lsn(table)
+        if lsn is None:
+            return None
+        partial = table.properties.get(PARTIAL_PROPERTY) or ""
+        if ":" not in partial:
+            return Position(lsn)
+        at, _, seq = partial.partition(":")
+        return Position(lsn, Lsn.parse(at), int(seq))
+
     def add_columns(self, table: Table, wanted: Sequence[tuple[str, LakeType]]) -> bool:
         """Schema evolution: add source columns the table does not have yet (nullable)."""
         have = set(table.schema().column_names)
@@ -139,32 +151,30 @@ class IcebergLake:
         """The initial copy of one table: every batch and the LSN in one catalog commit."""
         schema = _arrow_schema(self.columns(table))
         reader = pa.RecordBatchReader.from_batches(schema, batches)
-        props = {LSN_PROPERTY: str(lsn)}
+        props = _properties(Position(lsn))
         with _committing(table), table.transaction() as tx:
             tx.append(reader, snapshot_properties=props)
             tx.set_properties(props)
 
-    def append_changes(self, table: Table, buf: ChangeBuffer, lsn: Lsn) -> int:
-        """Append the buffered changes newer than the change log's LSN; returns rows appended."""
-        stored = self.stored_lsn(table) or Lsn(0)
-        if lsn <= stored:
-            return 0
-        rows = buf.changelog(self.columns(table), min_lsn=stored)
-        props = {LSN_PROPERTY: str(lsn)}
+    def append_changes(self, table: Table, buf: ChangeBuffer, pos: Position) -> int:
+        """Append the buffered changes the change log does not hold yet; returns rows appended."""
+        stored = self.position(table) or Position(0)
+        rows = buf.changelog(self.columns(table), stored)
+        props = _properties(pos)
         with _committing(table), table.transaction() as tx:
             if rows.num_rows:
                 tx.append(rows.cast(_arrow_schema(self.columns(table), changelog=True)), props)
             tx.set_properties(props)
         return int(rows.num_rows)
 
-    def merge(self, table: Table, buf: ChangeBuffer, key: Sequence[str], lsn: Lsn) -> None:
-        """Apply the buffer's net effect to the current-state table (delete + append, one commit)."""
-        stored = self.stored_lsn(table) or Lsn(0)
-        if lsn <= stored:
-            return
+    def merge(self, table: Table, buf: ChangeBuffer, key: Sequence[str], pos: Position) -> None:
+        """Apply the buffer's net effect to the current-state table (delete + append, one commit).
+
+        The buffer holds only changes this table does not have (the stream skipped the others).
+        """
         columns = self.columns(table)
         types = dict(columns)
-        props = {LSN_PROPERTY: str(lsn)}
+        props = _properties(pos)
         upserts = buf.upserts(columns).cast(_arrow_schema(columns))
         with _committing(table), table.transaction() as tx:
             if buf.truncated:
@@ -177,6 +187,11 @@ class IcebergLake:
             if upserts.num_rows:
                 tx.append(upserts, props)
             tx.set_properties(props)
+
+
+def _properties(pos: Position) -> dict[str, str]:
+    partial = f"{Lsn(pos.partial_lsn)}:{pos.partial_seq}" if pos.partial_lsn else ""
+    return {LSN_PROPERTY: str(Lsn(pos.lsn)), PARTIAL_PROPERTY: partial}
 
 
 def key_filter(keys: pa.Table) -> BooleanExpression | None:

@@ -1,0 +1,1 @@
+"""The Apache Iceberg destination (`pgmigrator lake`): types, Arrow batches, writer, pipeline."""
