@@ -195,3 +195,17 @@ async def test_interrupt_releases_a_publisher_blocked_on_a_stuck_sink() -> None:
     await asyncio.wait_for(publisher, 5)  # returns instead of waiting for the stuck sink
     assert not await bus.close(0.05)  # what was queued could not be delivered in time
     assert bus.tracker.flush_lsn() == Lsn(0)  # nothing acknowledged: all replayed on restart
+
+
+async def test_linger_fills_a_batch_before_sending() -> None:
+    sink = RecordingSink("hook")
+    sink.linger_s = 5.0  # type: ignore[attr-defined]
+    bus = Bus([(sink, SinkPolicy(batch=3, **FAST))], Collector())
+    await bus.start()
+    for i in range(1, 4):
+        await bus.publish([ev(i)], Lsn(i))  # the third chunk fills the batch: no 5 s wait
+    await asyncio.wait_for(bus.wait_delivered(), 2)
+    assert sink.batches == [3]
+    await bus.publish([ev(4)], Lsn(4))
+    assert await bus.close(2)  # closing does not wait for the linger either
+    assert sink.batches == [3, 1]

@@ -7,7 +7,8 @@ means: ``block`` (the publisher waits: nothing is lost, the slot buffers the res
 so one slow ``drop`` sink never stalls the others. Retryable send errors are retried with
 exponential backoff and jitter (health ``degraded``); a non-retryable one stops the pipeline:
 every failure goes through `Bus._fatal`, the one place a dead-letter queue can plug into.
-Delivered marks are acknowledged to the `AckTracker`.
+Delivered marks are acknowledged to the `AckTracker`. A sink with a ``linger_s`` attribute
+(webhook ``batch_ms``) gets up to that long for a batch to fill before each send.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class SinkWorker:
         self._wakeup.set()
 
     async def run(self) -> None:
+        linger = float(getattr(self.sink, "linger_s", 0) or 0)
         while True:
             if not self._items:
                 if self._closing:
@@ -109,6 +111,8 @@ class SinkWorker:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if linger > 0:
+                await self._linger(linger)
             batch, mark, nbytes = self._take()
             if batch:
                 await self._deliver(batch)
@@ -120,6 +124,18 @@ class SinkWorker:
             if not self._items:
                 self._empty.set()
             self.bus.collector.sink_counter(self.name, delivered=len(batch), queue_depth=self.depth)
+
+    async def _linger(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for a full batch (a sink's ``linger_s``, e.g. webhook ``batch_ms``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self.depth < self.policy.batch and not self._closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
 
     def _take(self) -> tuple[Sequence[Event], Lsn | None, int]:
         events, mark, nbytes = self._items.popleft()
