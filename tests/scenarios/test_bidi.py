@@ -371,10 +371,16 @@ def test_conflict_last_writer_wins_on_both_sides(
     def counted() -> dict[str, object] | None:
         res = pgmigrator("status", "--json")
         info: dict[str, object] = orjson.loads(res.stdout)["info"] if res.returncode == 0 else {}
-        return info if info.get("conflicts") == 3 else None
+        rows = (info.get("bidi") or {}).get("reverse_rows", 0)  # type: ignore[attr-defined]
+        return info if info.get("conflicts") == 3 and rows >= 2 else None
 
     info = wait_for(counted, timeout=30, interval=0.5, what="the conflict in the status")
     assert info["bidi_conflict_policy"] == "last-writer-wins"  # type: ignore[index]
+    bidi = info["bidi"]  # type: ignore[index]
+    assert bidi["reverse_slot"] == "pgmigrator_default_rev"
+    res = pgmigrator("status", "--json")
+    health = orjson.loads(res.stdout)["health"]
+    assert health["reverse_source"]["status"] == "ok", health  # the reverse direction's health
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         assert "pgmigrator_conflicts_total 3.0" in resp.read().decode()
     out, err = _stop(proc)

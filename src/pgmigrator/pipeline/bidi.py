@@ -347,10 +347,19 @@ class Bidirectional:
 
     async def _report(self, plan: Plan) -> None:
         while not self._stop.is_set():
-            self.collector.update_info({"bidi": self._info(plan)})
+            self._publish(plan)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 2.0)
-        self.collector.update_info({"bidi": self._info(plan)})
+        self._publish(plan)
+
+    def _publish(self, plan: Plan) -> None:
+        """The reverse direction in the main collector: ``info.bidi`` and ``reverse_*`` health."""
+        snap = self.reverse.collector.snapshot() if self.reverse else {}
+        for name, h in (snap.get("health") or {}).items():
+            self.collector.set_health(f"reverse_{name}", h["status"], h.get("detail", ""))
+        self.collector.update_info(
+            {"bidi": {**self._info(plan), "reverse_lag_bytes": snap.get("lag_bytes")}}
+        )
 
     def _info(self, plan: Plan) -> dict[str, Any]:
         rev = self.reverse
