@@ -137,12 +137,15 @@ def run_async(runner: Any, collector: Collector, component: str) -> Any:
             loop.add_signal_handler(sig, runner.request_stop)
         return await runner.run()
 
+    collector.set_state("running")
     try:
         result = asyncio.run(main_task())
     except PgMigratorError as exc:
+        collector.set_state("failed")
         collector.set_phase("failed")
         collector.record_error(exc.message, component=component)
         raise
+    collector.set_state("stopped")
     collector.set_phase("stopped")
     return result
 

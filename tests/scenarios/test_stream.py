@@ -418,17 +418,16 @@ def test_sigterm_stops_even_with_a_sink_that_never_delivers(
     procs.append(proc)
     wait_for(lambda: _slot_active(pair), what="the stream to start")
     with pair.src() as conn:
-        start = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
         for i in range(50):
             conn.execute("INSERT INTO s VALUES (%s)", (i,))
-    wait_events(out, proc, lambda ev: len(ev) >= 10, "the file sink to get events")
+    events = wait_events(out, proc, lambda ev: len(ev) >= 10, "the file sink to get events")
     code, err = stop(proc)
     assert code == 0, err
     assert "not delivered (replayed on restart)" in err
     with pair.src() as conn:
         held = conn.execute(
             "SELECT confirmed_flush_lsn <= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
-            (start, f"pgmigrator_{pair.dbname}"),
+            (events[0]["source"]["lsn"], f"pgmigrator_{pair.dbname}"),
         ).fetchone()
     assert held and held[0], "the failing durable sink holds the slot back"
 

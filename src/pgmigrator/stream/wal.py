@@ -203,6 +203,7 @@ class WalStream:
                 self._advance(stream)
                 msg = await stream.next(timeout=0.5)
             if msg is not None:
+                stream.idle = False
                 encoder.feed(msg.data)
                 self._pump(stream)
                 if len(encoder.out) >= self._chunk or encoder.out_bytes >= self._chunk_bytes:
@@ -213,6 +214,7 @@ class WalStream:
                 self._advance(stream)
                 self.latest = await asyncio.to_thread(current_lsn, monitor)
                 self._metrics(stream)
+                self._sink_gauges()
             if now - last_report >= 10.0:
                 last_report = now
                 log.info(
@@ -240,6 +242,7 @@ class WalStream:
                         raise stream._stream_end()
                     break
                 if data[0] == _XLOG_DATA:
+                    stream.idle = False  # a later keepalive must not advance past this data
                     wal_end = _WAL_END(data, 9)[0]
                     feed(bytes(data[25:]))
                 else:
@@ -288,11 +291,22 @@ class WalStream:
         self.stats.transactions = self.encoder.transactions
         latest = max(self.latest, stream.received)
         commit_us = self.encoder.last_commit_time
+        acked = self.bus.tracker.flush_lsn()
+        if stream.idle:  # nothing pending: everything received is handled
+            self.collector.set_lsns(
+                applied=max(acked, stream.received),
+                confirmed=stream.flushed,
+                latest=latest,
+                lag_s=0,
+            )
+            return
         self.collector.set_lsns(
-            applied=self.bus.tracker.flush_lsn(),
+            applied=acked,
             confirmed=stream.flushed,
             latest=latest,
             commit_time=(PG_EPOCH_UNIX_US + commit_us) / 1e6 if commit_us else None,
         )
+
+    def _sink_gauges(self) -> None:
         for worker in self.bus.workers:
             self.collector.sink_counter(worker.name, queue_depth=worker.depth)
