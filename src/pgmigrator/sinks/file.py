@@ -88,6 +88,7 @@ class FileSink:
         self._size = 0
         self._opened = 0.0
         self._seq = 0
+        self.clock = time.time  # replaceable in tests
         self._pattern = re.compile(re.escape(self.path.name) + r"\.\d{8}T\d{6}Z-\d{6}(\.gz)?")
 
     async def start(self) -> None:
@@ -103,7 +104,7 @@ class FileSink:
                 f"cannot open {self.path}: {exc.strerror}",
                 hint="check that the directory exists and is writable",
             ) from exc
-        self._opened = time.time()
+        self._opened = self.clock()
 
     async def send(self, events: Sequence[Event]) -> None:
         await asyncio.to_thread(self._write_all, events)
@@ -162,7 +163,7 @@ class FileSink:
         if limit is not None and self._size + incoming > limit:
             return True
         age = self.options.rotate_s
-        return age is not None and time.time() - self._opened >= age
+        return age is not None and self.clock() - self._opened >= age
 
     def _rotate(self) -> None:
         self._close_fd()
