@@ -215,7 +215,7 @@ def stream(
     with hosting(settings, collector, ctx):
         stats = run_async(runner, collector, "stream")
     click.echo(
-        f"stopped: {stats.events} event(s) ({stats.snapshot_rows} snapshot row(s)), "
+        f"stopped: {stats.events} event(s) read ({stats.snapshot_rows} snapshot row(s)), "
         f"slot flushed to {stats.flushed}"
         + (
             "" if stats.drained else "; some queued events were not delivered (replayed on restart)"

@@ -474,3 +474,22 @@ def test_a_sink_slower_than_wal_sender_timeout_does_not_break_the_stream(
     assert code == 0, err
     assert "reconnecting" not in err, err
     assert sorted(orjson.loads(b)["key"]["id"] for b in _SlowReceiver.bodies) == [0, 1, 2, 3]
+
+
+def test_interrupted_snapshot_is_refused_on_restart(
+    pair: Pair, procs: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE big (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO big SELECT generate_series(1, 200000)")
+    out = tmp_path / "snap.jsonl"
+    args = ("--create", "--snapshot", "--sink", f"file:path={out},fsync=always,batch=10,queue=100")
+    proc = start_stream(pair, procs, *args)
+    wait_events(out, proc, lambda ev: len(ev) > 100, "the snapshot to be under way")
+    code, err = stop(proc)
+    assert code == 0, err
+    assert len(read_events(out)) < 200000
+    again = pgmigrator("stream", "--source", pair.source, "--name", pair.dbname, *args)
+    assert again.returncode == 1
+    assert "snapshot of slot" in again.stderr and "was interrupted" in again.stderr
+    assert "pg_drop_replication_slot" in again.stderr

@@ -10,7 +10,7 @@ not contain. Snapshot event ids are ``<consistent LSN>:r<n>``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -113,7 +113,7 @@ class SnapshotReader:
 
     def batches(
         self, consistent: Lsn, batch_rows: int = 1000, batch_bytes: int = 8 << 20
-    ) -> Iterator[list[Event]]:
+    ) -> Generator[list[Event], None, None]:
         """Event batches, table after table; run each step in a worker thread (blocking I/O)."""
         assert self.conn is not None, "open() first"
         prefix = f"{consistent}:r"

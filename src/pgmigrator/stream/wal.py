@@ -125,18 +125,19 @@ class WalStream:
             prepared.session.close()  # the snapshot is imported (or failed): the slot stays
         self.collector.set_phase("snapshot")
         log.info("snapshot started", tables=len(reader.tables), consistent_lsn=str(consistent))
+        batches = reader.batches(consistent, self._chunk, self._chunk_bytes)
         try:
-            if self.filters.op_allowed("r"):
-                batches = reader.batches(consistent, self._chunk, self._chunk_bytes)
-                while not self.stop_event.is_set():
-                    batch = await asyncio.to_thread(next, batches, None)
-                    if batch is None:
-                        break
-                    await self.bus.publish(batch)
-                    self.stats.events += len(batch)
-                    self.collector.add_rows(len(batch))
+            while self.filters.op_allowed("r") and not self.stop_event.is_set():
+                batch = await asyncio.to_thread(next, batches, None)
+                if batch is None:
+                    break
+                await self.bus.publish(batch)
+                self.stats.events += len(batch)
+                self.collector.add_rows(len(batch))
         finally:
-            await asyncio.to_thread(reader.close)
+            await asyncio.to_thread(reader.close)  # first: a COPY cut short is not read to its end
+            with contextlib.suppress(Exception):
+                batches.close()
         self.stats.snapshot_rows = reader.rows
         if self.stop_event.is_set():
             return  # the marker stays "running": a restart says so instead of skipping rows
