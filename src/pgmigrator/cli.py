@@ -11,18 +11,20 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 
 from pgmigrator import config as configmod
-from pgmigrator.api.host import PipelineControl
 from pgmigrator.cli_bidi import bidi_flags, bidi_options, run_bidi
 from pgmigrator.cli_observe import api_flags, api_options, hosted_run, tui
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError, PgMigratorError
 from pgmigrator.log import get_logger, setup_logging
+
+if TYPE_CHECKING:
+    from pgmigrator.pipeline.control import PipelineControl
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = get_logger("cli")

@@ -8,16 +8,19 @@ stays clean, and quitting the UI stops the pipeline gracefully).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from pgmigrator import config as configmod
-from pgmigrator.api.host import PipelineControl, serving
 from pgmigrator.metrics import Collector
+
+if TYPE_CHECKING:
+    from pgmigrator.pipeline.control import PipelineControl
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,7 +53,7 @@ def api_flags(flags: dict[str, Any]) -> dict[str, Any]:
     return flags
 
 
-Body = Callable[[PipelineControl], None]
+Body = Callable[["PipelineControl"], None]
 
 
 def hosted_run(
@@ -62,9 +65,17 @@ def hosted_run(
 
     if tui and not settings.api.addr:
         settings.api.addr = "127.0.0.1:0"  # the TUI reads the API: serve it on a free local port
+    from pgmigrator.pipeline.control import Hosted, PipelineControl
+
     control = PipelineControl(settings)
     state_file = StateFileThread(collector, state_path(settings.name, settings.state_dir))
-    with state_file, serving(settings, collector, control) as hosted:
+    if settings.api.addr:  # the web stack is imported only when the API is served
+        from pgmigrator.api.host import serving
+
+        server_cm: Any = serving(settings, collector, control)
+    else:
+        server_cm = contextlib.nullcontext(Hosted(None))
+    with state_file, server_cm as hosted:
         if hosted.server is not None and not tui:
             click.echo(f"API and dashboard: {hosted.server.url}/", err=True)
             if hosted.token_generated:

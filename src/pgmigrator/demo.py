@@ -18,12 +18,13 @@ from pathlib import Path
 import click
 
 from pgmigrator import devcluster, sample
-from pgmigrator.api.host import PipelineControl, serving
+from pgmigrator.api.host import serving
 from pgmigrator.config import Settings, load
 from pgmigrator.dsn import Target
 from pgmigrator.metrics import Collector
 from pgmigrator.pipeline import preflight, verify
 from pgmigrator.pipeline.clone import Clone, CloneOptions
+from pgmigrator.pipeline.control import PipelineControl
 from pgmigrator.pipeline.follow import Follow
 from pgmigrator.pipeline.progress import Progress
 from pgmigrator.pipeline.switchover import Switchover, SwitchoverOptions, render, unfence

@@ -6,8 +6,8 @@ import httpx
 
 from pgmigrator import config
 from pgmigrator.api import create_app
-from pgmigrator.api.host import PipelineControl
 from pgmigrator.metrics import Collector
+from pgmigrator.pipeline.control import PipelineControl
 from pgmigrator.pipeline.lifecycle import Lifecycle
 
 TOKEN = "t0ken"

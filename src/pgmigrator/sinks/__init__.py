@@ -1,22 +1,11 @@
 """Sinks: where `pgmigrator stream` / `listen` deliver change events (see `base` for the contract).
 
-Importing this package registers every sink kind that exists; sinks whose optional module is
-missing or cannot be imported (a missing client library) are simply not registered.
+Sink kinds register themselves when their module is imported; `base.load_kinds` imports them all
+on first use (building a sink, listing the kinds), so commands that need no sink do not pay for
+their client libraries. A sink whose module cannot be imported (a missing client library) is
+simply not registered.
 """
 
-import importlib
+from pgmigrator.sinks.base import Event, Sink, SinkContext, build_sink, kinds, load_kinds, register
 
-from pgmigrator.log import get_logger
-from pgmigrator.sinks import file, stdout  # noqa: F401  (registers the kinds)
-from pgmigrator.sinks.base import Event, Sink, SinkContext, build_sink, kinds, register
-
-__all__ = ["Event", "Sink", "SinkContext", "build_sink", "kinds", "register"]
-
-for _module in ("webhook", "exec", "pg_table", "sse", "websocket", "nats"):
-    try:
-        importlib.import_module(f"pgmigrator.sinks.{_module}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"pgmigrator.sinks.{_module}":
-            get_logger("sinks").warning("sink kind unavailable", kind=_module, error=str(_exc))
-    except ImportError as _exc:  # a broken optional sink must not take the others down
-        get_logger("sinks").warning("sink kind unavailable", kind=_module, error=str(_exc))
+__all__ = ["Event", "Sink", "SinkContext", "build_sink", "kinds", "load_kinds", "register"]

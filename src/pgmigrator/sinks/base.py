@@ -18,6 +18,7 @@ model of their options and a factory; the configuration layer builds sinks throu
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -45,7 +46,9 @@ class SinkContext:
     """What a sink may use from its host: the metrics collector and HTTP routes to mount."""
 
     collector: Any = None  # pgmigrator.metrics.Collector (typed loosely: sinks never need more)
-    routes: list[Any] = field(default_factory=list)  # starlette routes a sink wants served by the API
+    routes: list[Any] = field(
+        default_factory=list
+    )  # starlette routes a sink wants served by the API
 
 
 @runtime_checkable
@@ -67,6 +70,29 @@ SinkFactory = Callable[[str, Any, SinkContext], Sink]
 
 _REGISTRY: dict[str, tuple[type[BaseModel], SinkFactory]] = {}
 
+#: Sink modules, imported on first use (not at startup: some pull in heavy client libraries).
+KIND_MODULES = ("stdout", "file", "webhook", "exec", "pg_table", "sse", "websocket", "nats")
+_loaded = False
+
+
+def load_kinds() -> None:
+    """Import every sink module once; one that cannot be imported is simply not registered."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from pgmigrator.log import get_logger
+
+    for module in KIND_MODULES:
+        name = f"pgmigrator.sinks.{module}"
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                get_logger("sinks").warning("sink kind unavailable", kind=module, error=str(exc))
+        except ImportError as exc:  # a broken optional sink must not take the others down
+            get_logger("sinks").warning("sink kind unavailable", kind=module, error=str(exc))
+
 
 def register(kind: str, options: type[BaseModel]) -> Callable[[SinkFactory], SinkFactory]:
     """Class or function decorator: ``@register("file", FileOptions)`` on ``(name, opts, ctx)``."""
@@ -79,10 +105,12 @@ def register(kind: str, options: type[BaseModel]) -> Callable[[SinkFactory], Sin
 
 
 def kinds() -> list[str]:
+    load_kinds()
     return sorted(_REGISTRY)
 
 
 def options_model(kind: str) -> type[BaseModel]:
+    load_kinds()
     try:
         return _REGISTRY[kind][0]
     except KeyError:

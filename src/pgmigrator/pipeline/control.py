@@ -1,0 +1,86 @@
+"""Control requests for the pipeline of this process: pause, resume, switchover (no web code here).
+
+`PipelineControl` is what the API's ``POST /api/v1/pause|resume|switchover`` reach (and the
+dashboard and TUI through them). Pause and resume go to the running follower's lifecycle; they are
+refused (HTTP 409) while there is no follower yet, e.g. during the copy of ``clone --follow``.
+Switchover starts `pgmigrator switchover`'s logic in a background thread and answers at once (its
+progress shows in the phase: ``switchover``, then ``switchover-complete``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pgmigrator.config import Settings
+from pgmigrator.errors import PgMigratorError
+from pgmigrator.log import get_logger
+from pgmigrator.pipeline.lifecycle import IllegalTransition
+
+log = get_logger("control")
+
+
+class Pausable(Protocol):
+    def pause(self) -> str: ...
+
+    def resume(self) -> str: ...
+
+
+class PipelineControl:
+    """Control requests for the pipeline of this process (thread-safe)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.target: Pausable | None = None  # the follower, once streaming starts
+        self._switchover: threading.Thread | None = None
+
+    def _require_target(self, action: str) -> Pausable:
+        if self.target is None:
+            raise IllegalTransition(
+                f"cannot {action}: nothing is streaming yet",
+                hint="pause and resume apply to the streaming phase (follow, clone --follow, stream)",
+            )
+        return self.target
+
+    async def pause(self) -> str:
+        return self._require_target("pause").pause()
+
+    async def resume(self) -> str:
+        return self._require_target("resume").resume()
+
+    async def switchover(self) -> str:
+        if self._switchover is not None and self._switchover.is_alive():
+            raise PgMigratorError("a switchover is already running")
+        if self.settings.dest is None or self.target is None:
+            raise PgMigratorError(
+                "switchover needs a running follower",
+                hint="start `follow` (or `clone --follow`) and wait until it streams",
+            )
+        self._switchover = threading.Thread(target=self._run_switchover, daemon=True)
+        self._switchover.start()
+        await asyncio.sleep(0)
+        return "switchover started: watch the phase go to switchover-complete"
+
+    def _run_switchover(self) -> None:
+        from pgmigrator.pipeline.switchover import Switchover, SwitchoverOptions
+
+        try:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            path = self.settings.state_dir / f"switchover-{self.settings.name}-{stamp}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            report = Switchover(self.settings, SwitchoverOptions(report_path=path)).run()
+            log.info("switchover finished", status=report.status, report=str(path))
+        except PgMigratorError as exc:
+            log.error("switchover failed", error=exc.message)
+
+
+@dataclass
+class Hosted:
+    """What `serving` started: the server (None without ``api.addr``) and the token to print."""
+
+    server: Any  # pgmigrator.api.ApiServer, or None without ``api.addr``
+    token: str | None = None
+    token_generated: bool = False
