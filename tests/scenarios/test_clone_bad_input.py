@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -143,43 +142,3 @@ def test_wal_level_not_logical(replica_level_cluster: devcluster.Cluster, pair: 
     res = pgmigrator("preflight", "--source", source, "--dest", pair.dest, "--json")
     assert res.returncode == 1
     assert '"name": "wal_level"' in res.stdout and '"status": "blocker"' in res.stdout
-
-
-@pytest.fixture
-def tiny_tablespace(pair: Pair) -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tiny tmpfs for the disk-full case needs root")
-    mount = Path(tempfile.mkdtemp(prefix="pgm-tiny-", dir="/tmp"))
-    mount.chmod(0o755)
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=6M", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {res.stderr.strip()}")
-    shutil.chown(mount, "postgres", "postgres")
-    with (
-        pair.dest_cluster.connect() as conn
-    ):  # the dump's preamble resets default_tablespace: use the database's own
-        conn.execute(f"CREATE TABLESPACE tiny LOCATION '{mount}'")
-        conn.execute(f'DROP DATABASE "{pair.dbname}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{pair.dbname}" TABLESPACE tiny')
-    try:
-        yield str(mount)
-    finally:
-        with pair.dest_cluster.connect() as conn:
-            conn.execute(f'DROP DATABASE "{pair.dbname}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{pair.dbname}"')
-            conn.execute("DROP TABLESPACE tiny")
-        subprocess.run(["umount", str(mount)], check=False)
-
-
-def test_destination_disk_full_stops_and_reports(pair: Pair, tiny_tablespace: str) -> None:
-    with pair.src() as conn:
-        conn.execute("CREATE TABLE fat (id int PRIMARY KEY, pad text)")
-        conn.execute(
-            "INSERT INTO fat SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 200000) g"
-        )
-    res = pgmigrator("clone", "--source", pair.source, "--dest", pair.dest)
-    _assert_clean_failure(res, "disk full", "--resume")

@@ -1,4 +1,4 @@
-"""Journey: clone --follow under a live workload, survive kills and disconnects, converge exactly."""
+"""Journey: clone --follow under a live workload and converge exactly (kills and disconnects: faults/)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from pgmigrator import sample
-from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for, wait_streaming
+from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for
 
 WORKLOAD = [
     "UPDATE every_type SET big = repeat('y', 30000) WHERE id %% 97 = 0",  # new TOAST values
@@ -125,66 +125,6 @@ def test_clone_follow_under_workload_converges(
             "SELECT pg_replication_origin_progress('pgmigrator_default', true)"
         ).fetchone()[0]
     assert confirmed is not None and origin is not None
-
-
-def test_kill_9_while_streaming_then_follow_resumes_exactly(
-    pair: Pair, follower: list[subprocess.Popen[str]]
-) -> None:
-    _load(pair)
-    assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
-    proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
-    follower.append(proc)
-    with pair.src() as conn:
-        for i in range(200):
-            conn.execute("INSERT INTO no_key VALUES (%s, 'k9')", (i,))
-            conn.execute(
-                "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = %s", (i + 1,)
-            )
-
-    def some_applied() -> bool:
-        with pair.dst() as conn:
-            return conn.execute("SELECT count(*) FROM no_key WHERE b = 'k9'").fetchone()[0] > 20
-
-    wait_for(some_applied, timeout=60, what="streaming to start applying")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    with pair.src() as conn:
-        conn.execute("INSERT INTO no_key SELECT g, 'after' FROM generate_series(1, 100) g")
-    proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
-    follower.append(proc)
-    _marker(pair, "resumed")
-    _wait_marker(pair, "resumed")
-    _verify(pair)  # keyless table included: nothing applied twice
-
-
-def test_walsender_terminated_and_destination_restarted(
-    pair: Pair, follower: list[subprocess.Popen[str]]
-) -> None:
-    _load(pair)
-    proc = start_pgmigrator("clone", "--follow", "--source", pair.source, "--dest", pair.dest)
-    follower.append(proc)
-    wait_streaming(pair, proc)
-    _marker(pair, "start")
-    _wait_marker(pair, "start")
-    with pair.src() as conn:
-        assert (
-            conn.execute(
-                "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE active"
-            ).fetchone()[0]
-            == 1
-        )
-        conn.execute(
-            "INSERT INTO no_key SELECT g, 'after-terminate' FROM generate_series(1, 100) g"
-        )
-    _marker(pair, "after-terminate")
-    _wait_marker(pair, "after-terminate")
-    pair.dest_cluster.restart()
-    with pair.src() as conn:
-        conn.execute("INSERT INTO no_key SELECT g, 'after-restart' FROM generate_series(1, 100) g")
-    _marker(pair, "after-restart")
-    _wait_marker(pair, "after-restart")
-    _verify(pair)
-    assert proc.poll() is None
 
 
 def test_follow_bad_input(pair: Pair, follower: list[subprocess.Popen[str]]) -> None:

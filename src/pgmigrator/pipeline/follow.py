@@ -18,11 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+
 from pgmigrator.config import Settings
 from pgmigrator.destination.conflicts import ConflictPolicy
 from pgmigrator.destination.postgres import PostgresApplier
 from pgmigrator.dsn import Target
-from pgmigrator.errors import PgMigratorError, ReplicationError
+from pgmigrator.errors import PgMigratorError, ReplicationError, RetryableReplicationError
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.metrics import Collector
@@ -452,5 +454,10 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _current_lsn(conn: Conn) -> Lsn:
-    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    try:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    except psycopg.Error as exc:  # e.g. terminated by a switchover's fence: reconnect, resume
+        raise RetryableReplicationError(
+            f"source: the monitoring session failed: {str(exc).strip()}"
+        ) from exc
     return Lsn.parse(row[0]) if row else Lsn(0)

@@ -240,6 +240,7 @@ def _database(conn: Conn) -> sql.Identifier:
 def fence(src: Conn) -> list[str]:
     """Make the source database read-only for new sessions and end the open ones (reversible)."""
     db = _database(src)
+    src.execute("SET default_transaction_read_only = off")  # a re-run starts under the fence
     src.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(db))
     killed = src.execute(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database()"
