@@ -112,7 +112,7 @@ def test_copy_then_stream_changes_into_iceberg(pair: Pair, tmp_path: Path) -> No
             conn.execute(
                 "INSERT INTO items (id, qty, name, price, at) VALUES (1001, 1, 'new', 9.99, now())"
             )
-            conn.execute("UPDATE items SET qty = qty + 1, name = 'upd' WHERE id <= 20")
+            conn.execute("UPDATE items SET qty = qty + 1, name = 'upd' WHERE id <= 100")
             conn.execute("UPDATE items SET id = 2000 WHERE id = 21")  # the key changes
             conn.execute("DELETE FROM items WHERE id BETWEEN 30 AND 39")
             with conn.transaction():  # inserted and deleted in one transaction: leaves nothing
@@ -145,7 +145,7 @@ def test_copy_then_stream_changes_into_iceberg(pair: Pair, tmp_path: Path) -> No
         log = lake_rows(warehouse, "items__changes", ("_lsn", "_seq")) or []
         ops = [r["_op"] for r in log]
         assert ops.count("c") == 3 and ops.count("d") == 11  # 1001, 3000, 4000; 30-39, 3000
-        assert ops.count("u") == 20 + 1 + 9  # 20 updates, the key change, 9 notes (2000 too)
+        assert ops.count("u") == 100 + 1 + 9  # 100 updates, the key change, 9 notes (2000 too)
         assert all(r["_commit_time"] is not None and r["_lsn"] > 0 for r in log)
         with pair.src() as conn:
             conn.execute("TRUNCATE pairs")

@@ -156,9 +156,20 @@ class ChangeBuffer:
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since the Unix epoch
 
 
+_KEY_INDEXES: dict[int, tuple[Relation, tuple[int, ...]]] = {}  # id(relation) -> (it, key indexes)
+
+
 def _key(relation: Relation, values: tuple[bytes | None, ...]) -> tuple[bytes | None, ...]:
-    key = tuple(values[i] for i, c in enumerate(relation.columns) if c.is_key)
-    return key or values  # no replica identity key: the whole row
+    entry = _KEY_INDEXES.get(id(relation))
+    if entry is None or entry[0] is not relation:
+        if len(_KEY_INDEXES) > 10_000:  # relations are few; bound the cache anyway
+            _KEY_INDEXES.clear()
+        entry = (relation, tuple(i for i, c in enumerate(relation.columns) if c.is_key))
+        _KEY_INDEXES[id(relation)] = entry
+    idx = entry[1]
+    if len(idx) == 1:
+        return (values[idx[0]],)
+    return tuple([values[i] for i in idx]) if idx else values  # no key: the whole row
 
 
 def _positions(relation: Relation) -> dict[str, int]:

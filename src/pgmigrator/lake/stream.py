@@ -57,7 +57,8 @@ class _State:
     buffers: dict[TableKey, ChangeBuffer] = field(default_factory=dict)
     txn: _Txn | None = None
     last_end: Lsn | None = None  # end LSN of the last complete transaction buffered
-    rows: int = 0
+    rows: int = 0  # buffered changes
+    txn_rows: int = 0  # of which in the open transaction
     started: float = 0.0
 
 
@@ -82,6 +83,7 @@ class LakeStream:
         self.max_rows = max_rows
         self.stop_event = asyncio.Event()
         self.stats = StreamStats()
+        self._commit_task: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -113,21 +115,40 @@ class LakeStream:
                 msg = await stream.next(timeout=min(1.0, self.flush_interval_s))
                 if msg is not None:
                     self._feed(state, decoder.decode(msg.data))
-                due = time.monotonic() - state.started >= self.flush_interval_s
-                if state.rows >= self.max_rows or (
-                    state.txn is None and due
-                ):  # inside a large transaction: commit a piece
+                if state.txn is not None:
+                    if state.txn_rows >= self.max_rows:  # a large transaction: commit a piece
+                        await self._flush(state, stream)
+                elif state.rows >= self.max_rows or (
+                    time.monotonic() - state.started >= self.flush_interval_s
+                ):
                     await self._flush(state, stream)
-                stream.idle = state.txn is None and state.rows == 0 and not state.buffers
+                stream.idle = (
+                    state.txn is None
+                    and not state.buffers
+                    and (self._commit_task is None or self._commit_task.done())
+                )
             if state.txn is None:
                 await self._flush(state, stream)
+            await self._wait_commit()
             stream.send_status()
         finally:
+            await self._settle_commit()
             stream.close()
+
+    async def _settle_commit(self) -> None:
+        """After a failure elsewhere: let a commit in flight land (or fail: it is redone later)."""
+        task, self._commit_task = self._commit_task, None
+        if task is None:
+            return
+        await asyncio.wait([task])
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            log.warning("lake commit failed", error=str(exc).splitlines()[0][:200])
 
     def _feed(self, state: _State, msg: object) -> None:
         if isinstance(msg, Begin):
             state.txn = _Txn(msg.final_lsn, msg.commit_time)
+            state.txn_rows = 0
         elif isinstance(msg, (Insert, Update, Delete)):
             self._change(state, msg, msg.relation_oid)
         elif isinstance(msg, Commit):
@@ -160,31 +181,56 @@ class LakeStream:
             buf = state.buffers[key] = ChangeBuffer(rel.namespace, rel.name)
         buf.add(msg, rel, txn.final_lsn, seq, txn.commit_time)
         state.rows += 1
+        state.txn_rows += 1
 
     async def _flush(self, state: _State, stream: ReplicationStream) -> None:
-        """Commit what is buffered; inside an open transaction, as a piece of it."""
+        """Hand what is buffered to a background commit; inside a transaction, as a piece of it.
+
+        Decoding goes on while the lake commits; one commit is in flight at a time, so the
+        commits (and the slot's flush LSN after them) stay in stream order.
+        """
         state.started = time.monotonic()
-        end = state.last_end
-        txn = state.txn
-        if end is None and txn is None:
+        end, txn = state.last_end, state.txn
+        if (end is None and txn is None) or (end is None and not state.buffers):
             return
-        if state.buffers:
-            buffers = list(state.buffers.values())
-            piece = (txn.final_lsn, txn.seq) if txn is not None else None
+        buffers = list(state.buffers.values())
+        piece = (txn.final_lsn, txn.seq) if txn is not None else None
+        rows = state.rows
+        state.buffers = {}
+        state.rows = state.txn_rows = 0
+        state.last_end = None
+        await self._wait_commit()
+        self._commit_task = asyncio.create_task(
+            self._commit_batch(buffers, end, piece, rows, stream)
+        )
+
+    async def _wait_commit(self) -> None:
+        task, self._commit_task = self._commit_task, None
+        if task is not None:
+            await task  # raises what the commit raised
+
+    async def _commit_batch(
+        self,
+        buffers: list[ChangeBuffer],
+        end: Lsn | None,
+        piece: tuple[Lsn, int] | None,
+        rows: int,
+        stream: ReplicationStream,
+    ) -> None:
+        if buffers:
+            began = time.monotonic()
             await asyncio.to_thread(self._commit_all, buffers, end, piece)
-            self.stats.rows += state.rows
+            self.stats.rows += rows
             self.stats.flushes += 1
             log.info(
                 "lake commit",
                 lsn=str(end),
-                piece_of=str(txn.final_lsn) if txn is not None else None,
+                piece_of=str(piece[0]) if piece is not None else None,
                 tables=len(buffers),
-                rows=state.rows,
+                rows=rows,
+                seconds=round(time.monotonic() - began, 2),
                 transactions=self.stats.transactions,
             )
-        state.buffers = {}
-        state.rows = 0
-        state.last_end = None
         if end is None:
             return
         self.stats.committed_lsn = end

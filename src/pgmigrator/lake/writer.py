@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import (
@@ -31,7 +32,16 @@ from pyiceberg.exceptions import (
     NamespaceAlreadyExistsError,
     NoSuchTableError,
 )
-from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In, Or
+from pyiceberg.expressions import (
+    AlwaysTrue,
+    And,
+    BooleanExpression,
+    EqualTo,
+    GreaterThanOrEqual,
+    In,
+    LessThanOrEqual,
+    Or,
+)
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.types import IntegerType, LongType, NestedField, StringType, TimestamptzType
@@ -48,6 +58,8 @@ PARTIAL_PROPERTY = "pgmigrator.partial"  # "<commit LSN>:<seq>" of a transaction
 CHANGES_SUFFIX = "__changes"
 _IN: Any = In  # pydantic models: their positional constructors confuse the type checker
 _EQ: Any = EqualTo
+_GE: Any = GreaterThanOrEqual
+_LE: Any = LessThanOrEqual
 _META_TYPES = (StringType(), LongType(), IntegerType(), TimestamptzType())
 
 Columns = list[tuple[str, LakeType]]
@@ -177,16 +189,41 @@ class IcebergLake:
         props = _properties(pos)
         upserts = buf.upserts(columns).cast(_arrow_schema(columns))
         with _committing(table), table.transaction() as tx:
-            if buf.truncated:
+            if buf.truncated:  # the table is empty before what the buffer holds
                 tx.delete(AlwaysTrue(), props)
-            if key and buf.net:
+            elif key and buf.net:
                 touched = buf.touched_keys([(k, types[k]) for k in key])
-                condition = key_filter(touched)
+                condition = key_filter(_present(table, touched, types))
                 if condition is not None:
                     tx.delete(condition, props)
             if upserts.num_rows:
                 tx.append(upserts, props)
             tx.set_properties(props)
+
+
+_PRUNABLE = frozenset({"int", "string", "date", "timestamp", "timestamptz", "decimal"})
+
+
+def _present(table: Table, touched: pa.Table, types: dict[str, LakeType]) -> pa.Table:
+    """The touched keys that exist in the table (a single-column key: one vectorised scan).
+
+    A delete filter costs time per literal, and most keys of an insert-heavy batch are new: read
+    the key column within the batch's key range (files outside it are pruned by their column
+    bounds) and keep only the keys found. Composite keys are left as they are.
+    """
+    if touched.num_columns != 1 or touched.num_rows < 64:
+        return touched
+    name = touched.column_names[0]
+    if types[name].kind not in _PRUNABLE or table.current_snapshot() is None:
+        return touched
+    column = touched.column(0)
+    bounds = pc.min_max(column)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    if low is None:
+        return touched
+    in_range = And(_GE(name, low), _LE(name, high))
+    have = table.scan(row_filter=in_range, selected_fields=(name,)).to_arrow().column(name)
+    return touched.filter(pc.is_in(column, value_set=have.combine_chunks()))
 
 
 def _properties(pos: Position) -> dict[str, str]:
