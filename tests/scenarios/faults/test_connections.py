@@ -122,3 +122,30 @@ def test_destination_connection_dropped_mid_copy_is_retried(pair: Pair) -> None:
         "verify", "--source", pair.source, "--dest", pair.dest, "--tables", "public.big"
     )
     assert res.returncode == 0, res.stdout
+
+
+def test_destination_down_for_good_gives_up_after_the_configured_attempts(
+    pair: Pair, procs: list[subprocess.Popen[str]]
+) -> None:
+    load(pair, rows=50)
+    assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
+    env = {
+        "PGMIGRATOR_RETRY__INITIAL_S": "0.1",
+        "PGMIGRATOR_RETRY__MAX_S": "0.2",
+        "PGMIGRATOR_RETRY__MAX_ATTEMPTS": "3",
+    }
+    proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest, env=env)
+    procs.append(proc)
+    wait_streaming(pair, proc)
+    pair.dest_cluster.stop()
+    try:
+        write_some(pair, 5, "while-down")
+        _, err = proc.communicate(timeout=120)
+    finally:
+        pair.dest_cluster.start()
+    assert proc.returncode == 1, err
+    assert "gave up after 3 attempts in a row" in err and "retry.max_attempts" in err, err
+    assert err.count("reconnecting") == 2 and "Traceback" not in err
+    proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
+    procs.append(proc)
+    converge(pair, "back")  # the changes written while it was down waited in the slot
