@@ -22,100 +22,23 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from dataclasses import asdict
+from typing import Any, Literal, get_args
 
 from pgmigrator.lsn import Lsn
+from pgmigrator.metrics._records import COPIED_STATES, TableEstimate, _Health, _Sink, _Table
 from pgmigrator.metrics.format import format_lag, iso_utc, to_jsonable
 from pgmigrator.metrics.logring import DEFAULT_CAPACITY, LogEntry, LogRing, normalize_level
-from pgmigrator.metrics.window import MIN_SPAN_S, SlidingWindow
+from pgmigrator.metrics.subscription import Subscription
+from pgmigrator.metrics.window import SlidingWindow
 
 HealthStatus = Literal["ok", "degraded", "down"]
 HEALTH_STATUSES: tuple[str, ...] = get_args(HealthStatus)
-COPIED_STATES = frozenset({"copied", "streaming"})
-"""Table states counted in ``tables_copied``."""
 
 SNAPSHOT_VERSION = 1
 _log = logging.getLogger(__name__)
+__all__ = ["COPIED_STATES", "HEALTH_STATUSES", "Collector", "Subscription", "TableEstimate"]
 LsnLike = Lsn | int | str | None
-
-
-class TableEstimate(NamedTuple):
-    """A table to track, with the size estimates known before copying it."""
-
-    schema: str
-    name: str
-    rows_total: int = 0
-    bytes_total: int = 0
-
-
-@dataclass(slots=True)
-class _Table:
-    schema: str
-    name: str
-    rows_total: int = 0
-    bytes_total: int = 0
-    state: str = "pending"
-    rows_copied: int = 0
-    bytes_copied: int = 0
-    rows_applied: int = 0
-    started: float | None = None  # monotonic
-    finished: float | None = None
-    error: str | None = None
-
-    def percent(self) -> float:
-        if self.state in COPIED_STATES:
-            return 100.0
-        # Binary COPY learns a chunk's row count only when the chunk ends: bytes move first.
-        if self.bytes_total > 0 and self.bytes_copied > 0:
-            return min(99.9, 100.0 * self.bytes_copied / self.bytes_total)
-        if self.rows_total > 0:
-            return min(99.9, 100.0 * self.rows_copied / self.rows_total)
-        return 0.0
-
-    def to_dict(self, now: float, wall_of: Callable[[float], str]) -> dict[str, Any]:
-        end = now if self.finished is None else self.finished
-        elapsed = None if self.started is None else end - self.started
-        pct = self.percent()
-        # Averaged over at least a second, like the sliding windows, to damp the first burst.
-        span = None if elapsed is None else max(elapsed, MIN_SPAN_S)
-        rate = None if span is None else self.rows_copied / span
-        eta = None
-        if self.state == "copying" and span is not None and 0 < pct < 100:
-            eta = span * (100 - pct) / pct
-        return {
-            "schema": self.schema,
-            "name": self.name,
-            "state": self.state,
-            "rows_total": self.rows_total,
-            "rows_copied": self.rows_copied,
-            "rows_applied": self.rows_applied,
-            "bytes_total": self.bytes_total,
-            "bytes_copied": self.bytes_copied,
-            "percent": round(pct, 2),
-            "started_at": None if self.started is None else wall_of(self.started),
-            "finished_at": None if self.finished is None else wall_of(self.finished),
-            "elapsed_s": None if elapsed is None else round(elapsed, 3),
-            "rows_per_s": None if rate is None else round(rate, 1),
-            "eta_s": None if eta is None else round(eta, 1),
-            "error": self.error,
-        }
-
-
-@dataclass(slots=True)
-class _Sink:
-    delivered: int = 0
-    failed: int = 0
-    retried: int = 0
-    dropped: int = 0
-    queue_depth: int = 0
-
-
-@dataclass(slots=True)
-class _Health:
-    status: str
-    detail: str
-    since: float  # monotonic
 
 
 class Collector:
@@ -538,79 +461,6 @@ class Collector:
             "lag_s": None if lag_s is None else round(lag_s, 3),
             "lag_formatted": format_lag(lag_bytes, lag_s),
         }
-
-
-class Subscription:
-    """Snapshots pushed by a collector, consumed with ``async for snap in sub``.
-
-    Latest-value semantics: the subscription holds at most one pending snapshot, and a newer one
-    replaces it (counted in ``skipped``), so a slow consumer never blocks the publisher, the
-    pipeline or other subscribers; it just sees fewer snapshots. Iteration ends once the
-    subscription is closed and its pending snapshot taken. ``offer`` and ``close`` may be called
-    from any thread or event loop: the wake-up is forwarded to the loop the consumer waits in.
-    One snapshot dict is shared by all subscribers of a tick: treat it as read-only.
-    """
-
-    def __init__(self, collector: Collector, initial: dict[str, Any] | None = None) -> None:
-        self._collector = collector
-        self._pending = initial
-        self._event = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.closed = False
-        self.delivered = 0
-        self.skipped = 0
-        if initial is not None:
-            self._event.set()
-
-    def offer(self, snapshot: dict[str, Any]) -> None:
-        """Make ``snapshot`` the next one delivered, replacing any not yet taken."""
-        if self.closed:
-            return
-        if self._pending is not None:
-            self.skipped += 1
-        self._pending = snapshot
-        self._wake()
-
-    def close(self) -> None:
-        """End the iteration (after the pending snapshot, if any)."""
-        self.closed = True
-        self._wake()
-
-    async def aclose(self) -> None:
-        """Unsubscribe from the collector."""
-        self._collector.unsubscribe(self)
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> dict[str, Any]:
-        self._loop = asyncio.get_running_loop()
-        while self._pending is None:
-            if self.closed:
-                raise StopAsyncIteration
-            await self._event.wait()
-            self._event.clear()
-        snap, self._pending = self._pending, None
-        self.delivered += 1
-        return snap
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def _wake(self) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            try:
-                running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is not loop:
-                loop.call_soon_threadsafe(self._event.set)
-                return
-        self._event.set()
 
 
 def _count_states(tables: list[dict[str, Any]]) -> dict[str, int]:
