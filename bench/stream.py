@@ -27,6 +27,7 @@ import argparse
 import http.server
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rate", type=int, default=500, help="latency run: transactions per second")
     p.add_argument("--latency-s", type=float, default=10.0, help="latency run duration")
     p.add_argument("--source", help="use this server (superuser DSN) instead of a throwaway one")
-    p.add_argument("--keep", action="store_true", help="keep the throwaway clusters")
+    p.add_argument("--keep", action="store_true", help="keep the clusters and the sinks' output")
     return p.parse_args()
 
 
@@ -286,6 +287,8 @@ def main() -> int:
         if clusters is not None and not args.keep:
             for cluster in clusters:
                 cluster.destroy()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)  # the sinks' output: hundreds of MB
     print(json.dumps(results, indent=2))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
