@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
-from psycopg import sql
+from psycopg import pq, sql
 
 from pgmigrator.dsn import Target
+from pgmigrator.errors import CopyError, sqlstate_is_retryable
 from pgmigrator.lake.batch import csv_to_table
 from pgmigrator.lake.types import LakeType, map_type
 from pgmigrator.lake.writer import IcebergLake
@@ -93,19 +94,43 @@ def _batches(
     select = sql.SQL("COPY (SELECT {} FROM ONLY {}) TO STDOUT (FORMAT csv)").format(
         sql.SQL(", ").join(sql.Identifier(n) for n, _ in columns), table.ident
     )
-    chunk: list[bytes] = []
-    with conn.cursor() as cur, cur.copy(select) as copy:
-        for row in copy:
-            chunk.append(bytes(row))
-            if len(chunk) >= batch_rows:
-                yield from _parse(chunk, columns, counter)
-                chunk = []
+    chunk: list[memoryview] = []  # each its own buffer (one CopyData message: one row)
+    pgconn = conn.pgconn  # the low-level COPY protocol: a quarter of the CPU of cursor.copy()
+    pgconn.send_query(select.as_string(conn).encode())
+    res = pgconn.get_result()
+    if res is None or res.status != pq.ExecStatus.COPY_OUT:
+        raise _copy_error(table, res)
+    rows = 0
+    while True:
+        n, data = pgconn.get_copy_data(0)
+        if n < 0:
+            break
+        chunk.append(data)
+        rows += 1
+        if rows == batch_rows:
+            yield from _parse(chunk, columns, counter)
+            chunk = []
+            rows = 0
+    res = pgconn.get_result()
+    while pgconn.get_result() is not None:
+        pass
+    if res is None or res.status != pq.ExecStatus.COMMAND_OK:
+        raise _copy_error(table, res)
     if chunk:
         yield from _parse(chunk, columns, counter)
 
 
+def _copy_error(table: TableInfo, res: pq.abc.PGresult | None) -> CopyError:
+    text = (res.error_message if res else b"no result").decode(errors="replace").strip()
+    state = (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode() if res else ""
+    return CopyError(
+        f"source COPY of {table.qualified} failed: {text}",
+        retryable=sqlstate_is_retryable(state or None),
+    )
+
+
 def _parse(
-    chunk: list[bytes], columns: list[tuple[str, LakeType]], counter: list[int]
+    chunk: list[memoryview], columns: list[tuple[str, LakeType]], counter: list[int]
 ) -> Iterator[pa.RecordBatch]:
     counter[0] += len(chunk)
     if not columns:
