@@ -238,3 +238,47 @@ def test_missing_warehouse_is_a_clear_error(pair: Pair) -> None:
     assert result.returncode == 1
     assert "error: no warehouse given" in result.stderr
     assert "hint: pass --warehouse" in result.stderr
+
+
+def test_walsender_terminated_mid_stream_reconnects_without_loss(
+    pair: Pair, tmp_path: Path
+) -> None:
+    warehouse = tmp_path / "lake"
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE ev (id int PRIMARY KEY, v int)")
+    proc = start_pgmigrator(
+        "lake", "--source", pair.source, "--warehouse", str(warehouse), "--follow",
+        "--flush-interval", "0.2",
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: alive(proc) or lake_rows(warehouse, "ev", ("id",)) is not None,
+            60,
+            what="the initial copy",
+        )
+        with pair.src() as conn:
+            conn.autocommit = True
+            for i in range(300):
+                conn.execute("INSERT INTO ev VALUES (%s, %s)", (i, i))
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE database = current_database() AND active"
+            )
+            for i in range(300, 600):
+                conn.execute("INSERT INTO ev VALUES (%s, %s)", (i, i))
+            conn.execute("UPDATE ev SET v = -v WHERE id % 7 = 0")
+
+        def converged() -> bool:
+            alive(proc)
+            rows = lake_rows(warehouse, "ev", ("id",)) or []
+            return as_tuples(rows, ["id", "v"]) == [
+                (i, -i if i % 7 == 0 else i) for i in range(600)
+            ]
+
+        wait_for(converged, 90, interval=0.2, what="the lake to catch up after the reconnect")
+        log = lake_rows(warehouse, "ev__changes", ("_lsn", "_seq")) or []
+        assert len(log) == 600 + len(range(0, 600, 7))
+    finally:
+        stop(proc)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "reconnecting" in err, err[-2000:]
