@@ -31,6 +31,7 @@ from pydantic_settings import (
 
 from pgmigrator import dsn as dsnmod
 from pgmigrator.errors import ConfigError
+from pgmigrator.lake.settings import LakeSettings
 from pgmigrator.pipeline.bidi_settings import BidiSettings
 from pgmigrator.retry import RetryPolicy
 from pgmigrator.stream.settings import SinkConfig, StreamSettings, redact_sink
@@ -148,6 +149,7 @@ class Settings(BaseSettings):
     sinks: list[SinkConfig] = Field(default_factory=list, description="sinks of stream/listen")
     bidi: BidiSettings = Field(default_factory=lambda: BidiSettings.model_validate({}))
     stream: StreamSettings = Field(default_factory=lambda: StreamSettings.model_validate({}))
+    lake: LakeSettings = Field(default_factory=LakeSettings, description="Iceberg destination")
     retry: RetrySettings = Field(default_factory=lambda: RetrySettings.model_validate({}))
     wal_budget: WalBudgetSettings = Field(
         default_factory=lambda: WalBudgetSettings.model_validate({})
