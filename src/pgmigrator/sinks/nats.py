@@ -109,6 +109,7 @@ class NatsSink:
         self._batch_no = 0
         self._acks: _Acks | None = None
         self._closing = False
+        self._subjects: dict[tuple[str, str | None, str | None], str] = {}
         self.duplicates = 0  # events the server recognised as already stored (dedup window)
 
     async def start(self) -> None:
@@ -125,6 +126,7 @@ class NatsSink:
             "max_reconnect_attempts": 1,  # the first connect gives up quickly ...
             "reconnect_time_wait": 0.5,
             "name": f"pgmigrator-{self.name}",
+            "skip_subject_validation": True,  # subjects are built (and sanitised) here
             "error_cb": self._on_error,
             "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,
@@ -199,11 +201,17 @@ class NatsSink:
         self._batch_no += 1
         reply = f"{self._inbox}.{acks.batch}"
         prefix = self.opts.subject_prefix
+        subjects = self._subjects
+        if len(subjects) > 10_000:
+            subjects.clear()
         window = self.opts.max_in_flight
         publish = self.nc.publish
         try:
             for sent, ev in enumerate(events, 1):
-                await publish(subject_for(prefix, ev), ev.body, reply, {"Nats-Msg-Id": ev.id})
+                subject = subjects.get((ev.op, ev.schema, ev.table))
+                if subject is None:
+                    subject = subjects[(ev.op, ev.schema, ev.table)] = subject_for(prefix, ev)
+                await publish(subject, ev.body, reply, {"Nats-Msg-Id": ev.id})
                 if sent - acks.received >= window:  # bound what is unacknowledged
                     acks.window.clear()
                     await asyncio.wait_for(acks.window.wait(), self.opts.ack_timeout_s)
