@@ -33,9 +33,11 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:  # not created yet, or being rotated right now
         return []
-    lines = path.read_bytes().split(b"\n")
+    lines = data.split(b"\n")
     return [orjson.loads(line) for line in lines[:-1]]  # a torn last line is not acknowledged
 
 
