@@ -26,7 +26,9 @@ from pgmigrator.metrics import Collector
 from pgmigrator.sinks.base import Sink, SinkContext
 from pgmigrator.stream.bus import SinkPolicy
 from pgmigrator.stream.filters import Filters, parse_column_rules, parse_operations
-from pgmigrator.stream.settings import SinkConfig, parse_sink_spec
+from pgmigrator.stream.reload import ReloadWatcher
+from pgmigrator.stream.settings import parse_sink_spec
+from pgmigrator.stream.sinkset import dead_letter_queue, dlq_attempts
 
 SINK_HELP = (
     "sink TYPE[:key=value,...], repeatable: stdout, file:path=/tmp/events.jsonl,max_bytes=10MB,"
@@ -36,16 +38,21 @@ SINK_HELP = (
 
 
 def sink_options(fn: Any) -> Any:
+    fn = click.option(
+        "--api-token", help="bearer token for control requests (or PGMIGRATOR_API__TOKEN)"
+    )(fn)
     fn = click.option("--api-addr", help="serve the API (and sse/websocket sinks) on HOST:PORT")(fn)
     return click.option("--sink", "sink_specs", multiple=True, help=SINK_HELP)(fn)
 
 
 def build_sinks(
-    settings: configmod.Settings, specs: Sequence[str], collector: Collector
+    settings: configmod.Settings,
+    specs: Sequence[str],
+    collector: Collector,
+    max_attempts: int = 0,
 ) -> tuple[list[tuple[Sink, SinkPolicy]], SinkContext]:
     """The sinks and their bus policies, validated; none is started yet."""
-    import pgmigrator.sinks  # noqa: F401  (registers every sink kind)
-    from pgmigrator.sinks.base import build_sink
+    from pgmigrator.stream.sinkset import make_sink, sink_names
 
     configs = [parse_sink_spec(s) for s in specs] if specs else list(settings.sinks)
     if not configs:
@@ -54,34 +61,11 @@ def build_sinks(
             hint="pass --sink stdout or --sink file:path=/tmp/events.jsonl (or `sinks:` in the config)",
         )
     ctx = SinkContext(collector=collector)
-    built: list[tuple[Sink, SinkPolicy]] = []
-    names: set[str] = set()
-    for cfg in configs:
-        name = _sink_name(cfg, names)
-        sink = build_sink(cfg.type, name, cfg.options(), ctx)
-        if cfg.policy == "drop" and sink.durable:
-            raise ConfigError(
-                f"sink {name!r} ({cfg.type}) is durable: policy drop would lose events it promises to deliver",
-                hint="use policy=block (the default) for durable sinks; drop is for live sinks (sse, websocket)",
-            )
-        built.append((sink, SinkPolicy(cfg.policy, cfg.queue, cfg.queue_bytes, cfg.batch)))
+    built = [
+        make_sink(cfg, name, ctx, max_attempts)
+        for cfg, name in zip(configs, sink_names(configs), strict=True)
+    ]
     return built, ctx
-
-
-def _sink_name(cfg: SinkConfig, taken: set[str]) -> str:
-    if cfg.name:
-        if cfg.name in taken:
-            raise ConfigError(
-                f"two sinks are named {cfg.name!r}", hint="give each sink its own name="
-            )
-        name = cfg.name
-    else:
-        name, n = cfg.type, 1
-        while name in taken:
-            n += 1
-            name = f"{cfg.type}-{n}"
-    taken.add(name)
-    return name
 
 
 def build_filters(
@@ -98,21 +82,25 @@ def build_filters(
 
 
 @contextmanager
-def hosting(settings: configmod.Settings, collector: Collector, ctx: SinkContext) -> Iterator[None]:
+def hosting(
+    settings: configmod.Settings, collector: Collector, ctx: SinkContext, target: Any = None
+) -> Iterator[None]:
     """The state file, and the API server (with the sinks' routes) when ``api.addr`` is set."""
     with _state_file(settings, collector):
         if not settings.api.addr:
             yield
             return
         from pgmigrator.api.app import create_app
-        from pgmigrator.api.host import PipelineControl
         from pgmigrator.api.server import ApiServer, resolve_token
+        from pgmigrator.pipeline.control import PipelineControl
 
         token, generated = resolve_token(settings.api.token)
+        control = PipelineControl(settings)
+        control.target = target  # pause / resume; switchover is for follow
         app = create_app(
             collector,
             settings,
-            PipelineControl(settings),
+            control,
             token,
             settings.api.protect_reads,
             extra_routes=ctx.routes,
@@ -128,14 +116,24 @@ def hosting(settings: configmod.Settings, collector: Collector, ctx: SinkContext
             server.stop_thread()
 
 
-def run_async(runner: Any, collector: Collector, component: str) -> Any:
-    """Run ``runner.run()`` with SIGINT/SIGTERM asking it to stop gracefully."""
+def run_async(runner: Any, collector: Collector, component: str, watcher: Any = None) -> Any:
+    """Run ``runner.run()`` with SIGINT/SIGTERM asking it to stop gracefully.
+
+    ``watcher``: a `ReloadWatcher` run alongside (SIGHUP and config file changes).
+    """
 
     async def main_task() -> Any:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, runner.request_stop)
-        return await runner.run()
+        if watcher is None:
+            return await runner.run()
+        watch = asyncio.create_task(watcher.run(runner.stop_event))
+        try:
+            return await runner.run()
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
 
     collector.set_state("running")
     try:
@@ -197,23 +195,30 @@ def stream(
     mask_columns: tuple[str, ...],
     sink_specs: tuple[str, ...],
     api_addr: str | None,
+    api_token: str | None,
     **flags: Any,
 ) -> None:
     """Stream WAL changes from a slot to sinks as JSON events (at-least-once, stable ids)."""
     from pgmigrator.stream.wal import WalStream
 
-    if api_addr:
-        flags["api"] = {"addr": api_addr}
-    settings = load_settings(
-        config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags
-    )
+    if api_addr or api_token:
+        flags["api"] = {k: v for k, v in (("addr", api_addr), ("token", api_token)) if v}
+    reload_flags = {"tables": list(tables) or None, "exclude": list(exclude) or None, **flags}
+    settings = load_settings(config_file, **reload_flags)
     settings.require("source")
     collector = _collector(settings)
     filters = build_filters(settings, operations, drop_columns, mask_columns)
-    sinks, ctx = build_sinks(settings, sink_specs, collector)
-    runner = WalStream(settings, sinks, filters, collector, create=create, snapshot=snapshot)
-    with hosting(settings, collector, ctx):
-        stats = run_async(runner, collector, "stream")
+    dlq = dead_letter_queue(settings)
+    sinks, ctx = build_sinks(settings, sink_specs, collector, dlq_attempts(settings, dlq))
+    runner = WalStream(
+        settings, sinks, filters, collector, create=create, snapshot=snapshot, dlq=dlq, ctx=ctx
+    )
+    watcher = None
+    if config_file is not None and not sink_specs:  # sinks from the file: reloadable
+        watcher = ReloadWatcher(config_file, reload_flags, lambda: runner.settings,
+                                runner.reloads.submit, collector)  # fmt: skip
+    with hosting(settings, collector, ctx, runner):
+        stats = run_async(runner, collector, "stream", watcher)
     click.echo(
         f"stopped: {stats.events} event(s) read ({stats.snapshot_rows} snapshot row(s)), "
         f"slot flushed to {stats.flushed}"
@@ -236,23 +241,26 @@ def listen(
     channels: tuple[str, ...],
     sink_specs: tuple[str, ...],
     api_addr: str | None,
+    api_token: str | None,
     **flags: Any,
 ) -> None:
     """Forward LISTEN/NOTIFY notifications to sinks as JSON events (at-most-once)."""
     from pgmigrator.stream.listen import ListenStream
 
-    if api_addr:
-        flags["api"] = {"addr": api_addr}
+    if api_addr or api_token:
+        flags["api"] = {k: v for k, v in (("addr", api_addr), ("token", api_token)) if v}
     settings = load_settings(config_file, **flags)
     settings.require("source")
     collector = _collector(settings)
-    sinks, ctx = build_sinks(settings, sink_specs, collector)
+    dlq = dead_letter_queue(settings)
+    sinks, ctx = build_sinks(settings, sink_specs, collector, dlq_attempts(settings, dlq))
     runner = ListenStream(
         Target(settings.source or "", "source"),
         channels,
         sinks,
         collector,
         drain_timeout_s=settings.stream.drain_timeout_s,
+        dlq=dlq,
     )
     with hosting(settings, collector, ctx):
         stats = run_async(runner, collector, "listen")

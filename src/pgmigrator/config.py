@@ -100,6 +100,28 @@ class WalBudgetSettings(BaseModel):
         return self
 
 
+class DlqSettings(BaseModel):
+    """The dead-letter queue of stream/listen sinks (see pgmigrator.stream.dlq)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="dead-letter what a sink gives up on (else: stop)")
+    dsn: str | None = Field(
+        None, description="database holding pgmigrator.dead_letters (default: the destination)"
+    )
+    max_attempts: int = Field(
+        8,
+        ge=0,
+        description="sends of a batch on retryable errors before dead-lettering (0: retry forever)",
+    )
+
+    @field_validator("dsn")
+    @classmethod
+    def _valid_dsn(cls, value: str | None) -> str | None:
+        if value is not None:
+            dsnmod.parse(value)
+        return value
+
+
 class ApiSettings(BaseModel):
     """The HTTP API served by long-running commands (clone, follow, stream) when ``addr`` is set."""
 
@@ -146,6 +168,7 @@ class Settings(BaseSettings):
         default_factory=lambda: CopySettings.model_validate({}), alias="copy"
     )
     api: ApiSettings = Field(default_factory=lambda: ApiSettings.model_validate({}))
+    dlq: DlqSettings = Field(default_factory=lambda: DlqSettings.model_validate({}))
     sinks: list[SinkConfig] = Field(default_factory=list, description="sinks of stream/listen")
     bidi: BidiSettings = Field(default_factory=lambda: BidiSettings.model_validate({}))
     stream: StreamSettings = Field(default_factory=lambda: StreamSettings.model_validate({}))
@@ -198,6 +221,8 @@ class Settings(BaseSettings):
         for key in ("source", "dest"):
             if data.get(key):
                 data[key] = dsnmod.redact(data[key])
+        if data.get("dlq", {}).get("dsn"):
+            data["dlq"]["dsn"] = dsnmod.redact(data["dlq"]["dsn"])
         if data.get("api", {}).get("token"):
             data["api"]["token"] = "***"
         data["sinks"] = [redact_sink(sink) for sink in data.get("sinks", [])]

@@ -121,7 +121,15 @@ class RetryableApplyError(ApplyError):
 
 
 class SinkError(PgMigratorError):
-    """A sink could not deliver events."""
+    """A sink could not deliver events.
+
+    A sink that sends a batch in parts may say how far it got: ``delivered`` leading events of
+    the batch were delivered, the next ``failed`` ones (None: all the rest) are what failed. The
+    bus then re-sends, or dead-letters, only what was not delivered.
+    """
+
+    delivered: int = 0
+    failed: int | None = None
 
 
 class RetryableSinkError(SinkError):

@@ -63,7 +63,7 @@ KNOWN_PHASES = (
     "failed",
 )
 _TABLE_LABELS = ("schema", "table")
-_SINK_COUNTERS = ("delivered", "failed", "retried", "dropped")
+_SINK_COUNTERS = ("delivered", "failed", "retried", "dropped", "dead_lettered")
 
 
 class SnapshotMetrics(PromCollector):

@@ -80,6 +80,7 @@ class _Sink:
     failed: int = 0
     retried: int = 0
     dropped: int = 0
+    dead_lettered: int = 0
     queue_depth: int = 0
 
 

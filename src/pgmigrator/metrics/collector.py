@@ -256,6 +256,7 @@ class Collector:
         failed: int = 0,
         retried: int = 0,
         dropped: int = 0,
+        dead_lettered: int = 0,
         queue_depth: int | None = None,
     ) -> None:
         """Add to a sink's counters; ``queue_depth`` is a gauge and replaces the old value."""
@@ -267,6 +268,7 @@ class Collector:
             s.failed += failed
             s.retried += retried
             s.dropped += dropped
+            s.dead_lettered += dead_lettered
             if queue_depth is not None:
                 s.queue_depth = queue_depth
 

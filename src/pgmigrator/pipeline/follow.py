@@ -30,7 +30,7 @@ from pgmigrator.lsn import Lsn
 from pgmigrator.metrics import Collector
 from pgmigrator.metrics.format import format_bytes
 from pgmigrator.pg import Conn, connect
-from pgmigrator.pipeline.lifecycle import Lifecycle
+from pgmigrator.pipeline.gate import RunGate
 from pgmigrator.pipeline.reader import (
     BatchLimits,
     Changes,
@@ -78,61 +78,35 @@ class Follow:
         self.limits = limits or BatchLimits()
         self.source = Target(settings.source or "", "source")
         self.dest = Target(settings.dest or "", "destination")
-        self.stop_event = asyncio.Event()
+        self.gate = RunGate(self.collector, "follow")
+        self.stop_event = self.gate.stop_event
+        self.lifecycle = self.gate.lifecycle
         self.stats = FollowStats()
         self.applied_lsn = Lsn(0)
         self.latest_lsn = Lsn(0)  # the source's current WAL position, polled every second
         self._inflight = 0
         self._sentinel_pending = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
-        self.lifecycle = Lifecycle()
-        self.lifecycle.subscribe(lambda change: self.collector.set_state(change.new))
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._resumed = asyncio.Event()
-        self._resumed.set()
 
     def request_stop(self) -> None:
         """Stop after the batch in flight (signal handlers, API); safe from any thread."""
-        self.lifecycle.stop("stop requested")
-        self._call_in_loop(self.stop_event.set)
-        self._call_in_loop(self._resumed.set)
+        self.gate.request_stop()
 
     def pause(self) -> str:
         """Stop consuming changes (status updates keep the walsender alive); any thread."""
-        self.lifecycle.pause()
-        self._call_in_loop(self._resumed.clear)
-        log.info("paused: changes stay in the slot until resume")
-        return "paused"
+        return self.gate.pause()
 
     def resume(self) -> str:
-        self.lifecycle.resume()
-        self._call_in_loop(self._resumed.set)
-        log.info("resumed")
-        return "resumed"
-
-    def _call_in_loop(self, fn: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            fn()
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            fn()
-        else:
-            loop.call_soon_threadsafe(fn)
+        return self.gate.resume()
 
     async def run(self) -> FollowStats:
-        self._loop = asyncio.get_running_loop()
+        self.gate.bind()
         try:
             stats = await self._run()
         except BaseException as exc:
-            self.lifecycle.fail(getattr(exc, "message", None) or type(exc).__name__)
+            self.gate.finished(exc)
             raise
-        self.lifecycle.stop("stream ended")
-        self.lifecycle.to("stopped")
+        self.gate.finished()
         return stats
 
     async def _run(self) -> FollowStats:
@@ -235,8 +209,7 @@ class Follow:
             self.applied_lsn = start
             await loop.run_in_executor(self._executor, stream.open, start)
             self.collector.set_phase("streaming")
-            if self.lifecycle.state == "starting":
-                self.lifecycle.to("running", "streaming")
+            self.gate.running()
             self.collector.set_health("source", "ok")
             self.collector.set_health("destination", "ok")
             queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
@@ -289,10 +262,11 @@ class Follow:
         last_report = time.monotonic()
         last_probe = 0.0  # probe the source's position at once: lag is known from the start
         while not self.stop_event.is_set() and not apply_task.done():
-            if not self._resumed.is_set():
+            if self.gate.paused:
                 reader.flush()  # commit what is batched, then hold still
                 await self._drain(out, queue)
-                await self._hold(stream)
+                stream.idle = False  # keepalives are not read while paused: no advance past commits
+                await self.gate.hold(stream.tick)  # no reading (the slot buffers), status updates
                 continue
             msg = await stream.next(timeout=0)
             if msg is None:  # nothing waiting on the socket: commit what is batched, then wait
@@ -319,14 +293,6 @@ class Follow:
             if now - last_report >= 5.0:
                 last_report = now
                 self._report(stream)
-
-    async def _hold(self, stream: ReplicationStream) -> None:
-        """While paused: read nothing (the slot buffers), keep sending status updates."""
-        stream.idle = False  # keepalives are not read while paused: never advance past our commits
-        while not self._resumed.is_set() and not self.stop_event.is_set():
-            stream.tick()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._resumed.wait(), 1.0)
 
     @staticmethod
     async def _drain(out: list[Command], queue: asyncio.Queue[Any]) -> None:

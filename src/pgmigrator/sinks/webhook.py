@@ -181,8 +181,10 @@ class WebhookSink:
             for i in range(done, len(events), size):
                 await self._deliver(events[i : i + size])
                 done = min(len(events), i + size)
-        except BaseException:
+        except BaseException as exc:
             self._progress = (events[0].id, done) if done else None
+            if isinstance(exc, SinkError):  # how far this batch got: the bus resends the rest
+                exc.delivered, exc.failed = done, min(size, len(events) - done)
             raise
         self._progress = None
 

@@ -25,6 +25,13 @@ class AckTracker:
         self.start = self.published = start
         self._acked = dict.fromkeys(self._acked, start)
 
+    def add(self, sink: str) -> None:
+        """A durable sink joining while streaming: it owes nothing published before it joined."""
+        self._acked.setdefault(sink, self.published)
+
+    def remove(self, sink: str) -> None:
+        self._acked.pop(sink, None)
+
     def publish(self, mark: Lsn) -> None:
         if mark > self.published:
             self.published = mark

@@ -28,6 +28,7 @@ from pgmigrator.lsn import ZERO, Lsn
 from pgmigrator.metrics import Collector
 from pgmigrator.sinks.base import Event, Sink
 from pgmigrator.stream.ack import AckTracker
+from pgmigrator.stream.dlq import DeadLetterQueue
 
 log = get_logger("bus")
 Policy = Literal["block", "drop"]
@@ -41,6 +42,7 @@ class SinkPolicy:
     batch: int = 5_000  # events per send at most
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
+    max_attempts: int = 0  # sends of a batch on retryable errors before giving up (0: never)
 
 
 class SinkWorker:
@@ -114,8 +116,7 @@ class SinkWorker:
             if linger > 0:
                 await self._linger(linger)
             batch, mark, nbytes = self._take()
-            if batch:
-                await self._deliver(batch)
+            sent = await self._deliver(batch) if batch else 0
             if mark is not None and self.sink.durable:
                 self.bus.tracker.ack(self.name, mark)
             self.depth -= len(batch)
@@ -123,7 +124,7 @@ class SinkWorker:
             self._space.set()
             if not self._items:
                 self._empty.set()
-            self.bus.collector.sink_counter(self.name, delivered=len(batch), queue_depth=self.depth)
+            self.bus.collector.sink_counter(self.name, delivered=sent, queue_depth=self.depth)
 
     async def _linger(self, seconds: float) -> None:
         """Wait up to ``seconds`` for a full batch (a sink's ``linger_s``, e.g. webhook ``batch_ms``)."""
@@ -150,30 +151,49 @@ class SinkWorker:
                 mark = more_mark
         return batch, mark, nbytes
 
-    async def _deliver(self, batch: Sequence[Event]) -> None:
+    async def _deliver(self, batch: Sequence[Event]) -> int:
+        """Send ``batch``; returns how many events were delivered (the rest was dead-lettered).
+
+        A sink that says how far it got (`SinkError.delivered` / ``failed``) has only the rest
+        re-sent; what it gives up on goes to the dead-letter queue (or stops the pipeline).
+        """
         delay = self.policy.retry_initial_s
-        while True:
+        attempt, pending, sent = 0, batch, 0
+        while pending:
+            attempt += 1
             try:
-                await self.sink.send(batch)
+                await self.sink.send(pending)
             except Exception as exc:
                 error = _as_sink_error(self.name, exc)
-                self.bus.collector.sink_counter(self.name, failed=len(batch))
-                if not error.retryable:
+                done = min(max(error.delivered, 0), len(pending))
+                failed = len(pending) - done if error.failed is None else error.failed
+                sent += done
+                bad, pending = pending[done : done + failed], pending[done:]
+                self.bus.collector.sink_counter(self.name, failed=len(bad))
+                limit = self.policy.max_attempts
+                if error.retryable and not (limit and attempt >= limit):
+                    delay = await self._backoff(error, delay, len(pending))
+                    continue
+                if self.bus.dlq is None:
                     raise self.bus._fatal(self, error) from exc
-                self._set_health("degraded", error.message)
-                log.warning(
-                    "sink failed, retrying",
-                    sink=self.name,
-                    error=error.message,
-                    retry_in_s=round(delay, 2),
-                )
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self.policy.retry_max_s)
-                self.bus.collector.sink_counter(self.name, retried=len(batch))
+                await self.bus.dead_letter(self, bad, error, attempt)
+                pending, attempt = pending[len(bad) :], 0
                 continue
-            self.delivered += len(batch)
+            sent += len(pending)
+            pending = ()
+        self.delivered += sent
+        if sent == len(batch):
             self._set_health("ok")
-            return
+        return sent
+
+    async def _backoff(self, error: SinkError, delay: float, events: int) -> float:
+        self._set_health("degraded", error.message)
+        log.warning(
+            "sink failed, retrying", sink=self.name, error=error.message, retry_in_s=round(delay, 2)
+        )
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        self.bus.collector.sink_counter(self.name, retried=events)
+        return min(delay * 2, self.policy.retry_max_s)
 
     def _set_health(self, status: Literal["ok", "degraded", "down"], detail: str = "") -> None:
         if status != self._health:
@@ -197,8 +217,10 @@ class Bus:
         sinks: Sequence[tuple[Sink, SinkPolicy]],
         collector: Collector,
         start: Lsn = ZERO,
+        dlq: DeadLetterQueue | None = None,
     ) -> None:
         self.collector = collector
+        self.dlq = dlq
         self.workers = [SinkWorker(self, sink, policy) for sink, policy in sinks]
         self.tracker = AckTracker([w.name for w in self.workers if w.sink.durable], start)
         self.failure: SinkError | None = None
@@ -237,18 +259,77 @@ class Bus:
             other._space.set()  # wake publishers blocked on any queue
         return failure
 
+    async def dead_letter(
+        self, worker: SinkWorker, batch: Sequence[Event], error: SinkError, attempts: int
+    ) -> None:
+        """Park a batch the sink gave up on in the dead-letter queue; the stream moves on."""
+        assert self.dlq is not None
+        try:
+            await self.dlq.put(worker.name, batch, error.message, attempts)
+        except PgMigratorError as exc:
+            raise self._fatal(
+                worker,
+                SinkError(
+                    f"{error.message}; and the dead-letter queue failed too: {exc.message}",
+                    hint=exc.hint,
+                ),
+            ) from exc
+        self.collector.sink_counter(worker.name, dead_lettered=len(batch))
+        self.collector.record_error(
+            f"{len(batch)} event(s) dead-lettered: {error.message}", component=f"sink:{worker.name}"
+        )
+        worker._set_health("degraded", f"events dead-lettered: {error.message}")
+
+    async def add_sink(self, sink: Sink, policy: SinkPolicy, *, started: bool = False) -> None:
+        """Add a sink while streaming (starting it unless ``started``): it gets what comes next."""
+        worker = SinkWorker(self, sink, policy)
+        if started:
+            worker._set_health("ok")
+            self.collector.sink_counter(worker.name, queue_depth=0)
+        else:
+            await self._start_worker(worker)
+        self.workers.append(worker)
+        if sink.durable:
+            self.tracker.add(worker.name)
+        worker.task = asyncio.create_task(self._run(worker), name=f"sink:{worker.name}")
+
+    async def remove_sink(self, name: str, timeout: float = 30.0) -> bool:
+        """Deliver what the sink has queued, then stop and close it; whether all was delivered."""
+        worker = next((w for w in self.workers if w.name == name), None)
+        if worker is None:
+            return True
+        self.workers.remove(worker)  # publishes from now on skip it
+        worker.close()
+        drained = True
+        if worker.task is not None:
+            done, _ = await asyncio.wait([worker.task], timeout=timeout)
+            if not done:
+                drained = False
+                worker.task.cancel()
+                await asyncio.gather(worker.task, return_exceptions=True)
+        self.tracker.remove(name)
+        try:
+            await worker.sink.close()
+        except Exception as exc:
+            log.warning("sink did not close cleanly", sink=name, error=str(exc))
+        worker._set_health("ok", "removed")
+        return drained
+
+    async def _start_worker(self, worker: SinkWorker) -> None:
+        try:
+            await worker.sink.start()
+        except Exception as exc:
+            error = _as_sink_error(worker.name, exc)
+            raise SinkError(
+                f"sink {worker.name!r} cannot start: {error.message}", hint=error.hint
+            ) from exc
+        worker._set_health("ok")
+        self.collector.sink_counter(worker.name, queue_depth=0)
+
     async def start(self) -> None:
         """Start every sink (saying which one cannot start and why), then their workers."""
         for worker in self.workers:
-            try:
-                await worker.sink.start()
-            except Exception as exc:
-                error = _as_sink_error(worker.name, exc)
-                raise SinkError(
-                    f"sink {worker.name!r} cannot start: {error.message}", hint=error.hint
-                ) from exc
-            worker._set_health("ok")
-            self.collector.sink_counter(worker.name, queue_depth=0)
+            await self._start_worker(worker)
         for worker in self.workers:
             worker.task = asyncio.create_task(self._run(worker), name=f"sink:{worker.name}")
 
@@ -267,7 +348,7 @@ class Bus:
             return
         self.published_events += len(events)
         nbytes = sum([len(e.body) for e in events])
-        for worker in self.workers:
+        for worker in list(self.workers):
             await worker.put(events, mark, nbytes)
         self.raise_if_failed()
 

@@ -95,10 +95,21 @@ class ChangeEncoder:
         self.last_commit_time = msg.commit_time
         self.transactions += 1
 
+    def set_filters(self, filters: Filters) -> None:
+        """Swap the filters (config reload) between transactions; tables known stay known."""
+        self.filters = filters
+        self._ops = filters.operations
+        self._sources.clear()
+        for msg in self._relations.values():
+            self._build_codec(msg)
+
     def _relation(self, msg: Relation) -> None:
         if self._relations.get(msg.oid) == msg:
             return  # the same layout again (sent per session and after invalidations)
         self._relations[msg.oid] = msg
+        self._build_codec(msg)
+
+    def _build_codec(self, msg: Relation) -> None:
         if not self.filters.table_allowed(msg.namespace, msg.name):
             self.codecs[msg.oid] = None
             return

@@ -25,6 +25,7 @@ from pgmigrator.metrics import Collector
 from pgmigrator.sinks.base import Event, Sink
 from pgmigrator.source.listen import Listener
 from pgmigrator.stream.bus import Bus, SinkPolicy
+from pgmigrator.stream.dlq import DeadLetterQueue
 
 NOTIFY_SOURCE_KEYS = ("db", "schema", "table", "lsn", "xid", "commit_time")
 
@@ -86,10 +87,11 @@ class ListenStream:
         *,
         drain_timeout_s: float = 30.0,
         chunk_events: int = 1000,
+        dlq: DeadLetterQueue | None = None,
     ) -> None:
         self.source = source
         self.collector = collector
-        self.bus = Bus(sinks, collector)
+        self.bus = Bus(sinks, collector, dlq=dlq)
         self.listener = Listener(source, channels, on_state=self._health)
         self.encoder = NotifyEncoder(source.database)
         self.stop_event = asyncio.Event()

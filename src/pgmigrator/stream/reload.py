@@ -85,13 +85,16 @@ class ReloadWatcher:
         flags: Mapping[str, Any],
         current: Callable[[], configmod.Settings],
         apply: Apply,
+        collector: Any = None,
     ) -> None:
+        self.collector = collector  # shows reloads and refusals (info ``config_reload``)
         self.config_file = config_file
         self.flags = dict(flags)
         self.current = current
         self.apply = apply
         self.reloads = 0
         self.refusals = 0
+        self.last = ""
         self._trigger = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -130,26 +133,37 @@ class ReloadWatcher:
     async def reload(self) -> ReloadPlan | None:
         """Load the file again and apply what may change live; None when the file is invalid."""
         async with self._lock:
-            try:
-                new = await asyncio.to_thread(configmod.load, self.config_file, **self.flags)
-            except ConfigError as exc:
-                self.refusals += 1
-                log.error("config reload refused: the new file is invalid; keeping the running config",
-                          errors=str(exc))  # fmt: skip
-                return None
-            plan = plan_reload(self.current(), new)
-            if plan.refused:
-                self.refusals += 1
-                log.error(
-                    "config reload refused: fixed settings cannot change while running; keeping the running config",
-                    fields=",".join(plan.refused),
-                    hint="restart the command to change them",
-                )
-                return plan
-            if not plan.changes:
-                log.info("config reloaded: nothing changed")
-                return plan
-            await self.apply(plan)
-            self.reloads += 1
-            log.info("config reloaded", changes=plan.summary())
+            plan = await self._reload()
+        if self.collector is not None:
+            self.collector.set_info(
+                "config_reload", {"reloads": self.reloads, "refused": self.refusals,
+                                  "last": self.last})  # fmt: skip
+        return plan
+
+    async def _reload(self) -> ReloadPlan | None:
+        try:
+            new = await asyncio.to_thread(configmod.load, self.config_file, **self.flags)
+        except ConfigError as exc:
+            self.refusals += 1
+            self.last = f"refused: invalid file: {exc.message}"
+            log.error("config reload refused: the new file is invalid; keeping the running config",
+                      errors=str(exc))  # fmt: skip
+            return None
+        plan = plan_reload(self.current(), new)
+        if plan.refused:
+            self.refusals += 1
+            self.last = f"refused: fixed settings changed: {', '.join(plan.refused)}"
+            log.error(
+                "config reload refused: fixed settings cannot change while running; keeping the running config",
+                fields=",".join(plan.refused),
+                hint="restart the command to change them",
+            )
             return plan
+        if not plan.changes:
+            log.info("config reloaded: nothing changed")
+            return plan
+        await self.apply(plan)
+        self.reloads += 1
+        self.last = f"applied: {plan.summary()}"
+        log.info("config reloaded", changes=plan.summary())
+        return plan

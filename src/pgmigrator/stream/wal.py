@@ -29,12 +29,15 @@ from pgmigrator.log import get_logger
 from pgmigrator.lsn import ZERO, Lsn
 from pgmigrator.metrics import Collector
 from pgmigrator.pg import Conn, connect
+from pgmigrator.pipeline.gate import RunGate
 from pgmigrator.protocol import parse_copy_data
-from pgmigrator.sinks.base import Sink
+from pgmigrator.sinks.base import Sink, SinkContext
 from pgmigrator.source.replication import ReplicationStream
 from pgmigrator.stream.bus import Bus, SinkPolicy
 from pgmigrator.stream.changes import ChangeEncoder
+from pgmigrator.stream.dlq import DeadLetterQueue
 from pgmigrator.stream.filters import Filters
+from pgmigrator.stream.live import PlanQueue
 from pgmigrator.stream.setup import (
     Prepared,
     current_lsn,
@@ -70,6 +73,8 @@ class WalStream:
         *,
         create: bool = False,
         snapshot: bool = False,
+        dlq: DeadLetterQueue | None = None,
+        ctx: SinkContext | None = None,
     ) -> None:
         settings.require("source")
         self.settings = settings
@@ -78,9 +83,11 @@ class WalStream:
         self.collector = collector
         self.create = create
         self.snapshot = snapshot
-        self.bus = Bus(sinks, collector)
+        self.bus = Bus(sinks, collector, dlq=dlq)
         self.encoder = ChangeEncoder(self.source.database, filters)
-        self.stop_event = asyncio.Event()
+        self.gate = RunGate(collector, "stream")
+        self.stop_event = self.gate.stop_event
+        self.reloads = PlanQueue(self, ctx or SinkContext(collector=collector))
         self.stats = StreamStats()
         self.flushed = Lsn(0)
         self.latest = Lsn(0)
@@ -89,10 +96,28 @@ class WalStream:
         self._publishing = False
 
     def request_stop(self) -> None:
-        self.stop_event.set()
+        self.gate.request_stop()
         self.bus.interrupt()
 
+    def pause(self) -> str:
+        return self.gate.pause()
+
+    def resume(self) -> str:
+        return self.gate.resume()
+
     async def run(self) -> StreamStats:
+        self.gate.bind()
+        try:
+            stats = await self._run()
+        except BaseException as exc:
+            self.gate.finished(exc)
+            raise
+        finally:
+            self.reloads.cancel()
+        self.gate.finished()
+        return stats
+
+    async def _run(self) -> StreamStats:
         self.collector.set_phase("connecting")
         await self.bus.start()
         try:
@@ -180,6 +205,7 @@ class WalStream:
             monitor = await asyncio.to_thread(connect, self.source)
             self.collector.set_phase("streaming")
             self.collector.set_health("source", "ok")
+            self.gate.running()
             await self._read(stream, monitor)
             await self._publish()
             drained = await self.bus.close(self.settings.stream.drain_timeout_s)
@@ -198,6 +224,14 @@ class WalStream:
         encoder = self.encoder
         while not self.stop_event.is_set():
             self.bus.raise_if_failed()
+            if self.gate.paused or self.reloads.pending:
+                await self._publish()  # hand over what is encoded, then hold still
+                self._advance(stream)
+                if self.reloads.pending:
+                    await self.reloads.apply_all()
+                stream.idle = False  # keepalives are not read while paused: no advance past acks
+                await self.gate.hold(lambda: self._tick(stream))
+                continue
             msg = await stream.next(timeout=0)
             if msg is None:  # nothing waiting on the socket: hand over what we have, then wait
                 await self._publish()
@@ -224,6 +258,11 @@ class WalStream:
                     events=self.stats.events,
                     queued=self.bus.queued(),
                 )
+
+    def _tick(self, stream: ReplicationStream) -> None:
+        """While paused: acknowledge what the sinks delivered, keep the walsender informed."""
+        self._advance(stream)
+        stream.tick()
 
     def _pump(self, stream: ReplicationStream) -> None:
         """Feed what libpq already holds, without an ``await`` per message (the backlog hot path).

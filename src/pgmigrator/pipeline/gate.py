@@ -1,0 +1,90 @@
+"""The run gate of a streaming loop: its lifecycle plus the asyncio events the loop waits on.
+
+`RunGate` turns control requests (pause, resume, stop) arriving from any thread (signal handlers,
+the API server's thread, the TUI) into state changes of the loop's event loop: ``stop_event`` is
+set to stop, ``resumed`` is cleared while paused. Every change goes through the `Lifecycle`, so an
+illegal request is refused with the reason, and the collector shows the run state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from pgmigrator.log import get_logger
+from pgmigrator.pipeline.lifecycle import Lifecycle
+
+log = get_logger("lifecycle")
+
+
+class RunGate:
+    def __init__(self, collector: Any, component: str) -> None:
+        self.component = component
+        self.lifecycle = Lifecycle()
+        self.lifecycle.subscribe(lambda change: collector.set_state(change.new))
+        self.stop_event = asyncio.Event()
+        self.resumed = asyncio.Event()
+        self.resumed.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self) -> None:
+        """Remember the running loop: requests from other threads are forwarded to it."""
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def paused(self) -> bool:
+        return not self.resumed.is_set()
+
+    def running(self, reason: str = "streaming") -> None:
+        if self.lifecycle.state == "starting":
+            self.lifecycle.to("running", reason)
+
+    def request_stop(self) -> None:
+        """Stop after the work in flight; any thread, any number of times."""
+        self.lifecycle.stop("stop requested")
+        self._call(self.stop_event.set)
+        self._call(self.resumed.set)
+
+    def pause(self) -> str:
+        """Stop consuming (the slot buffers; status updates continue); any thread."""
+        self.lifecycle.pause()
+        self._call(self.resumed.clear)
+        log.info("paused: changes stay in the slot until resume", component=self.component)
+        return "paused"
+
+    def resume(self) -> str:
+        self.lifecycle.resume()
+        self._call(self.resumed.set)
+        log.info("resumed", component=self.component)
+        return "resumed"
+
+    def finished(self, error: BaseException | None = None) -> None:
+        if error is not None:
+            self.lifecycle.fail(getattr(error, "message", None) or type(error).__name__)
+            return
+        self.lifecycle.stop("ended")
+        if self.lifecycle.state == "stopping":
+            self.lifecycle.to("stopped")
+
+    async def hold(self, tick: Callable[[], None]) -> None:
+        """While paused: call ``tick`` (status updates) every second until resumed or stopped."""
+        while self.paused and not self.stop_event.is_set():
+            tick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.resumed.wait(), 1.0)
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            fn()
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fn()
+        else:
+            loop.call_soon_threadsafe(fn)
