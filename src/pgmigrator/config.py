@@ -92,6 +92,11 @@ class WalBudgetSettings(BaseModel):
     heartbeat_s: float = Field(
         0, ge=0, description="emit a heartbeat WAL message this often when idle (0: off)"
     )
+    detach_sinks: bool = Field(
+        False,
+        description="stream: above max_mb, detach the durable sink holding the slot back "
+        "(its events go to the dead-letter queue) so the source's disk never fills",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> WalBudgetSettings:

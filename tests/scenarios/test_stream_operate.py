@@ -201,3 +201,47 @@ def test_pause_and_resume_a_stream_through_the_api(
         time.sleep(0.2)  # pacing of the checks, not a wait for an event
     assert httpx.post(f"http://{api}/api/v1/resume", headers=auth, timeout=10).status_code == 200
     wait_for(lambda: running(proc) or len(read_events(out)) == 10, 60, what="10 events")
+
+
+def test_wal_budget_detaches_a_stuck_sink(
+    orders: Pair, procs: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    """A webhook that stays down would pin WAL for ever: over the budget, it is detached."""
+    pair = orders
+    receiver = Receiver().start()
+    receiver.stop()  # down from the start, and it stays down
+    config = tmp_path / "budget.yaml"
+    config.write_text(yaml.safe_dump({
+        "source": pair.source, "dest": pair.dest, "name": pair.dbname,
+        "sinks": [{"type": "webhook", "name": "hook", "url": receiver.url}],
+        "wal_budget": {"warn_mb": 1, "max_mb": 1, "check_s": 0.5, "detach_sinks": True},
+        "dlq": {"max_attempts": 0},  # retry for ever: only the budget can let go of it
+    }))  # fmt: skip
+    proc = start_pgmigrator("stream", "--config", str(config), "--create")
+    procs.append(proc)
+    wait_for(lambda: slot_active(pair, proc), 60, what="the stream to start")
+    with pair.src() as conn:  # about 3 MB of WAL the slot must keep while the sink is stuck
+        conn.execute(
+            "INSERT INTO orders SELECT g, repeat('x', 200) FROM generate_series(1, 10000) g"
+        )
+        target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+
+    def slot_released() -> bool:
+        running(proc)
+        with pair.src() as conn:
+            row = conn.execute(
+                "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+                " WHERE database = current_database()",
+                (target,),
+            ).fetchone()
+        return bool(row and row[0])
+
+    wait_for(slot_released, 120, interval=0.2, what="the slot to move past the stuck sink")
+    entries = json.loads(
+        pgmigrator("dlq", "list", "--dest", pair.dest, "--name", pair.dbname, "--json",
+                   "--limit", "20000").stdout
+    )  # fmt: skip
+    assert len(entries) == 10000 and all("WAL budget" in e["error"] for e in entries)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert "sink detached" in err

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 from pgmigrator.config import WalBudgetSettings
 from pgmigrator.dsn import Target
@@ -65,6 +66,7 @@ class WalBudgetWatcher:
         self.heartbeats = 0
         self._conn: Conn | None = None
         self._last_heartbeat = time.monotonic()
+        self.on_level: Callable[[HealthStatus], None] | None = None  # called after every check
 
     def check(self) -> HealthStatus:
         """One poll (blocking): read the slot, update the collector, log a change of level."""
@@ -80,6 +82,8 @@ class WalBudgetWatcher:
         if level != self.status:
             self._log_change(level, detail)
         self.status = level
+        if self.on_level is not None:
+            self.on_level(level)
         return level
 
     def _log_change(self, level: HealthStatus, detail: str) -> None:

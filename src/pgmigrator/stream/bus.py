@@ -31,6 +31,10 @@ from pgmigrator.stream.ack import AckTracker
 from pgmigrator.stream.dlq import DeadLetterQueue
 
 log = get_logger("bus")
+DETACHED = SinkError(
+    "detached: the slot went over its WAL budget while this sink held it back",
+    hint="replay the dead-lettered events once the sink is back (`pgmigrator dlq replay`)",
+)
 Policy = Literal["block", "drop"]
 
 
@@ -61,6 +65,8 @@ class SinkWorker:
         self._empty = asyncio.Event()
         self._empty.set()
         self._closing = False
+        self.detached = False  # over the WAL budget: everything goes to the dead-letter queue
+        self._detach = asyncio.Event()
         self._health = ""
         self._drop_logged = 0.0
         self._drops_since_log = 0
@@ -160,9 +166,13 @@ class SinkWorker:
         delay = self.policy.retry_initial_s
         attempt, pending, sent = 0, batch, 0
         while pending:
+            if self.detached:
+                await self.bus.dead_letter(self, pending, DETACHED, attempt)
+                break
             attempt += 1
             try:
-                await self.sink.send(pending)
+                if not await self._send(pending):
+                    continue  # detached meanwhile: dead-lettered at the top of the loop
             except Exception as exc:
                 error = _as_sink_error(self.name, exc)
                 done = min(max(error.delivered, 0), len(pending))
@@ -186,12 +196,30 @@ class SinkWorker:
             self._set_health("ok")
         return sent
 
+    async def _send(self, events: Sequence[Event]) -> bool:
+        """``sink.send``, cut short (False) when the sink is detached while it runs."""
+        send = asyncio.ensure_future(self.sink.send(events))
+        detach = asyncio.ensure_future(self._detach.wait())
+        await asyncio.wait({send, detach}, return_when=asyncio.FIRST_COMPLETED)
+        detach.cancel()
+        if send.done():
+            send.result()
+            return True
+        send.cancel()
+        await asyncio.gather(send, return_exceptions=True)
+        return False
+
+    def detach(self) -> None:
+        self.detached = True
+        self._detach.set()
+
     async def _backoff(self, error: SinkError, delay: float, events: int) -> float:
         self._set_health("degraded", error.message)
         log.warning(
             "sink failed, retrying", sink=self.name, error=error.message, retry_in_s=round(delay, 2)
         )
-        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        with contextlib.suppress(TimeoutError):  # a detach cuts the wait short
+            await asyncio.wait_for(self._detach.wait(), delay * random.uniform(0.5, 1.0))
         self.bus.collector.sink_counter(self.name, retried=events)
         return min(delay * 2, self.policy.retry_max_s)
 
@@ -278,7 +306,27 @@ class Bus:
         self.collector.record_error(
             f"{len(batch)} event(s) dead-lettered: {error.message}", component=f"sink:{worker.name}"
         )
-        worker._set_health("degraded", f"events dead-lettered: {error.message}")
+        if not worker.detached:
+            worker._set_health("degraded", f"events dead-lettered: {error.message}")
+
+    def detach_laggard(self) -> str | None:
+        """Detach the durable sink that holds the slot back the most (needs a DLQ); its name."""
+        if self.dlq is None:
+            return None
+        candidates = [w for w in self.workers if w.sink.durable and not w.detached and w.depth]
+        if not candidates:
+            return None
+        worker = min(candidates, key=lambda w: self.tracker.acked(w.name) or ZERO)
+        worker.detach()
+        worker._set_health("down", DETACHED.message)
+        log.error(
+            "sink detached: the slot is over its WAL maximum",
+            sink=worker.name,
+            hint="its events go to the dead-letter queue (`pgmigrator dlq replay` once it is back); "
+            "restart the stream to attach it again",
+        )
+        self.collector.record_error(DETACHED.message, component=f"sink:{worker.name}")
+        return worker.name
 
     async def add_sink(self, sink: Sink, policy: SinkPolicy, *, started: bool = False) -> None:
         """Add a sink while streaming (starting it unless ``started``): it gets what comes next."""

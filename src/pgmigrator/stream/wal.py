@@ -30,6 +30,7 @@ from pgmigrator.lsn import ZERO, Lsn
 from pgmigrator.metrics import Collector
 from pgmigrator.pg import Conn, connect
 from pgmigrator.pipeline.gate import RunGate
+from pgmigrator.pipeline.walbudget import WalBudgetWatcher
 from pgmigrator.protocol import parse_copy_data
 from pgmigrator.sinks.base import Sink, SinkContext
 from pgmigrator.source.replication import ReplicationStream
@@ -206,7 +207,15 @@ class WalStream:
             self.collector.set_phase("streaming")
             self.collector.set_health("source", "ok")
             self.gate.running()
-            await self._read(stream, monitor)
+            budget = WalBudgetWatcher(self.source, prepared.slot, self.settings.wal_budget,
+                                      self.collector)  # fmt: skip
+            budget.on_level = self._on_budget
+            watcher = asyncio.create_task(budget.run(self.stop_event))
+            try:
+                await self._read(stream, monitor)
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             await self._publish()
             drained = await self.bus.close(self.settings.stream.drain_timeout_s)
             self.stats.drained = drained
@@ -258,6 +267,13 @@ class WalStream:
                     events=self.stats.events,
                     queued=self.bus.queued(),
                 )
+
+    def _on_budget(self, level: str) -> None:
+        """Over the WAL maximum with ``detach_sinks``: let go of the sink that holds the slot."""
+        if level == "down" and self.settings.wal_budget.detach_sinks:
+            loop = self.gate._loop
+            if loop is not None:
+                loop.call_soon_threadsafe(self.bus.detach_laggard)
 
     def _tick(self, stream: ReplicationStream) -> None:
         """While paused: acknowledge what the sinks delivered, keep the walsender informed."""
