@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
 
-from pgmigrator.cli import common_options, handle_errors, load_settings
+from pgmigrator.cli import _collector, _state_file, common_options, handle_errors, load_settings
+from pgmigrator.errors import PgMigratorError
 from pgmigrator.lake.settings import LakeSettings
+
+if TYPE_CHECKING:  # pyiceberg and pyarrow load only when the command runs
+    from pgmigrator.lake.runner import LakePipeline, LakeResult
+    from pgmigrator.lake.stream import StreamStats
 
 
 @click.command()
@@ -52,7 +57,6 @@ def lake(
     **flags: Any,
 ) -> None:
     """Copy source tables into Iceberg tables under one snapshot, then (--follow) stream changes."""
-    from pgmigrator.lake.runner import LakePipeline
 
     settings = load_settings(
         config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags
@@ -67,6 +71,9 @@ def lake(
         "max_rows": max_rows,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
+    from pgmigrator.lake.runner import LakePipeline
+
+    collector = _collector(settings)
     pipeline = LakePipeline(
         settings.source or "",
         LakeSettings.model_validate(values),
@@ -75,7 +82,24 @@ def lake(
         exclude=settings.exclude,
         slot=slot or settings.slot,
         publication=publication or settings.publication,
+        collector=collector,
     )
+    with _state_file(settings, collector):  # `pgmigrator status --name NAME` reads it
+        try:
+            result = _run(pipeline, reset=reset, follow=follow)
+        except PgMigratorError as exc:
+            collector.set_phase("failed")
+            collector.record_error(exc.message, component="lake")
+            raise
+        collector.set_phase("stopped")
+    summary = result.to_dict()
+    if as_json:
+        click.echo(orjson.dumps(summary).decode())
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in summary.items() if k != "tables"))
+
+
+def _run(pipeline: LakePipeline, *, reset: bool, follow: bool) -> LakeResult:
     result = pipeline.prepare(reset=reset)
     if result.copied is not None:
         click.echo(
@@ -84,15 +108,11 @@ def lake(
         )
     if follow:
 
-        async def run() -> Any:
+        async def run() -> StreamStats:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, pipeline.request_stop)
             return await pipeline.follow()
 
         result.stream = asyncio.run(run())
-    summary = result.to_dict()
-    if as_json:
-        click.echo(orjson.dumps(summary).decode())
-    else:
-        click.echo(" ".join(f"{k}={v}" for k, v in summary.items() if k != "tables"))
+    return result

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NoSuchTableError
 from sqlalchemy.exc import OperationalError
@@ -98,7 +99,7 @@ def test_copy_then_stream_changes_into_iceberg(pair: Pair, tmp_path: Path) -> No
         conn.execute(SOURCE_SCHEMA)
     proc = start_pgmigrator(
         "lake", "--source", pair.source, "--warehouse", str(warehouse), "--follow",
-        "--flush-interval", "0.3",
+        "--flush-interval", "0.3", "--name", pair.dbname,
     )  # fmt: skip
     try:
         wait_for(
@@ -142,6 +143,16 @@ def test_copy_then_stream_changes_into_iceberg(pair: Pair, tmp_path: Path) -> No
             60,
             what="the lake to hold the source's pairs",
         )
+
+        def reported() -> dict[str, Any] | None:
+            out = pgmigrator("status", "--name", pair.dbname, "--json")
+            snap = orjson.loads(out.stdout) if out.returncode == 0 else {}
+            return snap if snap.get("phase") == "streaming" and snap.get("total_rows") else None
+
+        snapshot = wait_for(reported, 30, interval=0.2, what="status to show the lake streaming")
+        assert isinstance(snapshot, dict)
+        assert snapshot["info"]["slot"] == f"pgmigrator_lake_{pair.dbname}"
+        assert snapshot["applied_lsn"] and snapshot["health"]["source"]["status"] == "ok"
         log = lake_rows(warehouse, "items__changes", ("_lsn", "_seq")) or []
         ops = [r["_op"] for r in log]
         assert ops.count("c") == 3 and ops.count("d") == 11  # 1001, 3000, 4000; 30-39, 3000
@@ -163,7 +174,16 @@ def test_copy_then_stream_changes_into_iceberg(pair: Pair, tmp_path: Path) -> No
         print(proc.stderr.read() if proc.stderr else "")  # shown by pytest when the test fails
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     # a rerun without --follow finds the slot and every table committed: nothing is copied again
-    again = pgmigrator("lake", "--source", pair.source, "--warehouse", str(warehouse), "--json")
+    again = pgmigrator(
+        "lake",
+        "--source",
+        pair.source,
+        "--warehouse",
+        str(warehouse),
+        "--json",
+        "--name",
+        pair.dbname,
+    )
     assert again.returncode == 0, again.stderr
     assert '"copied_rows":0' in again.stdout
 

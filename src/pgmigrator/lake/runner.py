@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PreflightError
@@ -71,6 +72,7 @@ class LakePipeline:
         exclude: list[str] | None = None,
         slot: str | None = None,
         publication: str | None = None,
+        collector: Any = None,
     ) -> None:
         if settings.warehouse is None:
             raise LakeError("no warehouse given", hint="pass --warehouse PATH (a local folder)")
@@ -82,6 +84,9 @@ class LakePipeline:
         self.publication = publication or f"pgmigrator_lake_{name}"
         self.lake = IcebergLake(settings.warehouse, settings.catalog)
         self.stream: LakeStream | None = None
+        self.collector = collector  # pgmigrator.metrics.Collector, or None
+        if collector is not None:
+            collector.update_info({"slot": self.slot, "warehouse": str(settings.warehouse)})
 
     def prepare(self, *, reset: bool = False) -> LakeResult:
         """Copy if needed; return what is known. Blocking."""
@@ -91,6 +96,8 @@ class LakePipeline:
             if reset:
                 self._reset(src, tables)
             status = slot_status(src, self.slot)
+            if self.collector is not None:
+                self.collector.set_phase("copy" if status is None else "ready")
             if status is None:
                 self._check_empty(tables)
                 ensure_publication(src, self.publication, tables)
@@ -119,6 +126,7 @@ class LakePipeline:
             lsns,
             flush_interval_s=self.settings.flush_interval_s,
             max_rows=self.settings.max_rows,
+            collector=self.collector,
         )
         return await self.stream.run()
 

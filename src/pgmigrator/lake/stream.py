@@ -18,6 +18,7 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError
@@ -73,6 +74,7 @@ class LakeStream:
         *,
         flush_interval_s: float = 5.0,
         max_rows: int = 100_000,
+        collector: Any = None,
     ) -> None:
         self.source = source
         self.slot = slot
@@ -81,6 +83,7 @@ class LakeStream:
         self.table_lsns = dict(table_lsns)
         self.flush_interval_s = flush_interval_s
         self.max_rows = max_rows
+        self.collector = collector  # pgmigrator.metrics.Collector, or None
         self.stop_event = asyncio.Event()
         self.stats = StreamStats()
         self._commit_task: asyncio.Task[None] | None = None
@@ -98,6 +101,9 @@ class LakeStream:
                 if not exc.retryable:
                     raise
                 self.stats.reconnects += 1
+                if self.collector is not None:
+                    self.collector.record_error(exc.message, component="lake")
+                    self.collector.set_health("source", "down", exc.message)
                 log.warning("stream interrupted, reconnecting", error=exc.message)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop_event.wait(), delay)
@@ -108,6 +114,9 @@ class LakeStream:
         start = Lsn(min((p.lsn for p in self.table_lsns.values()), default=0))
         stream = ReplicationStream(self.source, self.slot, self.publication, streaming=False)
         await asyncio.to_thread(stream.open, start)
+        if self.collector is not None:
+            self.collector.set_phase("streaming")
+            self.collector.set_health("source", "ok")
         state = _State(started=time.monotonic())
         decoder = PgOutputDecoder()
         try:
@@ -120,13 +129,10 @@ class LakeStream:
                         await self._flush(state, stream)
                 elif state.rows >= self.max_rows or (
                     time.monotonic() - state.started >= self.flush_interval_s
+                    and not self._committing()  # while a commit runs, the next batch grows
                 ):
                     await self._flush(state, stream)
-                stream.idle = (
-                    state.txn is None
-                    and not state.buffers
-                    and (self._commit_task is None or self._commit_task.done())
-                )
+                stream.idle = state.txn is None and not state.buffers and not self._committing()
             if state.txn is None:
                 await self._flush(state, stream)
             await self._wait_commit()
@@ -204,6 +210,9 @@ class LakeStream:
             self._commit_batch(buffers, end, piece, rows, stream)
         )
 
+    def _committing(self) -> bool:
+        return self._commit_task is not None and not self._commit_task.done()
+
     async def _wait_commit(self) -> None:
         task, self._commit_task = self._commit_task, None
         if task is not None:
@@ -237,6 +246,9 @@ class LakeStream:
         if end > stream.flushed:
             stream.flushed = end  # everything up to ``end`` is committed in the lake
             stream.send_status()
+        if self.collector is not None:
+            self.collector.add_rows(rows)
+            self.collector.set_lsns(applied=end, confirmed=stream.flushed, latest=stream.received)
 
     def _commit_all(
         self, buffers: list[ChangeBuffer], end: Lsn | None, piece: tuple[Lsn, int] | None
