@@ -46,7 +46,8 @@ class PipelineControl:
         return self.target
 
     async def pause(self) -> str:
-        return self._require_target("pause").pause()
+        target = self._require_target("pause")
+        return await asyncio.to_thread(target.pause)  # returns once the pipeline holds still
 
     async def resume(self) -> str:
         return self._require_target("resume").resume()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ class RunGate:
         self.stop_event = asyncio.Event()
         self.resumed = asyncio.Event()
         self.resumed.set()
+        self.held = threading.Event()  # set while the loop holds still in `hold`
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self) -> None:
@@ -47,10 +49,16 @@ class RunGate:
         self._call(self.stop_event.set)
         self._call(self.resumed.set)
 
-    def pause(self) -> str:
-        """Stop consuming (the slot buffers; status updates continue); any thread."""
+    def pause(self, wait_s: float = 10.0) -> str:
+        """Stop consuming (the slot buffers; status updates continue); any thread.
+
+        From another thread it returns once the loop holds still (at most ``wait_s``): what
+        happens on the source after that stays in the slot until resume.
+        """
         self.lifecycle.pause()
         self._call(self.resumed.clear)
+        if not self._in_loop() and self._loop is not None and self.lifecycle.paused:
+            self.held.wait(wait_s)
         log.info("paused: changes stay in the slot until resume", component=self.component)
         return "paused"
 
@@ -70,21 +78,24 @@ class RunGate:
 
     async def hold(self, tick: Callable[[], None]) -> None:
         """While paused: call ``tick`` (status updates) every second until resumed or stopped."""
-        while self.paused and not self.stop_event.is_set():
-            tick()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.resumed.wait(), 1.0)
+        self.held.set()
+        try:
+            while self.paused and not self.stop_event.is_set():
+                tick()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.resumed.wait(), 1.0)
+        finally:
+            self.held.clear()
+
+    def _in_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
 
     def _call(self, fn: Callable[[], None]) -> None:
         loop = self._loop
-        if loop is None or loop.is_closed():
-            fn()
-            return
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        if loop is None or loop.is_closed() or self._in_loop():
             fn()
         else:
             loop.call_soon_threadsafe(fn)
