@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -198,33 +199,40 @@ def test_kill_minus_9_mid_stream_then_restart_is_exactly_once(pair: Pair, tmp_pa
         "--flush-interval", "0.2", "--max-rows", "300",
     )  # fmt: skip
     proc = start_pgmigrator(*args)
-    changes = 0
     try:
         wait_for(
             lambda: alive(proc) or len(lake_rows(warehouse, "acc", ("id",)) or []) == 1000,
             60,
             what="copy",
         )
-        with pair.src() as conn:
-            conn.autocommit = True
-            # one transaction larger than --max-rows: committed to the lake in pieces
-            conn.execute("INSERT INTO acc SELECT i, 1 FROM generate_series(50000, 54999) AS i")
-            changes += 5000
-            for i in range(1500):  # one change per transaction: a long stream of small commits
-                if i % 3 == 0:
-                    conn.execute("INSERT INTO acc VALUES (%s, %s)", (10_000 + i, i))
-                elif i % 3 == 1:
-                    conn.execute("UPDATE acc SET v = v + 1 WHERE id = %s", (i % 1000 + 1,))
-                else:
-                    conn.execute("DELETE FROM acc WHERE id = %s", (10_000 + i - 2,))
-                changes += 1
+        small = 3000
 
-        def some_logged() -> bool:
-            return len(lake_rows(warehouse, "acc__changes", ("_lsn",)) or []) > 0
+        def load() -> None:  # writes on while the lake streams, and while it is killed
+            with pair.src() as conn:
+                conn.autocommit = True
+                # one transaction larger than --max-rows: committed to the lake in pieces
+                conn.execute("INSERT INTO acc SELECT i, 1 FROM generate_series(50000, 54999) AS i")
+                for i in range(small):  # one change per transaction: many small commits
+                    if i % 3 == 0:
+                        conn.execute("INSERT INTO acc VALUES (%s, %s)", (10_000 + i, i))
+                    elif i % 3 == 1:
+                        conn.execute("UPDATE acc SET v = v + 1 WHERE id = %s", (i % 1000 + 1,))
+                    else:
+                        conn.execute("DELETE FROM acc WHERE id = %s", (10_000 + i - 2,))
 
-        wait_for(some_logged, 60, interval=0.02, what="the first change-log commit")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        writer = threading.Thread(target=load)
+        writer.start()
+        try:
+
+            def some_logged() -> bool:
+                return len(lake_rows(warehouse, "acc__changes", ("_lsn",)) or []) > 0
+
+            wait_for(some_logged, 60, interval=0.02, what="the first change-log commit")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            writer.join()
+        changes = 5000 + small
         logged_at_kill = len(lake_rows(warehouse, "acc__changes", ("_lsn",)) or [])
         assert 0 < logged_at_kill < changes, "the kill should land in the middle of the stream"
         with pair.src() as conn:  # more changes while the lake process is down

@@ -144,3 +144,30 @@ def test_key_filter() -> None:
     assert "id" in repr(single) and "In" in repr(single)
     composite = key_filter(pa.table({"a": [1, 2], "b": ["x", "y"]}))
     assert "Or" in repr(composite) and "And" in repr(composite)
+    ranged = repr(key_filter(pa.table({"id": [*range(1, 101), 200, 202]})))
+    assert "GreaterThanOrEqual" in ranged and "LessThanOrEqual" in ranged and "200" in ranged
+    assert ranged.count("GreaterThanOrEqual") == 1  # 1..100 is one range, not 100 literals
+
+
+def test_key_filter_binds_exactly_the_keys() -> None:
+    from pyiceberg.expressions.visitors import expression_evaluator
+    from pyiceberg.schema import Schema
+    from pyiceberg.typedef import Record
+    from pyiceberg.types import NestedField
+
+    schema = Schema(NestedField(1, "id", LongType(), required=False))
+    keys = [*range(10, 20), 25, 27, 30, 31]
+    evaluate = expression_evaluator(schema, key_filter(pa.table({"id": keys})), True)
+    assert [i for i in range(0, 40) if evaluate(Record(i))] == keys
+    many = pa.table(
+        {"a": list(range(3000)), "b": ["k"] * 3000}
+    )  # a balanced OR: no recursion error
+    evaluate = expression_evaluator(
+        Schema(
+            NestedField(1, "a", LongType(), required=False),
+            NestedField(2, "b", StringType(), required=False),
+        ),
+        key_filter(many),
+        True,
+    )
+    assert evaluate(Record(2999, "k")) and not evaluate(Record(2999, "x"))

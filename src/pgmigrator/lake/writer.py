@@ -58,6 +58,7 @@ PARTIAL_PROPERTY = "pgmigrator.partial"  # "<commit LSN>:<seq>" of a transaction
 CHANGES_SUFFIX = "__changes"
 _IN: Any = In  # pydantic models: their positional constructors confuse the type checker
 _EQ: Any = EqualTo
+_OR: Any = Or  # Or(a, b, *rest) builds a balanced tree
 _GE: Any = GreaterThanOrEqual
 _LE: Any = LessThanOrEqual
 _META_TYPES = (StringType(), LongType(), IntegerType(), TimestamptzType())
@@ -232,21 +233,49 @@ def _properties(pos: Position) -> dict[str, str]:
 
 
 def key_filter(keys: pa.Table) -> BooleanExpression | None:
-    """A filter matching exactly these key values (one column: IN; several: OR of ANDs)."""
+    """A filter matching exactly these key values.
+
+    One column: runs of consecutive integers become ranges (a bulk UPDATE ... WHERE id BETWEEN
+    gives a handful of predicates, not 100k literals: each literal costs time when the filter is
+    bound), the rest one IN. Several columns: an OR of ANDs. OR trees are balanced.
+    """
     if keys.num_rows == 0:
         return None
     names = keys.column_names
-    if len(names) == 1:
-        values = {v for v in keys.column(0).to_pylist() if v is not None}
-        return _IN(names[0], values) if values else None
     terms: list[BooleanExpression] = []
-    for row in keys.to_pylist():
-        parts: list[BooleanExpression] = [_EQ(n, row[n]) for n in names if row[n] is not None]
-        if parts:
-            terms.append(reduce(And, parts) if len(parts) > 1 else parts[0])
+    if len(names) == 1:
+        values = [v for v in set(keys.column(0).to_pylist()) if v is not None]
+        singles: list[Any] = values
+        if values and all(type(v) is int for v in values):
+            singles = []
+            for low, high in _runs(sorted(values)):
+                if high - low >= 2:
+                    terms.append(And(_GE(names[0], low), _LE(names[0], high)))
+                else:
+                    singles.extend(range(low, high + 1))
+        if singles:
+            terms.append(_IN(names[0], singles))
+    else:
+        for row in keys.to_pylist():
+            parts: list[BooleanExpression] = [_EQ(n, row[n]) for n in names if row[n] is not None]
+            if parts:
+                terms.append(reduce(And, parts) if len(parts) > 1 else parts[0])
     if not terms:
         return None
-    return reduce(Or, terms) if len(terms) > 1 else terms[0]
+    return _OR(*terms) if len(terms) > 1 else terms[0]
+
+
+def _runs(values: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct integers as (first, last) runs of consecutive values."""
+    runs: list[tuple[int, int]] = []
+    start = prev = values[0]
+    for v in values[1:]:
+        if v != prev + 1:
+            runs.append((start, prev))
+            start = v
+        prev = v
+    runs.append((start, prev))
+    return runs
 
 
 def _arrow_schema(columns: Columns, *, changelog: bool = False) -> pa.Schema:
