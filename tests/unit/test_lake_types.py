@@ -138,6 +138,15 @@ def test_rows_of_an_older_layout_get_nulls_for_new_columns() -> None:
     assert buf.upserts(cols).column("note").to_pylist() == [None, "n"]
 
 
+def test_a_table_without_key_keeps_identical_inserts() -> None:
+    keyless = Relation(2, "public", "log", "n", (Column(0, "msg", 25, -1),))
+    buf = ChangeBuffer("public", "log")
+    for seq in range(3):
+        buf.add(Insert(2, row(b"same")), keyless, 10, seq, 0)
+    assert buf.upserts([("msg", map_type(25, -1))]).column("msg").to_pylist() == ["same"] * 3
+    assert buf.touched_keys([("msg", map_type(25, -1))]).num_rows == 0
+
+
 def test_key_filter() -> None:
     assert key_filter(pa.table({"id": pa.array([], pa.int32())})) is None
     single = key_filter(pa.table({"id": [1, 2]}))

@@ -89,6 +89,7 @@ class ChangeBuffer:
     net: dict[tuple[bytes | None, ...], tuple[bool, Relation, tuple[bytes | None, ...]]] = field(
         default_factory=dict
     )
+    appended: list[tuple[Relation, tuple[bytes | None, ...]]] = field(default_factory=list)
     truncated: bool = False
     unchanged_toast: int = 0  # values the source did not send (unchanged TOAST): stored as NULL
 
@@ -101,6 +102,7 @@ class ChangeBuffer:
         if kind == "T":
             self.rows.append(_Row("t", lsn, seq, commit_time, relation, None))
             self.net.clear()
+            self.appended.clear()
             self.truncated = True
             return
         if kind == "D":
@@ -110,6 +112,9 @@ class ChangeBuffer:
             return
         new = self._complete(msg.new, msg.old if kind == "U" else None)
         self.rows.append(_Row(OPS[kind], lsn, seq, commit_time, relation, new))
+        if kind == "I" and not _key_indexes(relation):
+            self.appended.append((relation, new))  # no key (inserts only): identical rows stay
+            return
         if kind == "U" and msg.old is not None:
             old_key = _key(relation, msg.old.values)
             if old_key != _key(relation, new):
@@ -145,6 +150,7 @@ class ChangeBuffer:
     def upserts(self, columns: Sequence[tuple[str, LakeType]]) -> pa.Table:
         """The last image of every key that exists after the buffered changes."""
         live = [(rel, values) for exists, rel, values in self.net.values() if exists]
+        live += self.appended
         return pa.Table.from_arrays(_columns(live, columns), names=[n for n, _ in columns])
 
     def touched_keys(self, key_columns: Sequence[tuple[str, LakeType]]) -> pa.Table:
@@ -159,14 +165,18 @@ _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since the Unix epoch
 _KEY_INDEXES: dict[int, tuple[Relation, tuple[int, ...]]] = {}  # id(relation) -> (it, key indexes)
 
 
-def _key(relation: Relation, values: tuple[bytes | None, ...]) -> tuple[bytes | None, ...]:
+def _key_indexes(relation: Relation) -> tuple[int, ...]:
     entry = _KEY_INDEXES.get(id(relation))
     if entry is None or entry[0] is not relation:
         if len(_KEY_INDEXES) > 10_000:  # relations are few; bound the cache anyway
             _KEY_INDEXES.clear()
         entry = (relation, tuple(i for i, c in enumerate(relation.columns) if c.is_key))
         _KEY_INDEXES[id(relation)] = entry
-    idx = entry[1]
+    return entry[1]
+
+
+def _key(relation: Relation, values: tuple[bytes | None, ...]) -> tuple[bytes | None, ...]:
+    idx = _key_indexes(relation)
     if len(idx) == 1:
         return (values[idx[0]],)
     return tuple([values[i] for i in idx]) if idx else values  # no key: the whole row
