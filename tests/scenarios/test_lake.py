@@ -310,3 +310,36 @@ def test_walsender_terminated_mid_stream_reconnects_without_loss(
         stop(proc)
     err = proc.stderr.read() if proc.stderr else ""
     assert "reconnecting" in err, err[-2000:]
+
+
+def test_interrupted_copy_says_to_reset_and_reset_recovers(pair: Pair, tmp_path: Path) -> None:
+    warehouse = tmp_path / "lake"
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE big (id int PRIMARY KEY, pad text)")
+        conn.execute("INSERT INTO big SELECT i, repeat('x', 200) FROM generate_series(1, 400000) i")
+    args = ("lake", "--source", pair.source, "--warehouse", str(warehouse), "--name", pair.dbname)
+    proc = start_pgmigrator(*args)
+    try:
+
+        def copying() -> bool:
+            alive(proc)
+            if not (warehouse / "catalog.db").exists():
+                return False
+            try:
+                catalog(warehouse).load_table(("public", "big"))
+            except (NoSuchTableError, OperationalError):
+                return False
+            return True
+
+        wait_for(copying, 60, interval=0.01, what="the copy to start")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        stop(proc)
+    again = pgmigrator(*args)
+    assert again.returncode == 1, again.stderr
+    assert "have no completed initial copy" in again.stderr and "--reset" in again.stderr
+    reset = pgmigrator(*args, "--reset", "--json")
+    assert reset.returncode == 0, reset.stderr
+    assert '"copied_rows":400000' in reset.stdout
+    assert len(lake_rows(warehouse, "big", ("id",)) or []) == 400000
