@@ -1,14 +1,19 @@
 """Streaming changes from the lake's slot into Iceberg, exactly once.
 
-The stream starts at the lowest LSN any lake table has committed. Each table skips the changes of
-transactions committed before its own LSN (DESIGN.md rule 2, per Iceberg table), so a restart after
-a crash (even between a change-log commit and the merge that follows it) writes nothing twice.
+The stream starts at the lowest position any lake table has committed. Each table skips the
+changes it already holds (`Position`: transactions committed before its LSN, plus the written
+part of a transaction committed in pieces; DESIGN.md rule 2, per Iceberg table), so a restart
+after a crash (even between a change-log commit and the merge that follows it) writes nothing
+twice. ``_seq`` counts every change of a transaction, so it is the same on every replay.
 
-Changes are buffered per table (`ChangeBuffer`) and flushed at a source commit boundary every
-``flush_interval_s`` seconds or ``max_rows`` rows: for each table, the change log is appended,
-then the net effect is merged into the current state, each commit carrying the batch's end LSN.
-Only then does the slot's flush LSN move (``stream.flushed``): the slot never discards WAL the lake
-does not hold. New source columns (a Relation with more columns) are added to both tables first.
+Changes are buffered per table (`ChangeBuffer`) and handed to a background commit at a source
+commit boundary every ``flush_interval_s`` seconds (once the previous commit has landed: while
+it runs, the next batch grows) or ``max_rows`` rows; a transaction with more than ``max_rows``
+changes is committed in pieces, so memory stays bounded. For each table the change log is
+appended, then the net effect is merged into the current state, each commit carrying the new
+position. Only then does the slot's flush LSN move (``stream.flushed``): the slot never discards
+WAL the lake does not hold. New source columns (a Relation with more columns) are added to both
+tables first.
 """
 
 from __future__ import annotations
