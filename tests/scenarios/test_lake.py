@@ -196,7 +196,7 @@ def test_kill_minus_9_mid_stream_then_restart_is_exactly_once(pair: Pair, tmp_pa
         conn.execute("INSERT INTO acc SELECT i, 0 FROM generate_series(1, 1000) AS i")
     args = (
         "lake", "--source", pair.source, "--warehouse", str(warehouse), "--follow",
-        "--flush-interval", "0.2", "--max-rows", "300",
+        "--flush-interval", "0.2", "--max-rows", "300", "--name", pair.dbname,
     )  # fmt: skip
     proc = start_pgmigrator(*args)
     try:
@@ -261,6 +261,21 @@ def test_kill_minus_9_mid_stream_then_restart_is_exactly_once(pair: Pair, tmp_pa
         stop(proc)
 
 
+def test_settings_from_the_config_file(pair: Pair, tmp_path: Path) -> None:
+    warehouse = tmp_path / "from-config"
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE c (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO c SELECT generate_series(1, 10)")
+    config = tmp_path / "lake.yaml"
+    config.write_text(f"lake:\n  warehouse: {warehouse}\n  copy_batch_rows: 3\n")
+    result = pgmigrator(
+        "lake", "--config", str(config), "--source", pair.source, "--json", "--name", pair.dbname
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"copied_rows":10' in result.stdout
+    assert [r["id"] for r in lake_rows(warehouse, "c", ("id",)) or []] == list(range(1, 11))
+
+
 def test_missing_warehouse_is_a_clear_error(pair: Pair) -> None:
     result = pgmigrator("lake", "--source", pair.source)
     assert result.returncode == 1
@@ -276,7 +291,7 @@ def test_walsender_terminated_mid_stream_reconnects_without_loss(
         conn.execute("CREATE TABLE ev (id int PRIMARY KEY, v int)")
     proc = start_pgmigrator(
         "lake", "--source", pair.source, "--warehouse", str(warehouse), "--follow",
-        "--flush-interval", "0.2",
+        "--flush-interval", "0.2", "--name", pair.dbname,
     )  # fmt: skip
     try:
         wait_for(
