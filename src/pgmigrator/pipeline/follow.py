@@ -248,7 +248,8 @@ class Follow:
             await self._read(stream, reader, out, queue, apply_task, monitor)
         finally:
             await asyncio.to_thread(monitor.close)
-        await queue.put(_STOP)
+        if not apply_task.done():  # a finished apply loop reads nothing more: never block here
+            await queue.put(_STOP)
 
     async def _read(
         self,
@@ -309,8 +310,9 @@ class Follow:
         in_txn = False
         last_durable = 0.0
         while True:
-            try:
-                cmd = await asyncio.wait_for(queue.get(), timeout=1.0)
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the task group's
+                async with asyncio.timeout(1.0):  # cancel (then this loop never ends)
+                    cmd = await queue.get()
             except TimeoutError:
                 cmd = None
             if cmd is _STOP:

@@ -140,8 +140,9 @@ class WalBudgetWatcher:
         try:
             while not stop.is_set():
                 await asyncio.to_thread(self._tick)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval)
+                with contextlib.suppress(TimeoutError):  # not wait_for: it may swallow a cancel
+                    async with asyncio.timeout(interval):
+                        await stop.wait()
         finally:
             await asyncio.to_thread(self.close)
 

@@ -230,8 +230,8 @@ def _result_error(res: pq.abc.PGresult, slot: str, publication: str) -> Replicat
             f"replication slot {slot!r} does not exist on the source",
             hint="run `pgmigrator clone` first (it creates the slot), or pass the right --slot/--name",
         )
-    if state == "55006":
-        return ReplicationError(
+    if state == "55006":  # retryable: after a reconnect, our own old walsender may still be exiting
+        return RetryableReplicationError(  # (follow refuses a slot in use up front, at start)
             f"replication slot {slot!r} is in use by another consumer: {text}",
             hint="stop the other `follow` (or subscriber) using this slot, or use another --name",
         )

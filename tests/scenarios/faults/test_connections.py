@@ -22,17 +22,18 @@ def _walsender(pair: Pair) -> int | None:
     return row[0] if row else None
 
 
-def _terminate_and_wait_for_a_new_walsender(pair: Pair) -> None:
+def _terminate_and_wait_for_a_new_walsender(pair: Pair, proc: subprocess.Popen[str]) -> None:
     old = _walsender(pair)
     assert old is not None
     with pair.src() as conn:
         assert conn.execute("SELECT pg_terminate_backend(%s)", (old,)).fetchone()[0]
-    wait_for(
-        lambda: _walsender(pair) not in (None, old),
-        timeout=60,
-        interval=0.05,
-        what="the follower to reconnect with a new walsender",
-    )
+
+    def new_walsender() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the follower exited: {proc.communicate()[1][-2000:]}")
+        return _walsender(pair) not in (None, old)
+
+    wait_for(new_walsender, timeout=60, interval=0.05, what="a new walsender")
 
 
 def test_walsender_terminated_while_writing(pair: Pair, procs: list[subprocess.Popen[str]]) -> None:
@@ -42,9 +43,9 @@ def test_walsender_terminated_while_writing(pair: Pair, procs: list[subprocess.P
     wait_streaming(pair, proc)
     with workload(pair):
         write_some(pair, 50, "before")
-        _terminate_and_wait_for_a_new_walsender(pair)
+        _terminate_and_wait_for_a_new_walsender(pair, proc)
         write_some(pair, 50, "after-terminate")
-        _terminate_and_wait_for_a_new_walsender(pair)  # again: the follower never gives up
+        _terminate_and_wait_for_a_new_walsender(pair, proc)  # again: the follower never gives up
     converge(pair, "after-terminate")
     assert proc.poll() is None
 
