@@ -24,7 +24,7 @@ import orjson
 import pytest
 from nats.js.api import ConsumerConfig
 
-from pgmigrator.errors import RetryableSinkError
+from pgmigrator.errors import RetryableSinkError, SinkError
 from pgmigrator.lsn import Lsn
 from pgmigrator.sinks import Event, SinkContext, build_sink
 from pgmigrator.sinks.nats import NatsSink
@@ -294,3 +294,40 @@ async def test_stream_command_kill_9_and_restart_is_deduplicated(
         assert {g[0] for g in got} == {"pgmigrator.public.q"}
     finally:
         kill_group(proc)
+
+
+async def test_missing_stream_and_missing_jetstream_are_clear_errors(
+    server: NatsServer, tmp_path: Path
+) -> None:
+    opts = {"url": server.url, "create_stream": False, "stream": "ABSENT"}
+    built = build_sink("nats", "strict", opts, SinkContext())
+    with pytest.raises(SinkError) as info:
+        await built.start()
+    assert not info.value.retryable and "'ABSENT' does not exist" in info.value.message
+    assert info.value.hint and "create_stream" in info.value.hint
+    await built.close()
+    assert NATS_SERVER is not None
+    plain_port = _free_port()  # a server without JetStream
+    plain = subprocess.Popen(
+        [NATS_SERVER, "-a", "127.0.0.1", "-p", str(plain_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", plain_port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nats-server did not start"
+                await asyncio.sleep(0.05)
+        url = f"nats://127.0.0.1:{plain_port}"
+        built = build_sink("nats", "nojs", {"url": url}, SinkContext())
+        with pytest.raises(SinkError) as info:
+            await built.start()
+        assert "JetStream" in info.value.message
+        await built.close()
+    finally:
+        plain.kill()
+        plain.wait(10)
