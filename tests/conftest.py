@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,7 @@ def clusters() -> Iterator[tuple[devcluster.Cluster, devcluster.Cluster]]:
     finally:
         source.destroy()
         dest.destroy()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _drop_everything(cluster: devcluster.Cluster, dbname: str) -> None:

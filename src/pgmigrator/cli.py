@@ -205,8 +205,12 @@ def _state_file(settings: configmod.Settings, collector: Any) -> Any:
 
 
 def _run_follow(
-    settings: configmod.Settings, collector: Any, control: PipelineControl | None = None
+    settings: configmod.Settings,
+    collector: Any,
+    control: PipelineControl | None = None,
+    reload_from: tuple[Path, dict[str, Any]] | None = None,
 ) -> None:
+    """Run a follower until stopped; with ``reload_from`` (config file, flags) it reloads live."""
     import asyncio
     import signal
     import threading
@@ -223,7 +227,19 @@ def _run_follow(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, follow.request_stop)
             loop.add_signal_handler(signal.SIGUSR1, _toggle_pause, follow)
-        return await follow.run()
+        if reload_from is None:
+            return await follow.run()
+        from pgmigrator.stream.reload import ReloadWatcher
+
+        watcher = ReloadWatcher(
+            reload_from[0], reload_from[1], lambda: follow.settings, follow.reload, collector
+        )
+        watch = asyncio.create_task(watcher.run(follow.stop_event))
+        try:
+            return await follow.run()
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
 
     try:
         stats = asyncio.run(main_task())
@@ -248,10 +264,16 @@ def follow(config_file: Path | None, tui: bool, **flags: Any) -> None:
 
     SIGUSR1 pauses and resumes (as do the API and the TUI); SIGINT/SIGTERM stop cleanly.
     """
-    settings = load_settings(config_file, **bidi_flags(api_flags(flags)))
+    flags = bidi_flags(api_flags(flags))
+    settings = load_settings(config_file, **flags)
     collector = _collector(settings)
-    run = run_bidi if settings.bidi.enabled else _run_follow  # both ways: pipeline/bidi.py
-    hosted_run(settings, collector, lambda control: run(settings, collector, control), tui=tui)
+    if settings.bidi.enabled:  # both ways: pipeline/bidi.py
+        hosted_run(settings, collector, lambda c: run_bidi(settings, collector, c), tui=tui)
+        return
+    reload_from = (config_file, flags) if config_file is not None else None
+    hosted_run(
+        settings, collector, lambda c: _run_follow(settings, collector, c, reload_from), tui=tui
+    )
 
 
 def _toggle_pause(follow: Any) -> None:

@@ -25,7 +25,7 @@ from pgmigrator.destination.conflicts import ConflictPolicy
 from pgmigrator.destination.postgres import PostgresApplier
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, ReplicationError, RetryableReplicationError
-from pgmigrator.log import get_logger
+from pgmigrator.log import get_logger, set_level
 from pgmigrator.lsn import Lsn
 from pgmigrator.metrics import Collector
 from pgmigrator.metrics.format import format_bytes
@@ -47,9 +47,11 @@ from pgmigrator.retry import Backoff, exhausted
 from pgmigrator.source.replication import ReplicationStream
 from pgmigrator.source.slots import slot_status
 from pgmigrator.store.state import StateStore, sentinel_insert_sql
+from pgmigrator.stream.reload import ReloadPlan
 
 log = get_logger("follow")
 _STOP = object()
+PUMP_MESSAGES = 2_000  # messages fed between two turns of the event loop
 
 
 @dataclass
@@ -87,10 +89,26 @@ class Follow:
         self._inflight = 0
         self._sentinel_pending = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
+        self._backoff: Backoff | None = None
+        self._budget: WalBudgetWatcher | None = None
 
     def request_stop(self) -> None:
         """Stop after the batch in flight (signal handlers, API); safe from any thread."""
         self.gate.request_stop()
+
+    async def reload(self, plan: ReloadPlan) -> None:
+        """Config reload: log level, retry and WAL budget limits apply live (sinks are stream's)."""
+        new = plan.settings
+        if plan.log_level:
+            set_level(new.log_level)
+        if plan.limits:
+            if self._backoff is not None:
+                self._backoff.policy = new.retry.policy()
+            if self._budget is not None:
+                self._budget.budget = new.wal_budget
+        if plan.add or plan.remove or plan.replace or plan.filters:
+            log.warning("config reload: sinks and stream filters do not apply to follow; ignored")
+        self.settings = new
 
     def pause(self) -> str:
         """Stop consuming changes (status updates keep the walsender alive); any thread."""
@@ -112,8 +130,10 @@ class Follow:
     async def _run(self) -> FollowStats:
         slot, publication, sync_lsns = await asyncio.to_thread(self._load_state)
         self.collector.set_info("slot", slot)
-        backoff = Backoff(self.settings.retry.policy())
-        budget = WalBudgetWatcher(self.source, slot, self.settings.wal_budget, self.collector)
+        backoff = self._backoff = Backoff(self.settings.retry.policy())
+        budget = self._budget = WalBudgetWatcher(
+            self.source, slot, self.settings.wal_budget, self.collector
+        )
         watcher = asyncio.create_task(budget.run(self.stop_event))
         try:
             while not self.stop_event.is_set():
@@ -276,6 +296,7 @@ class Follow:
                 msg = await stream.next(timeout=1.0)
             if msg is not None:
                 reader.feed(msg.data, msg.wal_end)
+                stream.pump(reader.feed, PUMP_MESSAGES)  # what libpq already holds, no await each
             await self._drain(out, queue)
             # an idle slot may advance past our last commit only once that commit is durable
             stream.idle = (
