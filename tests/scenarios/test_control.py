@@ -193,3 +193,45 @@ async def test_probes_metrics_status_and_tui_agree_on_a_real_follower(
             "/api/v1/resume", headers={"Authorization": f"Bearer {TOKEN}"}
         )).status_code == 200  # fmt: skip
         assert (await client.get("/api/v1/status")).json()["state"] == "running"
+
+
+def test_follow_reloads_its_config_file(pair: Pair, tmp_path: Path) -> None:
+    """Log level and limits apply live; a change to a fixed setting is refused, follow goes on."""
+    import json
+
+    import yaml
+
+    from tests.conftest import pgmigrator
+
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE items (id bigserial PRIMARY KEY, v text)")
+    config = tmp_path / "follow.yaml"
+    base = {"source": pair.source, "dest": pair.dest, "name": pair.dbname}
+    config.write_text(yaml.safe_dump(base))
+    assert pgmigrator("clone", "--config", str(config)).returncode == 0
+    proc = start_pgmigrator("follow", "--config", str(config))
+    try:
+        wait_streaming(pair, proc)
+
+        def reload_record(counter: str, value: int) -> dict[str, object] | None:
+            res = pgmigrator("status", "--name", pair.dbname, "--json")
+            record = json.loads(res.stdout).get("info", {}).get("config_reload") or {}
+            return record if res.returncode == 0 and record.get(counter, 0) >= value else None
+
+        config.write_text(yaml.safe_dump({**base, "log_level": "warning", "retry": {"max_s": 5}}))
+        wait_for(lambda: reload_record("reloads", 1), 60, interval=0.2, what="the reload")
+        config.write_text(yaml.safe_dump({**base, "slot": "elsewhere"}))
+        record = wait_for(lambda: reload_record("refused", 1), 60, interval=0.2, what="refusal")
+        assert "slot" in str(record["last"])  # type: ignore[index]
+        with pair.src() as conn:
+            conn.execute("INSERT INTO items (v) VALUES ('after the reloads')")
+        wait_for(lambda: items_on_dest(pair) == 1, 60, what="the row applied after the reloads")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def items_on_dest(pair: Pair) -> int:
+    with pair.dst() as conn:
+        return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])

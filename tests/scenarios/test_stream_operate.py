@@ -105,8 +105,13 @@ def test_rejected_events_are_dead_lettered_and_replayed(
         recovered = created_keys(read_events(target))
         assert sorted(recovered + accepted_keys(receiver)) == [1, 2, 3, 4, 5, 6]
         assert recovered == sorted(recovered)  # replayed in source order
-        snap = json.loads(pgmigrator("status", "--name", pair.dbname, "--json").stdout)
-        assert snap["sinks"]["hook"]["dead_lettered"] == 2
+
+        def dead_lettered() -> int | None:  # the state file is written every 2 s
+            res = pgmigrator("status", "--name", pair.dbname, "--json")
+            sinks = json.loads(res.stdout).get("sinks", {}) if res.returncode == 0 else {}
+            return sinks.get("hook", {}).get("dead_lettered")
+
+        assert wait_for(lambda: dead_lettered() == 2, 30, interval=0.2, what="dead_lettered 2")
     finally:
         receiver.stop()
 

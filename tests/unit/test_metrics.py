@@ -292,7 +292,14 @@ def test_errors_sinks_health_info(collector: Collector, clock: FakeClock) -> Non
     assert snap["error_count"] == 2
     assert snap["last_error"]["message"] == "second"
     assert snap["sinks"] == {
-        "kafka": {"delivered": 15, "failed": 1, "retried": 2, "dropped": 3, "queue_depth": 1}
+        "kafka": {
+            "delivered": 15,
+            "failed": 1,
+            "retried": 2,
+            "dropped": 3,
+            "dead_lettered": 0,
+            "queue_depth": 1,
+        }
     }
     assert snap["health"]["source"] == {
         "status": "ok",
