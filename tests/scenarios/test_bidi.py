@@ -8,11 +8,9 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 
 import orjson
 import psycopg
-import pytest
 
 from pgmigrator import devcluster
 from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for
@@ -32,16 +30,6 @@ def _load(pair: Pair) -> None:
         conn.execute("INSERT INTO note (body) SELECT 'cloned ' || g FROM generate_series(1, 50) g")
         for table in ("acc", "note"):  # vacuum would write WAL and freeze xmins in the quiet check
             conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _clone_and_follow(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,16 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Pair, start_pgmigrator, wait_for, wait_streaming
+from tests.conftest import Pair, free_port, start_pgmigrator, wait_for, wait_streaming
 
 TOKEN = "control-token-0123"
 SENDER_TIMEOUT_S = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -4,33 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
-from tests.conftest import Pair, start_pgmigrator, wait_for
+from tests.conftest import Pair, free_port, start_pgmigrator, wait_for
 from tests.scenarios.webhook_receiver import Receiver
 
 SECRET = "stream-hook-secret"
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sink_status(api: str, proc: subprocess.Popen[str]) -> dict[str, int]:

@@ -5,13 +5,10 @@ pause and resume through the API."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import time
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +16,11 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for
+from tests.conftest import Pair, free_port, pgmigrator, start_pgmigrator, wait_for
 from tests.scenarios.test_stream import read_events
 from tests.scenarios.webhook_receiver import Receiver
 
 TOKEN = "operate-token"
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture
@@ -71,12 +58,6 @@ def accepted_keys(receiver: Receiver) -> list[int]:
     with receiver._lock:
         accepted = [r for r in receiver.requests if 200 <= r.status < 300]
     return [int(d["key"]["id"]) for r in accepted for d in r.documents()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_rejected_events_are_dead_lettered_and_replayed(
@@ -195,6 +176,14 @@ def test_pause_and_resume_a_stream_through_the_api(
     )  # fmt: skip
     procs.append(proc)
     wait_for(lambda: slot_active(pair, proc), 60, what="the stream to start")
+
+    def state() -> str | None:
+        try:
+            return str(httpx.get(f"http://{api}/api/v1/status", timeout=10).json()["state"])
+        except httpx.HTTPError:
+            return None
+
+    wait_for(lambda: state() == "running", 60, what="the stream to run")  # pause needs it
     auth = {"Authorization": f"Bearer {TOKEN}"}
     res = httpx.post(f"http://{api}/api/v1/pause", headers=auth, timeout=10)
     assert res.status_code == 200 and res.json()["message"] == "paused", res.text

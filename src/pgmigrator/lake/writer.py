@@ -71,7 +71,15 @@ def open_catalog(warehouse: Path, catalog_url: str | None) -> Catalog:
     try:
         warehouse.mkdir(parents=True, exist_ok=True)
         uri = catalog_url or f"sqlite:///{warehouse / 'catalog.db'}"
-        return SqlCatalog("pgmigrator", uri=uri, warehouse=warehouse.resolve().as_uri())
+        for attempt in (1, 2):
+            try:
+                return SqlCatalog("pgmigrator", uri=uri, warehouse=warehouse.resolve().as_uri())
+            except SQLAlchemyError as exc:
+                # another process created the catalog's tables between pyiceberg's check and its
+                # CREATE: they exist now, so opening again works
+                if attempt == 2 or "already exists" not in str(exc):
+                    raise
+        raise AssertionError("unreachable")
     except (SQLAlchemyError, OSError, ValueError) as exc:
         raise LakeError(
             f"cannot open the Iceberg catalog: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
