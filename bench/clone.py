@@ -675,16 +675,21 @@ def print_report(results: list[RunResult], summary: dict[str, Any], facts: dict[
 
 
 def write_json(
-    results: list[RunResult], summary: dict[str, Any], facts: dict[str, Any], stamp: str
+    benchmark: str,
+    items: tuple[str, list[Any]],
+    summary: dict[str, Any],
+    facts: dict[str, Any],
+    stamp: str,
 ) -> Path:
+    """``bench/results/<benchmark>-<stamp>.json``: environment, summary and every run (dataclasses)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"clone-{stamp}.json"
+    path = RESULTS_DIR / f"{benchmark}-{stamp}.json"
     doc = {
-        "benchmark": "clone",
+        "benchmark": benchmark,
         "timestamp": stamp,
         "environment": facts,
         "summary": summary,
-        "runs": [asdict(r) for r in results],
+        items[0]: [asdict(item) for item in items[1]],
     }
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return path
@@ -763,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     summary = summarize(results)
     print_report(results, summary, facts)
-    print(f"\nresults: {write_json(results, summary, facts, stamp)}")
+    print(f"\nresults: {write_json('clone', ('runs', results), summary, facts, stamp)}")
     return 1 if any(r.error for r in results) else 0
 
 

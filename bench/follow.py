@@ -26,7 +26,6 @@ Run: ``.venv/bin/python bench/follow.py``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -38,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,6 @@ import psycopg
 from clone import (
     NOISY_PCT,
     PGMIGRATOR,
-    RESULTS_DIR,
     ROOT,
     WIDE,
     WIDE_DDL,
@@ -57,6 +55,7 @@ from clone import (
     run_checked,
     scalar,
     wide_fill_sql,
+    write_json,
 )
 from psycopg import sql
 
@@ -810,22 +809,6 @@ def print_report(
         )
 
 
-def write_json(
-    workloads: list[Workload], summary: dict[str, Any], facts: dict[str, Any], stamp: str
-) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"follow-{stamp}.json"
-    doc = {
-        "benchmark": "follow",
-        "timestamp": stamp,
-        "environment": facts,
-        "summary": summary,
-        "workloads": [asdict(wl) for wl in workloads],
-    }
-    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    return path
-
-
 def git_state() -> str:
     rev = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -904,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     summary = summarize(workloads)
     print_report(workloads, summary, args)
-    print(f"\nresults: {write_json(workloads, summary, facts, stamp)}")
+    print(f"\nresults: {write_json('follow', ('workloads', workloads), summary, facts, stamp)}")
     return 1 if summary["errors"] else 0
 
 

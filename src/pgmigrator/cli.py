@@ -197,13 +197,6 @@ def _collector(settings: configmod.Settings) -> Any:
     return collector
 
 
-def _state_file(settings: configmod.Settings, collector: Any) -> Any:
-    from pgmigrator.metrics.filewriter import StateFileThread
-    from pgmigrator.metrics.persist import state_path
-
-    return StateFileThread(collector, state_path(settings.name, settings.state_dir))
-
-
 def _run_follow(
     settings: configmod.Settings,
     collector: Any,

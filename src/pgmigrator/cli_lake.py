@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
-from pgmigrator.cli import _collector, _state_file, common_options, handle_errors, load_settings
+from pgmigrator.cli import _collector, common_options, handle_errors, load_settings
+from pgmigrator.cli_observe import state_file
 from pgmigrator.errors import PgMigratorError
 from pgmigrator.lake.settings import LakeSettings
 
@@ -84,7 +85,7 @@ def lake(
         publication=publication or settings.publication,
         collector=collector,
     )
-    with _state_file(settings, collector):  # `pgmigrator status --name NAME` reads it
+    with state_file(settings, collector):  # `pgmigrator status --name NAME` reads it
         try:
             result = _run(pipeline, reset=reset, follow=follow)
         except PgMigratorError as exc:

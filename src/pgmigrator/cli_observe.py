@@ -11,16 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import click
 
 from pgmigrator import config as configmod
 from pgmigrator.metrics import Collector
-
-if TYPE_CHECKING:
-    from pgmigrator.pipeline.control import PipelineControl
+from pgmigrator.pipeline.control import Hosted, PipelineControl
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,30 +54,49 @@ def api_flags(flags: dict[str, Any]) -> dict[str, Any]:
 Body = Callable[["PipelineControl"], None]
 
 
+def state_file(settings: configmod.Settings, collector: Collector) -> Any:
+    """The thread writing the collector's snapshot to the pipeline's state file (a context)."""
+    from pgmigrator.metrics.filewriter import StateFileThread
+    from pgmigrator.metrics.persist import state_path
+
+    return StateFileThread(collector, state_path(settings.name, settings.state_dir))
+
+
+@contextlib.contextmanager
+def serving_api(
+    settings: configmod.Settings,
+    collector: Collector,
+    control: PipelineControl,
+    extra_routes: Sequence[Any] = (),
+    *,
+    announce: bool = True,
+) -> Iterator[Hosted]:
+    """The API for the block when ``api.addr`` is set (the web stack is imported only then);
+    its URL, and a generated token once, go to stderr."""
+    if not settings.api.addr:
+        yield Hosted(None)
+        return
+    from pgmigrator.api.host import serving
+
+    with serving(settings, collector, control, extra_routes) as hosted:
+        if announce and hosted.server is not None:
+            click.echo(f"API and dashboard: {hosted.server.url}/", err=True)
+            if hosted.token_generated:
+                click.echo(f"API token (for control requests): {hosted.token}", err=True)
+        yield hosted
+
+
 def hosted_run(
     settings: configmod.Settings, collector: Collector, body: Body, *, tui: bool = False
 ) -> None:
     """Run ``body`` with the state file and, when configured, the API (and the TUI)."""
-    from pgmigrator.metrics.filewriter import StateFileThread
-    from pgmigrator.metrics.persist import state_path
-
     if tui and not settings.api.addr:
         settings.api.addr = "127.0.0.1:0"  # the TUI reads the API: serve it on a free local port
-    from pgmigrator.pipeline.control import Hosted, PipelineControl
-
     control = PipelineControl(settings)
-    state_file = StateFileThread(collector, state_path(settings.name, settings.state_dir))
-    if settings.api.addr:  # the web stack is imported only when the API is served
-        from pgmigrator.api.host import serving
-
-        server_cm: Any = serving(settings, collector, control)
-    else:
-        server_cm = contextlib.nullcontext(Hosted(None))
-    with state_file, server_cm as hosted:
-        if hosted.server is not None and not tui:
-            click.echo(f"API and dashboard: {hosted.server.url}/", err=True)
-            if hosted.token_generated:
-                click.echo(f"API token (for control requests): {hosted.token}", err=True)
+    with (
+        state_file(settings, collector),
+        serving_api(settings, collector, control, announce=not tui) as hosted,
+    ):
         if tui and hosted.server is not None:
             _with_tui(hosted.server.url, hosted.token, control, body)
         else:

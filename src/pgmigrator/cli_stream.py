@@ -19,10 +19,12 @@ from typing import Any
 import click
 
 from pgmigrator import config as configmod
-from pgmigrator.cli import _collector, _state_file, common_options, handle_errors, load_settings
+from pgmigrator.cli import _collector, common_options, handle_errors, load_settings
+from pgmigrator.cli_observe import serving_api, state_file
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError, PgMigratorError
 from pgmigrator.metrics import Collector
+from pgmigrator.pipeline.control import PipelineControl
 from pgmigrator.sinks.base import Sink, SinkContext
 from pgmigrator.stream.bus import SinkPolicy
 from pgmigrator.stream.filters import Filters, parse_column_rules, parse_operations
@@ -86,34 +88,10 @@ def hosting(
     settings: configmod.Settings, collector: Collector, ctx: SinkContext, target: Any = None
 ) -> Iterator[None]:
     """The state file, and the API server (with the sinks' routes) when ``api.addr`` is set."""
-    with _state_file(settings, collector):
-        if not settings.api.addr:
-            yield
-            return
-        from pgmigrator.api.app import create_app
-        from pgmigrator.api.server import ApiServer, resolve_token
-        from pgmigrator.pipeline.control import PipelineControl
-
-        token, generated = resolve_token(settings.api.token)
-        control = PipelineControl(settings)
-        control.target = target  # pause / resume; switchover is for follow
-        app = create_app(
-            collector,
-            settings,
-            control,
-            token,
-            settings.api.protect_reads,
-            extra_routes=ctx.routes,
-        )
-        server = ApiServer.from_addr(app, settings.api.addr)
-        server.start_in_thread()
-        click.echo(f"API: {server.url}/", err=True)
-        if generated:
-            click.echo(f"API token (for control requests): {token}", err=True)
-        try:
-            yield
-        finally:
-            server.stop_thread()
+    control = PipelineControl(settings)
+    control.target = target  # pause / resume; switchover is for follow
+    with state_file(settings, collector), serving_api(settings, collector, control, ctx.routes):
+        yield
 
 
 def run_async(runner: Any, collector: Collector, component: str, watcher: Any = None) -> Any:

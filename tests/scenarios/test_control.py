@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Pair, free_port, start_pgmigrator, wait_for, wait_streaming
+from pgmigrator.devcluster import free_port
+from tests.conftest import Pair, start_pgmigrator, wait_for, wait_streaming
 
 TOKEN = "control-token-0123"
 SENDER_TIMEOUT_S = 2

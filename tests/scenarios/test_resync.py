@@ -9,25 +9,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
-
 from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for, wait_streaming
 from tests.scenarios.faults.helpers import (
     converge,
     load,
     marker,
-    stop_all,
     wait_marker,
     workload,
     write_some,
 )
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    stop_all(started)
 
 
 def _table_row(pair: Pair, name: str) -> tuple[str, str | None, int]:

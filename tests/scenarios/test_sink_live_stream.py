@@ -9,7 +9,8 @@ import httpx
 import orjson
 from websockets.sync.client import connect
 
-from tests.conftest import Pair, free_port, start_pgmigrator, wait_for
+from pgmigrator.devcluster import free_port
+from tests.conftest import Pair, start_pgmigrator, wait_for
 
 
 def slot_active(pair: Pair) -> bool:

@@ -8,7 +8,8 @@ import subprocess
 
 import httpx
 
-from tests.conftest import Pair, free_port, start_pgmigrator, wait_for
+from pgmigrator.devcluster import free_port
+from tests.conftest import Pair, start_pgmigrator, wait_for
 from tests.scenarios.webhook_receiver import Receiver
 
 SECRET = "stream-hook-secret"

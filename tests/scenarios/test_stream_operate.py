@@ -16,7 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import Pair, free_port, pgmigrator, start_pgmigrator, wait_for
+from pgmigrator.devcluster import free_port
+from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for
 from tests.scenarios.test_stream import read_events
 from tests.scenarios.webhook_receiver import Receiver
 

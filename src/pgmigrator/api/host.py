@@ -7,7 +7,7 @@ is a `pgmigrator.pipeline.control.PipelineControl`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,8 +24,13 @@ log = get_logger("api")
 
 
 @contextmanager
-def serving(settings: Settings, collector: Collector, control: Any) -> Iterator[Hosted]:
-    """Serve the API in a thread for the duration of the block, when ``settings.api.addr`` is set."""
+def serving(
+    settings: Settings, collector: Collector, control: Any, extra_routes: Sequence[Any] = ()
+) -> Iterator[Hosted]:
+    """Serve the API in a thread for the duration of the block, when ``settings.api.addr`` is set.
+
+    ``extra_routes``: Starlette routes of live sinks (sse, websocket) served beside the API.
+    """
     api = settings.api
     if not api.addr:
         yield Hosted(None)
@@ -39,6 +44,7 @@ def serving(settings: Settings, collector: Collector, control: Any) -> Iterator[
         api.protect_reads,
         ready_max_lag_s=api.ready_max_lag_s,
         ready_max_lag_bytes=api.ready_max_lag_mb * 1024 * 1024,
+        extra_routes=extra_routes,
     )
     server = ApiServer.from_addr(app, api.addr)
     server.start_in_thread()

@@ -130,9 +130,3 @@ def converge(pair: Pair, tag: str, timeout: float = 60) -> None:
 def kill9(proc: subprocess.Popen[str]) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-
-
-def stop_all(procs: list[subprocess.Popen[str]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            kill9(proc)
