@@ -79,12 +79,14 @@ def _converged(pair: Pair) -> bool:
         return _rows(s) == _rows(d)
 
 
-def _versions(conn: psycopg.Connection) -> tuple[str, str]:
-    """Which transaction wrote each row version (a loop would rewrite them), and the WAL position."""
+def _versions(conn: psycopg.Connection) -> str:
+    """Which transaction wrote each row version of both tables (a loop would rewrite them)."""
     row = conn.execute(
-        "SELECT md5(string_agg(id || ':' || xmin, ',' ORDER BY id)) FROM acc"
+        "SELECT md5(string_agg(t || id || ':' || x, ',' ORDER BY t, id)) FROM"
+        " (SELECT 'a' t, id::bigint, xmin::text x FROM acc"
+        "  UNION ALL SELECT 'n', id, xmin::text FROM note) v"
     ).fetchone()
-    return row[0], conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+    return str(row[0])
 
 
 def _slots_caught_up(pair: Pair) -> bool:
@@ -150,17 +152,15 @@ def test_concurrent_writes_on_both_sides_converge_without_loops(
     wait_for(lambda: _slots_caught_up(pair), timeout=60, interval=0.2, what="slots to catch up")
 
     # No loop: for several seconds, no row version is rewritten on either side (a loop would
-    # rewrite rows within milliseconds) and WAL stays put but for background records (the bound
-    # leaves room for a checkpoint or a catalog vacuum elsewhere in the cluster: a full page each).
+    # rewrite rows within milliseconds; an echoed insert would also stop the follower on its key).
+    # WAL position is no signal here: catalog vacuum after the applier's temporary tables and
+    # checkpoints write WAL on an idle cluster. The row counts printed at exit are the exact check.
     with pair.src() as s, pair.dst() as d:
         before = (_versions(s), _versions(d))
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline:
-            now = (_versions(s), _versions(d))
-            assert [v[0] for v in now] == [v[0] for v in before], "rows rewritten: a loop"
-            for side_now, side_before in zip(now, before, strict=True):
-                moved = _lsn_diff(s, side_now[1], side_before[1])
-                assert moved < 64 * 1024, f"WAL moved {moved} bytes with no writes"
+            assert (_versions(s), _versions(d)) == before, "rows rewritten: a loop"
+            assert proc.poll() is None, "the follower exited during the quiet window"
             time.sleep(
                 0.5
             )  # an observation window: nothing should happen, there is nothing to await
@@ -225,10 +225,6 @@ def test_kill_9_mid_stream_then_restart_resumes_both_directions(
             c[0] for c in counts
         )
     _stop(again)
-
-
-def _lsn_diff(conn: psycopg.Connection, a: str, b: str) -> int:
-    return int(conn.execute("SELECT pg_wal_lsn_diff(%s, %s)", (a, b)).fetchone()[0])
 
 
 def _txns(out: str, direction: str) -> str:
