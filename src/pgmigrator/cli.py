@@ -7,6 +7,7 @@ traceback (``--log-level debug`` shows one for unexpected errors).
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -85,6 +86,23 @@ def handle_errors(fn: F) -> F:
 @click.version_option(package_name="pgmigrator")
 def main() -> None:
     """Move and stream PostgreSQL data without downtime."""
+    tune_gc()
+
+
+#: Allocations between two young-generation collections (CPython's default is 700).
+GC_THRESHOLD = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Keep the cycle collector off the hot path of a replication stream.
+
+    Decoded rows are reference-free of cycles but GC-tracked, and a batch lives long enough to
+    be scanned again and again: with the default threshold the collector took about 40% of the
+    reader's time on a TPC-B backlog. Objects made while starting up are frozen (never scanned)
+    and young collections run every 50k allocations instead of 700; cycles are still collected.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 @main.command()

@@ -51,8 +51,11 @@ from pgmigrator.events import (
 from pgmigrator.lsn import Lsn
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.protocol import PgOutputDecoder, decode_message
+from pgmigrator.protocol.pgoutput import begin_fields, commit_fields, decode_row_change
 
 Change = Insert | Update | Delete | Truncate
+_BEGIN_TAG, _COMMIT_TAG = ord("B"), ord("C")
+_ROW_TAGS = frozenset(b"IUD")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +153,7 @@ class Reader:
         self.on_message = on_message
         self.decoder = PgOutputDecoder()
         self.relations: dict[int, Relation] = {}
-        self.txn: Begin | None = None
+        self.final_lsn: Lsn | None = None  # commit LSN of the open transaction, None outside one
         self.origin: str | None = None
         self.stream_xid: int | None = None
         self.batch = _Batch()
@@ -165,14 +168,30 @@ class Reader:
     def idle(self) -> bool:
         """True when nothing received is waiting to be applied (the slot may then advance freely)."""
         return (
-            self.txn is None
+            self.final_lsn is None
             and self.batch.last_commit is None
             and not self.batch.pending
             and self.spill.open_transactions() == 0
         )
 
-    def feed(self, payload: memoryview, wal_end: Lsn) -> None:
-        msg = self.decoder.decode(payload)
+    def feed(self, payload: memoryview | bytes, wal_end: Lsn) -> None:
+        buf = payload if type(payload) is bytes else bytes(payload)
+        if self.stream_xid is None and buf:  # the hot path: rows, begins and commits
+            tag = buf[0]
+            if tag in _ROW_TAGS and not self.dropping:
+                change = decode_row_change(buf)
+                assert change is not None
+                self._add_change(change, self.final_lsn or Lsn(0))
+                return
+            if tag == _BEGIN_TAG:
+                final_lsn, commit_time, _ = begin_fields(buf)
+                self._begin(final_lsn, commit_time)
+                return
+            if tag == _COMMIT_TAG:
+                end_lsn, commit_time = commit_fields(buf)
+                self._commit(end_lsn, commit_time, wal_end)
+                return
+        msg = self.decoder.decode(buf)
         xid: int | None = getattr(msg, "xid", None)
         if (
             self.stream_xid is not None
@@ -183,17 +202,17 @@ class Reader:
             if f is not None and self.stream_xid in f.streams:
                 f.rows += 1
                 return
-            self.spill.append(self.stream_xid, xid, bytes(payload))
+            self.spill.append(self.stream_xid, xid, buf)
             return
         handler = _HANDLERS.get(type(msg))
         if handler is not None:
             handler(self, msg, wal_end)
 
-    def _begin(self, msg: Begin, wal_end: Lsn) -> None:
-        self.txn = msg
+    def _begin(self, final_lsn: Lsn, commit_time: int) -> None:
+        self.final_lsn = final_lsn
         self.origin = None
         self.dropping = False
-        self._txn_time = msg.commit_time
+        self._txn_time = commit_time
         if self.batch.transactions == 0 and not self.batch.pending:
             self.batch.started = time.monotonic()
 
@@ -207,8 +226,7 @@ class Reader:
             assert self.origin_filter is not None
             self.origin_filter.rows += 1
             return
-        final = self.txn.final_lsn if self.txn is not None else Lsn(0)
-        self._add_change(msg, final)
+        self._add_change(msg, self.final_lsn or Lsn(0))
 
     def _add_change(self, msg: Change, final_lsn: Lsn) -> None:
         if self._skipped(msg, final_lsn):
@@ -234,14 +252,14 @@ class Reader:
                 return False
         return True
 
-    def _commit(self, msg: Commit, wal_end: Lsn) -> None:
-        self.txn = None
+    def _commit(self, end_lsn: Lsn, commit_time: int, wal_end: Lsn) -> None:
+        self.final_lsn = None
         if self.dropping:
             assert self.origin_filter is not None
             self.dropping = False
-            self.origin_filter.dropped(msg.end_lsn)
+            self.origin_filter.dropped(end_lsn)
             return
-        self._committed(msg.end_lsn, msg.commit_time, wal_end)
+        self._committed(end_lsn, commit_time, wal_end)
 
     def _committed(self, end_lsn: Lsn, commit_time: int, wal_end: Lsn) -> None:
         batch = self.batch
@@ -259,7 +277,7 @@ class Reader:
         after a restart. Its own Commit flushes instead.
         """
         batch = self.batch
-        if batch.last_commit is None or self.txn is not None:
+        if batch.last_commit is None or self.final_lsn is not None:
             return
         self._push_pending()
         self.emit(
@@ -282,13 +300,13 @@ class Reader:
         if self.stream_xid is not None:  # the start of a block of a streamed transaction
             f.streams.add(self.stream_xid)
             self.spill.discard(self.stream_xid)
-        elif self.txn is not None:
+        elif self.final_lsn is not None:
             self.dropping = True
 
     def _message(self, msg: Message, wal_end: Lsn) -> None:
         if self.dropping:
             return
-        self._logical_message(msg, self.txn.final_lsn if self.txn else msg.lsn)
+        self._logical_message(msg, self.final_lsn or msg.lsn)
 
     def _logical_message(self, msg: Message, lsn: Lsn) -> None:
         if msg.prefix == SENTINEL_PREFIX and msg.transactional:
@@ -329,7 +347,7 @@ class Reader:
     def reset(self) -> None:
         """Forget everything not yet committed (after a reconnect the server resends it)."""
         self.decoder = PgOutputDecoder()
-        self.txn = None
+        self.final_lsn = None
         self.stream_xid = None
         self.dropping = False
         if self.origin_filter is not None:
@@ -339,8 +357,8 @@ class Reader:
 
 
 _HANDLERS: dict[type, Callable[[Reader, Any, Lsn], None]] = {
-    Begin: Reader._begin,
-    Commit: Reader._commit,
+    Begin: lambda r, m, _: r._begin(m.final_lsn, m.commit_time),
+    Commit: lambda r, m, wal_end: r._commit(m.end_lsn, m.commit_time, wal_end),
     Relation: Reader._relation,
     Insert: Reader._change,
     Update: Reader._change,

@@ -40,7 +40,13 @@ from pgmigrator.events import (
 )
 from pgmigrator.lsn import Lsn
 
-__all__ = ["PgOutputDecoder", "decode_message"]
+__all__ = [
+    "PgOutputDecoder",
+    "begin_fields",
+    "commit_fields",
+    "decode_message",
+    "decode_row_change",
+]
 
 _U8 = struct.Struct("!B")
 _U32 = struct.Struct("!I")
@@ -337,6 +343,44 @@ def _decode(buf: bytes, in_stream: bool) -> PgOutputMessage:
         return decoder(buf, pos, xid)
     except (IndexError, ValueError, struct.error, OverflowError) as exc:  # safety net
         raise ProtocolError(f"malformed message: {exc}", offset=0, tag=chr(tag)) from exc
+
+
+_ROW_DECODERS: dict[int, Callable[[bytes, int, int | None], Insert | Update | Delete]] = {
+    ord("I"): _decode_insert,
+    ord("U"): _decode_update,
+    ord("D"): _decode_delete,
+}
+
+
+def decode_row_change(buf: bytes) -> Insert | Update | Delete | None:
+    """Decode ``buf`` if it is an Insert, Update or Delete outside a streamed block, else None.
+
+    The reader's hot path: one call instead of the dispatch of `PgOutputDecoder.decode`, with the
+    same strict checks. Any other message (None) goes through the decoder as usual.
+    """
+    decoder = _ROW_DECODERS.get(buf[0]) if buf else None
+    if decoder is None:
+        return None
+    try:
+        return decoder(buf, 1, None)
+    except (IndexError, ValueError, struct.error, OverflowError) as exc:  # safety net
+        raise ProtocolError(f"malformed message: {exc}", offset=0, tag=chr(buf[0])) from exc
+
+
+def begin_fields(buf: bytes) -> tuple[Lsn, int, int]:
+    """``(final_lsn, commit_time, xid)`` of a Begin message, without building a `Begin`."""
+    if len(buf) != 1 + _BEGIN.size:
+        _decode_begin(buf, 1, None)  # raises the precise error
+    final_lsn, commit_time, xid = _BEGIN.unpack_from(buf, 1)
+    return _int_new(Lsn, final_lsn), commit_time, xid
+
+
+def commit_fields(buf: bytes) -> tuple[Lsn, int]:
+    """``(end_lsn, commit_time)`` of a Commit message, without building a `Commit`."""
+    if len(buf) != 1 + _COMMIT.size:
+        _decode_commit(buf, 1, None)  # raises the precise error
+    _, _, end_lsn, commit_time = _COMMIT.unpack_from(buf, 1)
+    return _int_new(Lsn, end_lsn), commit_time
 
 
 _STREAM_START_TAG, _STREAM_STOP_TAG = ord("S"), ord("E")
