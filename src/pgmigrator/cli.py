@@ -267,7 +267,8 @@ def _run_follow(
         collector.record_error(exc.message, component="follow")
         raise
     click.echo(
-        f"stopped: {stats.transactions} transaction(s), {stats.rows} row(s) applied up to {follow.applied_lsn}"
+        f"stopped: {stats.transactions} transaction(s), {stats.rows} row(s) applied up to"
+        f" {follow.applied_lsn} in {stats.batches} destination transaction(s)"
     )
 
 
