@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgmigrator.aio import wait_for
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError
 from pgmigrator.events import Begin, Commit, Delete, Insert, Relation, Truncate, Update
@@ -111,7 +112,7 @@ class LakeStream:
                     self.collector.set_health("source", "down", exc.message)
                 log.warning("stream interrupted, reconnecting", error=exc.message)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), delay)
+                    await wait_for(self.stop_event.wait(), delay)
                 delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
         return self.stats
 

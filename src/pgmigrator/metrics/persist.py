@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from pgmigrator.aio import wait_for
 from pgmigrator.errors import ConfigError, StateError
 from pgmigrator.metrics.collector import Collector
 from pgmigrator.metrics.format import STALE_AFTER_S, parse_iso
@@ -259,7 +260,7 @@ class StatePersister:
         while not self._stop.is_set():
             await self.write_now()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval)
+                await wait_for(self._stop.wait(), self.interval)
 
     async def __aenter__(self) -> StatePersister:
         self.start()

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from psycopg import sql
 
+from pgmigrator.aio import wait_for
 from pgmigrator.config import Settings
 from pgmigrator.destination.conflicts import Conflict, ConflictMode, ConflictPolicy
 from pgmigrator.dsn import Target
@@ -349,7 +350,7 @@ class Bidirectional:
         while not self._stop.is_set():
             self._publish(plan)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), 2.0)
+                await wait_for(self._stop.wait(), 2.0)
         self._publish(plan)
 
     def _publish(self, plan: Plan) -> None:

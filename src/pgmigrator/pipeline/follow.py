@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from pgmigrator.aio import wait_for
 from pgmigrator.config import Settings
 from pgmigrator.destination.conflicts import ConflictPolicy
 from pgmigrator.destination.postgres import PostgresApplier
@@ -207,7 +208,7 @@ class Follow:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop_event.wait(), seconds)
+            await wait_for(self.stop_event.wait(), seconds)
 
     async def _session(
         self, slot: str, publication: str, sync_lsns: dict[tuple[str, str], Lsn]

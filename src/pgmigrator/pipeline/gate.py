@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from pgmigrator.aio import wait_for
 from pgmigrator.log import get_logger
 from pgmigrator.pipeline.lifecycle import Lifecycle
 
@@ -83,7 +84,7 @@ class RunGate:
             while self.paused and not self.stop_event.is_set():
                 tick()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.resumed.wait(), 1.0)
+                    await wait_for(self.resumed.wait(), 1.0)
         finally:
             self.held.clear()
 

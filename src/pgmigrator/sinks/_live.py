@@ -22,6 +22,7 @@ import orjson
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
+from pgmigrator.aio import wait_for
 from pgmigrator.log import get_logger
 from pgmigrator.sinks.base import Event
 
@@ -230,6 +231,6 @@ async def next_events(client: Client, timeout: float | None) -> list[Event] | No
         if client.queue or client.gone_reason is not None:
             continue
         try:
-            await asyncio.wait_for(client.wake.wait(), timeout)
+            await wait_for(client.wake.wait(), timeout)
         except TimeoutError:
             return None

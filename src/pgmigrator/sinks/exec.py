@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pgmigrator.aio import wait_for
 from pgmigrator.errors import ConfigError, RetryableSinkError
 from pgmigrator.log import get_logger
 from pgmigrator.sinks._backoff import BackoffOptions, fold_flat
@@ -209,7 +210,7 @@ class ExecSink:
         deadline = loop.time() + self.opts.ack_timeout_s
         while got < count:
             try:
-                line = await asyncio.wait_for(self._acks.get(), max(0.0, deadline - loop.time()))
+                line = await wait_for(self._acks.get(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 raise _ChildGone(
                     f"no answer on stdout within {self.opts.ack_timeout_s:g}s "
@@ -234,7 +235,7 @@ class ExecSink:
         code = await proc.wait()
         for task in self._readers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, 5)
+                await wait_for(task, 5)
         self._readers = []
         log.info("exec sink child ended", sink=self.name, pid=proc.pid, returncode=code)
 
@@ -247,7 +248,7 @@ class ExecSink:
         if proc.stdin is not None:
             proc.stdin.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), self.opts.ack_timeout_s)
+            await wait_for(proc.wait(), self.opts.ack_timeout_s)
         await self._stop_child()
 
 

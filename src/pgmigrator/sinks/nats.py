@@ -33,6 +33,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from pydantic import BaseModel, Field, SecretStr
 
+from pgmigrator.aio import wait_for
 from pgmigrator.errors import RetryableSinkError, SinkError
 from pgmigrator.log import get_logger
 from pgmigrator.sinks.base import Event, SinkContext, register
@@ -214,8 +215,8 @@ class NatsSink:
                 await publish(subject, ev.body, reply, {"Nats-Msg-Id": ev.id})
                 if sent - acks.received >= window:  # bound what is unacknowledged
                     acks.window.clear()
-                    await asyncio.wait_for(acks.window.wait(), self.opts.ack_timeout_s)
-            await asyncio.wait_for(acks.done.wait(), self.opts.ack_timeout_s)
+                    await wait_for(acks.window.wait(), self.opts.ack_timeout_s)
+            await wait_for(acks.done.wait(), self.opts.ack_timeout_s)
         except BaseException as exc:
             raise self._send_error(exc) from exc
         finally:
@@ -281,7 +282,7 @@ class NatsSink:
         nc, self.nc = self.nc, None
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
-                await asyncio.wait_for(nc.close(), 5)
+                await wait_for(nc.close(), 5)
 
     async def _on_error(self, exc: Exception) -> None:
         log.debug("client error", sink=self.name, error=type(exc).__name__)

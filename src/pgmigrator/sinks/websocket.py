@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from pgmigrator.aio import wait_for
 from pgmigrator.log import get_logger
 from pgmigrator.sinks._live import Client, Gone, Hub, authorized, next_events, parse_filter
 from pgmigrator.sinks.base import Event, SinkContext, register
@@ -82,7 +83,7 @@ class WebSocketSink:
         if reason is not None and not disconnected:
             code = CLOSE_TOO_SLOW if reason.dropped else CLOSE_GOING_AWAY
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
+                await wait_for(
                     ws.close(code=code, reason=reason.reason[:120]), self.opts.close_timeout_s
                 )
 

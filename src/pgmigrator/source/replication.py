@@ -17,6 +17,7 @@ from collections.abc import Callable
 import psycopg
 from psycopg import pq, sql
 
+from pgmigrator.aio import wait_for
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ReplicationError, RetryableReplicationError
 from pgmigrator.log import get_logger
@@ -220,7 +221,7 @@ async def _wait_readable(fd: int, timeout: float) -> None:
 
     loop.add_reader(fd, ready)
     try:
-        await asyncio.wait_for(fut, timeout)
+        await wait_for(fut, timeout)
     except TimeoutError:
         pass
     finally:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmigrator import config as configmod
+from pgmigrator.aio import wait_for
 from pgmigrator.errors import ConfigError
 from pgmigrator.log import get_logger
 
@@ -109,7 +110,7 @@ class ReloadWatcher:
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._trigger.wait(), 1.0)
+                    await wait_for(self._trigger.wait(), 1.0)
                 if self._trigger.is_set():
                     self._trigger.clear()
                     await self.reload()

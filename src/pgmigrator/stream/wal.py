@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from pgmigrator.aio import wait_for
 from pgmigrator.config import Settings
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, RetryableReplicationError
@@ -189,7 +190,7 @@ class WalStream:
                     "connection lost, reconnecting", error=exc.message, retry_in_s=round(delay, 1)
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), delay)
+                    await wait_for(self.stop_event.wait(), delay)
                 delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
 
     async def _session(self, prepared: Prepared) -> None:
