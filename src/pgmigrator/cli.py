@@ -7,7 +7,6 @@ traceback (``--log-level debug`` shows one for unexpected errors).
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pgmigrator.cli_observe import api_flags, api_options, hosted_run, tui
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError, PgMigratorError
 from pgmigrator.log import get_logger, setup_logging
+from pgmigrator.runtime import tune_runtime
 
 if TYPE_CHECKING:
     from pgmigrator.pipeline.control import PipelineControl
@@ -87,30 +87,6 @@ def handle_errors(fn: F) -> F:
 def main() -> None:
     """Move and stream PostgreSQL data without downtime."""
     tune_runtime()
-
-
-#: Allocations between two young-generation collections (CPython's default is 700).
-GC_THRESHOLD = (50_000, 20, 10)
-#: How long a thread may hold the GIL while another waits for it (CPython's default is 5 ms).
-SWITCH_INTERVAL_S = 0.001
-
-
-def tune_runtime() -> None:
-    """Keep the interpreter's housekeeping off the hot path of a replication stream.
-
-    * Decoded rows hold no reference cycles but are GC-tracked, and a batch lives long enough to
-      be scanned again and again: with the default threshold the collector took about 40% of
-      the reader's time on a TPC-B backlog. Objects made while starting up are frozen (never
-      scanned) and young collections run every 50k allocations instead of 700; cycles are
-      still collected.
-    * The applier thread waits on the destination about ten times per batch and then needs the
-      GIL back from the decoding thread: at the default 5 ms switch interval those hand-overs
-      kept the applier waiting as long as the destination itself. At 1 ms the TPC-B backlog
-      drains 20% faster.
-    """
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 @main.command()
