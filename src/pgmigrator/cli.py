@@ -229,12 +229,7 @@ def _run_follow(
         watcher = ReloadWatcher(
             reload_from[0], reload_from[1], lambda: follow.settings, follow.reload, collector
         )
-        watch = asyncio.create_task(watcher.run(follow.stop_event))
-        try:
-            return await follow.run()
-        finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+        return await watcher.alongside(follow.run(), follow.stop_event)
 
     try:
         stats = asyncio.run(main_task())

@@ -106,12 +106,7 @@ def run_async(runner: Any, collector: Collector, component: str, watcher: Any = 
             loop.add_signal_handler(sig, runner.request_stop)
         if watcher is None:
             return await runner.run()
-        watch = asyncio.create_task(watcher.run(runner.stop_event))
-        try:
-            return await runner.run()
-        finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+        return await watcher.alongside(runner.run(), runner.stop_event)
 
     collector.set_state("running")
     try:

@@ -119,14 +119,7 @@ class Follow:
         return self.gate.resume()
 
     async def run(self) -> FollowStats:
-        self.gate.bind()
-        try:
-            stats = await self._run()
-        except BaseException as exc:
-            self.gate.finished(exc)
-            raise
-        self.gate.finished()
-        return stats
+        return await self.gate.run(self._run())
 
     async def _run(self) -> FollowStats:
         slot, publication, sync_lsns = await asyncio.to_thread(self._load_state)
@@ -332,9 +325,8 @@ class Follow:
         in_txn = False
         last_durable = 0.0
         while True:
-            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the task group's
-                async with asyncio.timeout(1.0):  # cancel (then this loop never ends)
-                    cmd = await queue.get()
+            try:  # our wait_for: 3.11's could swallow the task group's cancel (a loop never ending)
+                cmd = await wait_for(queue.get(), 1.0)
             except TimeoutError:
                 cmd = None
             if cmd is _STOP:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from pgmigrator.aio import wait_for
 from pgmigrator.log import get_logger
 from pgmigrator.pipeline.lifecycle import Lifecycle
 
 log = get_logger("lifecycle")
+_T = TypeVar("_T")
 
 
 class RunGate:
@@ -68,6 +69,17 @@ class RunGate:
         self._call(self.resumed.set)
         log.info("resumed", component=self.component)
         return "resumed"
+
+    async def run(self, work: Awaitable[_T]) -> _T:
+        """Await the loop's ``work`` bound to this gate; its end (or failure) ends the lifecycle."""
+        self.bind()
+        try:
+            result = await work
+        except BaseException as exc:
+            self.finished(exc)
+            raise
+        self.finished()
+        return result
 
     def finished(self, error: BaseException | None = None) -> None:
         if error is not None:

@@ -21,6 +21,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
+from pgmigrator.aio import wait_for
 from pgmigrator.config import WalBudgetSettings
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError
@@ -140,9 +141,8 @@ class WalBudgetWatcher:
         try:
             while not stop.is_set():
                 await asyncio.to_thread(self._tick)
-                with contextlib.suppress(TimeoutError):  # not wait_for: it may swallow a cancel
-                    async with asyncio.timeout(interval):
-                        await stop.wait()
+                with contextlib.suppress(TimeoutError):
+                    await wait_for(stop.wait(), interval)
         finally:
             await asyncio.to_thread(self.close)
 

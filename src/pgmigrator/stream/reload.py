@@ -17,12 +17,14 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pgmigrator import config as configmod
 from pgmigrator.aio import wait_for
 from pgmigrator.errors import ConfigError
 from pgmigrator.log import get_logger
+
+_T = TypeVar("_T")
 
 log = get_logger("reload")
 
@@ -101,6 +103,15 @@ class ReloadWatcher:
 
     def request(self) -> None:
         self._trigger.set()
+
+    async def alongside(self, work: Awaitable[_T], stop: asyncio.Event) -> _T:
+        """Await ``work`` with this watcher running beside it until ``work`` ends."""
+        watch = asyncio.create_task(self.run(stop))
+        try:
+            return await work
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

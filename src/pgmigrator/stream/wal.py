@@ -108,16 +108,10 @@ class WalStream:
         return self.gate.resume()
 
     async def run(self) -> StreamStats:
-        self.gate.bind()
         try:
-            stats = await self._run()
-        except BaseException as exc:
-            self.gate.finished(exc)
-            raise
+            return await self.gate.run(self._run())
         finally:
             self.reloads.cancel()
-        self.gate.finished()
-        return stats
 
     async def _run(self) -> StreamStats:
         self.collector.set_phase("connecting")
