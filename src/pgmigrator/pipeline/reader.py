@@ -34,8 +34,6 @@ from typing import Any
 import orjson
 
 from pgmigrator.events import (
-    Begin,
-    Commit,
     Delete,
     Insert,
     Message,
@@ -357,8 +355,6 @@ class Reader:
 
 
 _HANDLERS: dict[type, Callable[[Reader, Any, Lsn], None]] = {
-    Begin: lambda r, m, _: r._begin(m.final_lsn, m.commit_time),
-    Commit: lambda r, m, wal_end: r._commit(m.end_lsn, m.commit_time, wal_end),
     Relation: Reader._relation,
     Insert: Reader._change,
     Update: Reader._change,

@@ -341,8 +341,16 @@ def _decode(buf: bytes, in_stream: bool) -> PgOutputMessage:
         pos = 5
     try:
         return decoder(buf, pos, xid)
-    except (IndexError, ValueError, struct.error, OverflowError) as exc:  # safety net
-        raise ProtocolError(f"malformed message: {exc}", offset=0, tag=chr(tag)) from exc
+    except _LOW_LEVEL_ERRORS as exc:  # safety net
+        raise _malformed(exc, tag) from exc
+
+
+#: What a decoder may raise on data it did not expect; reported as a `ProtocolError`.
+_LOW_LEVEL_ERRORS = (IndexError, ValueError, struct.error, OverflowError)
+
+
+def _malformed(exc: Exception, tag: int) -> ProtocolError:
+    return ProtocolError(f"malformed message: {exc}", offset=0, tag=chr(tag))
 
 
 _ROW_DECODERS: dict[int, Callable[[bytes, int, int | None], Insert | Update | Delete]] = {
@@ -363,8 +371,8 @@ def decode_row_change(buf: bytes) -> Insert | Update | Delete | None:
         return None
     try:
         return decoder(buf, 1, None)
-    except (IndexError, ValueError, struct.error, OverflowError) as exc:  # safety net
-        raise ProtocolError(f"malformed message: {exc}", offset=0, tag=chr(buf[0])) from exc
+    except _LOW_LEVEL_ERRORS as exc:  # safety net
+        raise _malformed(exc, buf[0]) from exc
 
 
 def begin_fields(buf: bytes) -> tuple[Lsn, int, int]:
