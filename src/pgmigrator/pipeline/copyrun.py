@@ -41,6 +41,7 @@ class CopyRun:
         self.tasks: Any = self.ctx.Queue()
         self.results: Any = self.ctx.Queue()
         self.procs: list[Any] = []
+        self._released = False
         self.rows = 0
         self.bytes = 0
         self.on_table_copied: Callable[[str, str], None] | None = None
@@ -185,10 +186,17 @@ class CopyRun:
                 log.error("copy worker lost its snapshot", worker=msg[1], error=msg[2])
         return failed
 
+    def release(self) -> None:
+        """Tell the workers to exit once their queue is empty; returns at once (idempotent)."""
+        if not self._released:
+            self._released = True
+            for proc in self.procs:
+                if proc.is_alive():
+                    self.tasks.put(None)
+
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.is_alive():
-                self.tasks.put(None)
+        """Release the workers and wait for them (terminating any that linger)."""
+        self.release()
         deadline = time.monotonic() + 10
         for proc in self.procs:
             proc.join(max(0.1, deadline - time.monotonic()))
