@@ -45,6 +45,12 @@ CREATE FUNCTION sales.audit_order() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO sales.audit (order_id, note) VALUES (NEW.id, 'trigger'); RETURN NEW; END $$;
 CREATE TRIGGER orders_audit AFTER INSERT ON sales.orders FOR EACH ROW EXECUTE FUNCTION sales.audit_order();
 
+CREATE TABLE sales.bookings (
+    id int PRIMARY KEY, code text NOT NULL, during tstzrange NOT NULL,
+    CONSTRAINT bookings_code_key UNIQUE (code) DEFERRABLE INITIALLY DEFERRED,
+    CONSTRAINT bookings_no_overlap EXCLUDE USING gist (during WITH &&)
+);
+
 CREATE TABLE "Ünïcode Schema"."Tåble ""quoted""" ("ÿ column" text PRIMARY KEY, "order" int);
 
 CREATE TABLE public.events (
@@ -84,6 +90,9 @@ INSERT INTO sales.customers ("select", "Mixed Case", email)
 SELECT 'customer ' || g, CASE WHEN g % 2 = 0 THEN 'x' END, 'c' || g || '@example.com' FROM generate_series(1, 200) g;
 INSERT INTO sales.orders (customer_id, amount) SELECT 1 + g % 200, (g % 1000) / 10.0 FROM generate_series(1, %(rows)s) g;
 INSERT INTO "Ünïcode Schema"."Tåble ""quoted""" SELECT 'clé ' || g, g FROM generate_series(1, 100) g;
+INSERT INTO sales.bookings SELECT g, 'B' || g,
+    tstzrange(TIMESTAMPTZ '2024-01-01' + g * INTERVAL '1 hour', TIMESTAMPTZ '2024-01-01' + (g + 1) * INTERVAL '1 hour')
+FROM generate_series(1, %(rows)s) g;
 INSERT INTO public.events SELECT g, DATE '2024-01-01' + (g % 700), 'payload ' || g FROM generate_series(1, %(rows)s) g;
 INSERT INTO public.no_key SELECT g % 10, 'dup' FROM generate_series(1, 100) g;
 INSERT INTO public.full_identity SELECT g % 10, 'dup' FROM generate_series(1, 100) g;

@@ -48,6 +48,12 @@ def test_clone_every_type_then_verify(pair: Pair) -> None:
             dst.execute("SELECT count(*) FROM sales.audit").fetchone()[0]
             == src.execute("SELECT count(*) FROM sales.audit").fetchone()[0] + 1
         )
+        # keys built as index + USING INDEX keep their options; exclusion constraints built as dumped
+        assert dst.execute(
+            "SELECT contype, condeferrable, condeferred FROM pg_constraint"
+            " WHERE conname IN ('bookings_code_key', 'bookings_no_overlap', 'bookings_pkey')"
+            " ORDER BY conname"
+        ).fetchall() == [("u", True, True), ("x", False, False), ("p", False, False)]
         # materialized view populated, view present, partitions attached
         assert (
             dst.execute("SELECT count(*) FROM sales.big_customers").fetchone()[0]
