@@ -255,6 +255,35 @@ def test_exactly_once_origin_progress(pair: Pair, applier: PostgresApplier) -> N
         assert applier.start() == Lsn.parse("1/B0")
 
 
+def test_inserts_stream_across_chunks_and_fail_whole(pair: Pair, applier: PostgresApplier) -> None:
+    """A run of inserts stays in one open COPY across apply() calls; its error fails the batch."""
+    with pair.dst() as dst:
+        dst.execute("CREATE TABLE t (id int PRIMARY KEY, a text, b int)")
+        dst.execute("CREATE TABLE other (id int PRIMARY KEY, a text, b int)")
+        applier.start()
+        applier.relation(T)
+        applier.relation(relation(2, "other", "id,a,b"))
+        applier.begin()
+        for chunk in range(3):  # three chunks into t, one into other, t again: ordered and whole
+            applier.apply([Insert(1, row(chunk * LARGE + i, ODD, i)) for i in range(LARGE)])
+        applier.apply([Insert(2, row(i, "o", i)) for i in range(LARGE)])
+        applier.apply([Insert(1, row(10 * LARGE + i, "x", i)) for i in range(LARGE)])
+        applier.apply([Update(1, None, None, row(0, "after the copies", 0))])
+        applier.commit(Lsn(100), 0)
+        assert rows(dst, "SELECT count(*) FROM t") == [(LARGE * 4,)]
+        assert rows(dst, "SELECT count(*) FROM other") == [(LARGE,)]
+        assert rows(dst, "SELECT a FROM t WHERE id = 0") == [("after the copies",)]
+
+        applier.begin()  # the second chunk repeats a key: the whole batch fails, nothing stays
+        applier.apply([Insert(1, row(20 * LARGE + i, "y", i)) for i in range(LARGE)])
+        with pytest.raises(ApplyError, match=r"COPY of \d+ inserted row\(s\) into public\.t"):
+            applier.apply([Insert(1, row(i, "dup", i)) for i in range(LARGE)])
+            applier.commit(Lsn(200), 0)
+        applier.rollback()
+        assert rows(dst, "SELECT count(*) FROM t") == [(LARGE * 4,)]
+        assert applier.durable_lsn() == Lsn(100)
+
+
 def test_missing_table_and_missing_column(pair: Pair, applier: PostgresApplier) -> None:
     with pair.dst() as dst:
         dst.execute("CREATE TABLE t (id int PRIMARY KEY, a text)")

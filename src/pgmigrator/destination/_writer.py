@@ -6,7 +6,9 @@ Three ways to write a `NetEffect`, picked by the applier from its size:
   the rows as a VALUES list of parameters (at most `VALUES_ROWS` rows a statement);
 * `write_staged`: many rows; one COPY into the session's staging table, then DELETE, UPDATE per
   mask, INSERT and emptying the staging table, sent as one multi-statement query;
-* `copy_inserts`: many inserts and nothing else; COPY straight into the table.
+* `copy_inserts`: many inserts and nothing else; COPY straight into the table. `OpenCopy` is
+  the same COPY kept open across the chunks of a batch, so that the destination inserts one chunk
+  while the next is decoded (the applier finishes it before anything else uses the connection).
 
 `write_one` applies an update or delete alone (ordered steps, whole-row identity) and `replay`
 applies a run of changes in source order. Statements are built once per table and shape and
@@ -15,6 +17,7 @@ kept, rendered, in the table's cache.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -95,6 +98,32 @@ def write_staged(conn: Conn, t: Table, net: NetEffect) -> None:
 def copy_inserts(conn: Conn, t: Table, rows: Sequence[TupleData]) -> None:
     """COPY a run of inserts straight into the table."""
     copy(conn, cached(t, ("copy",), _sql.copy_into, False), [(b"", rows)], t)
+
+
+class OpenCopy:
+    """A COPY into one table, left open while more inserted rows may follow."""
+
+    def __init__(self, conn: Conn, t: Table) -> None:
+        self.oid = t.oid
+        self.table = t.name
+        self.rows = 0
+        self._ncols = len(t.columns)
+        self._context = conn.cursor().copy(cached(t, ("copy",), _sql.copy_into, False))
+        self._copy = self._context.__enter__()
+
+    def write(self, rows: Sequence[TupleData]) -> None:
+        self._copy.write(_sql.copy_payload([(b"", rows)], self._ncols))
+        self.rows += len(rows)
+
+    def finish(self) -> None:
+        """End the COPY and wait for the destination to take every row (raises its error)."""
+        self._context.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        """End the COPY with an error, so that the destination discards it."""
+        error = ApplyError("COPY abandoned by the applier")
+        with contextlib.suppress(psycopg.Error, ApplyError):
+            self._context.__exit__(ApplyError, error, None)
 
 
 def copy(

@@ -36,6 +36,7 @@ from pgmigrator.events import (
     Insert,
     Relation,
     Truncate,
+    TupleData,
     Update,
     pg_timestamp_to_datetime,
 )
@@ -81,6 +82,7 @@ class PostgresApplier:
         self._staged: set[int] = set()  # staging tables that exist in the session
         self._staged_in_txn: set[int] = set()  # ... created by the open transaction
         self._txn_rows = 0  # changes applied by the open transaction
+        self._open_copy: _writer.OpenCopy | None = None  # inserts still streaming into a table
         self._in_txn = False
         self._rows_applied = 0
         self._doing = ""
@@ -148,6 +150,7 @@ class PostgresApplier:
     def close(self) -> None:
         """Drop the connection (an open transaction is rolled back by the server)."""
         conn, self._conn = self._conn, None
+        self._open_copy = None
         self._staged.clear()
         self._end_txn()
         if conn is not None:
@@ -208,6 +211,9 @@ class PostgresApplier:
 
     def rollback(self) -> None:
         """Roll the open transaction back (nothing of it stays, origin included)."""
+        open_copy, self._open_copy = self._open_copy, None
+        if open_copy is not None:
+            open_copy.abort()
         conn = self._conn
         self._staged -= self._staged_in_txn
         self._end_txn()
@@ -287,7 +293,7 @@ class PostgresApplier:
         steps = compact(changes, t.key)
         if not (t.key and t.other_unique and _may_collide(steps)):
             for step in steps:
-                self._step(t, step)
+                self._step(t, step, stream=self._conflicts is None)
             return
         conn = self._need_conn()
         if any(isinstance(s, NetEffect) and len(s) >= SMALL_BATCH for s in steps):
@@ -309,7 +315,17 @@ class PostgresApplier:
             _writer.replay(conn, t, changes)
         conn.execute("RELEASE SAVEPOINT " + _SAVEPOINT)
 
-    def _step(self, t: Table, step: Step) -> None:
+    def _step(self, t: Table, step: Step, stream: bool = False) -> None:
+        """Write one compacted step; with ``stream``, inserts may stay in an open COPY."""
+        if (
+            stream
+            and isinstance(step, NetEffect)
+            and len(step) >= SMALL_BATCH
+            and not step.deletes
+            and not step.updates
+        ):
+            self._stream_inserts(t, step.inserts)
+            return
         conn = self._need_conn()
         if not isinstance(step, NetEffect):
             self._doing = type(step).__name__.upper() + " (single row)"
@@ -324,6 +340,24 @@ class PostgresApplier:
             self._ensure_staging(t)
             self._doing = f"set-based DELETE/UPDATE/INSERT of {len(step)} row(s)"
             _writer.write_staged(conn, t, step)
+
+    def _stream_inserts(self, t: Table, rows: Sequence[TupleData]) -> None:
+        if self._open_copy is None or self._open_copy.oid != t.oid:
+            conn = self._need_conn()  # finishes a COPY into another table first
+            self._doing = f"COPY of inserted rows into {t.name}"
+            self._open_copy = _writer.OpenCopy(conn, t)
+        self._open_copy.write(rows)
+
+    def _finish_copy(self) -> None:
+        open_copy, self._open_copy = self._open_copy, None
+        if open_copy is None:
+            return
+        try:
+            open_copy.finish()
+        except psycopg.Error as exc:
+            raise self._error(
+                exc, f"COPY of {open_copy.rows} inserted row(s) into {open_copy.table}"
+            ) from exc
 
     def _ensure_staging(self, t: Table) -> None:
         if t.oid in self._staged:
@@ -363,10 +397,13 @@ class PostgresApplier:
             raise self._error(exc, doing) from exc
 
     def _need_conn(self) -> Conn:
+        """The connection, free for a statement: an open COPY is finished first."""
         if self._conn is None or self._conn.closed:
             raise RetryableApplyError(
                 "the destination connection is not open", hint="call start() to reconnect"
             )
+        if self._open_copy is not None:
+            self._finish_copy()
         return self._conn
 
     def _need_txn(self) -> None:
