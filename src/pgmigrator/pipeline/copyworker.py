@@ -84,12 +84,18 @@ class Worker:
 
     def dest_conn(self) -> Conn:
         if self.dst is None or self.dst.closed or self.dst.pgconn.status != pq.ConnStatus.OK:
-            self.dst = connect(self.dest)
-            self.dst.execute("SET synchronous_commit = off")
-            # psycopg leaves libpq non-blocking; there every put_copy_data that finds the socket
-            # full memmoves the whole backlog in libpq's buffer: 3-6x the worker's CPU here.
-            self.dst.pgconn.nonblocking = 0
+            conn = connect(self.dest)
+            conn.execute("SET synchronous_commit = off")
+            self.use_dest(conn)
+        assert self.dst is not None
         return self.dst
+
+    def use_dest(self, conn: Conn) -> None:
+        """Copy into ``conn`` from now on (its open transaction, if any, takes the chunk)."""
+        # psycopg leaves libpq non-blocking; there every put_copy_data that finds the socket
+        # full memmoves the whole backlog in libpq's buffer: 3-6x the worker's CPU here.
+        conn.pgconn.nonblocking = 0
+        self.dst = conn
 
     def run_task(self, task: ChunkTask) -> None:
         attempt = 0

@@ -197,7 +197,7 @@ class Resync:
                 plan.copy_out_sql(table, None, None).as_string(meta),
                 plan.copy_in_sql(table).as_string(meta),
             )
-            worker.dst = lock
+            worker.use_dest(lock)
             rows, nbytes = worker.copy(task)  # commits the lock, the emptying and the rows at once
             store.table_copied(table.schema, table.name)
         log.info(
