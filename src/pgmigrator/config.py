@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -54,6 +55,10 @@ class CopySettings(BaseModel):
         1024, ge=1, description="tables larger than this are split in ctid chunks"
     )
     chunk_mb: int = Field(512, ge=1, description="target chunk size for split tables")
+    analyze: bool = Field(
+        True,
+        description="ANALYZE each copied table once its indexes are built (planner statistics)",
+    )
     max_attempts: int | None = Field(
         None, ge=1, description="attempts per chunk when the destination fails (default: retry's)"
     )
@@ -169,8 +174,12 @@ class Settings(BaseSettings):
     exclude: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="exclude patterns schema.table (glob)"
     )
+    # `copy` shadows BaseModel.copy, hence the alias; an alias is read from the environment
+    # without the prefix, so PGMIGRATOR_COPY__... is listed as well.
     copy_: CopySettings = Field(
-        default_factory=lambda: CopySettings.model_validate({}), alias="copy"
+        default_factory=lambda: CopySettings.model_validate({}),
+        alias="copy",
+        validation_alias=AliasChoices("copy", "pgmigrator_copy"),
     )
     api: ApiSettings = Field(default_factory=lambda: ApiSettings.model_validate({}))
     dlq: DlqSettings = Field(default_factory=lambda: DlqSettings.model_validate({}))

@@ -6,6 +6,10 @@ from pgmigrator import sample
 from tests.conftest import Pair, pgmigrator
 
 
+def rows_of(conn, query: str) -> list[tuple]:  # type: ignore[no-untyped-def,type-arg]
+    return conn.execute(query).fetchall()  # type: ignore[no-any-return]
+
+
 def test_clone_every_type_then_verify(pair: Pair) -> None:
     with pair.src() as conn:
         sample.load(conn, rows=3000)
@@ -48,6 +52,17 @@ def test_clone_every_type_then_verify(pair: Pair) -> None:
             dst.execute("SELECT count(*) FROM sales.audit").fetchone()[0]
             == src.execute("SELECT count(*) FROM sales.audit").fetchone()[0] + 1
         )
+        # every copied table was analyzed (planner statistics), partitions included
+        assert rows_of(
+            dst,
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind = 'r' AND n.nspname IN ('public', 'sales')"
+            " AND c.reltuples > 0 AND NOT EXISTS (SELECT 1 FROM pg_stats s"
+            " WHERE s.schemaname = n.nspname AND s.tablename = c.relname)",
+        ) == []
+        assert dst.execute(
+            "SELECT count(*) FROM pg_stats WHERE tablename IN ('every_type', 'events_2024')"
+        ).fetchone()[0] > 0
         # keys built as index + USING INDEX keep their options; exclusion constraints built as dumped
         assert dst.execute(
             "SELECT contype, condeferrable, condeferred FROM pg_constraint"

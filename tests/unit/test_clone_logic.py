@@ -125,6 +125,8 @@ def test_flags_override_env_override_file(tmp_path: Path, monkeypatch: pytest.Mo
         64,
     )
     assert config.load(cfg, workers=7).workers == 7
+    monkeypatch.setenv("PGMIGRATOR_COPY__CHUNK_MB", "128")  # a nested section, prefixed
+    assert config.load(cfg).copy_.chunk_mb == 128
 
 
 def test_invalid_config_names_each_field(tmp_path: Path) -> None:

@@ -229,6 +229,7 @@ class Clone:
                 store.post_data_done(),
                 self.settings.workers,
                 by_table,
+                analyze=self.settings.copy_.analyze,
             )
         return self._post
 

@@ -8,10 +8,12 @@ wave by wave; each entry commits with its "done" mark so a resumed clone skips w
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import psycopg
+from psycopg import sql
 
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, SchemaError
@@ -54,12 +56,14 @@ class PostDataBuilder:
         done: set[int],
         workers: int,
         early: dict[tuple[str, str], TablePlan] | None = None,
+        analyze: bool = False,
     ) -> None:
         self.dest = dest
         self.script = script
         self.pipeline = pipeline
         self.done = set(done)
         self.early = dict(early or {})
+        self.analyze = analyze
         self.submitted: set[int] = set()
         self._local = threading.local()
         self._conns: list[Conn] = []
@@ -67,10 +71,11 @@ class PostDataBuilder:
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="post-data")
 
     def table_copied(self, schema: str, name: str) -> None:
-        """Start the table's index builds in parallel, then its constraints once they are built."""
-        plan = self.early.pop((schema, name), None)
-        if plan is None:
+        """Start the table's index builds in parallel, then its constraints, then ANALYZE."""
+        plan = self.early.pop((schema, name), None) or TablePlan((), ())
+        if not plan.builds and not plan.then and not self.analyze:
             return
+        table = (schema, name)
         builds = [s for s in plan.builds if s.entry.seq not in self.done]
         then = [s for s in plan.then if s.entry.seq not in self.done]
         self.submitted.update(s.entry.seq for s in builds + then)
@@ -88,10 +93,10 @@ class PostDataBuilder:
                 if exc is not None:
                     table_done.set_exception(exc)
                 elif left[0] == 0:
-                    _chain(self._pool.submit(self._run_all, then), table_done)
+                    _chain(self._pool.submit(self._finish_table, then, table), table_done)
 
         if not builds:
-            _chain(self._pool.submit(self._run_all, then), table_done)
+            _chain(self._pool.submit(self._finish_table, then, table), table_done)
         for step in builds:
             self._pool.submit(self._run, step).add_done_callback(built)
 
@@ -120,11 +125,16 @@ class PostDataBuilder:
             conn.close()
         self._conns.clear()
 
-    def _run_all(self, steps: list[Step]) -> None:
+    def _finish_table(self, steps: list[Step], table: tuple[str, str]) -> None:
         for step in steps:
             self._run(step)
+        if self.analyze:
+            _analyze(self._conn(), table)
 
     def _run(self, step: Step) -> None:
+        _run_step(self._conn(), step, self.pipeline, self.dest)
+
+    def _conn(self) -> Conn:
         conn: Conn | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect(self.dest)
@@ -133,7 +143,18 @@ class PostDataBuilder:
                 conn.execute(self.script.preamble)
             self._local.conn = conn
             self._conns.append(conn)
-        _run_step(conn, step, self.pipeline, self.dest)
+        return conn
+
+
+def _analyze(conn: Conn, table: tuple[str, str]) -> None:
+    """Planner statistics for a copied table; a failure is only worth a warning."""
+    started = time.monotonic()
+    try:
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*table)))
+    except psycopg.Error as exc:
+        log.warning("ANALYZE failed", table=".".join(table), error=str(exc).strip())
+        return
+    log.debug("analyzed", table=".".join(table), seconds=round(time.monotonic() - started, 3))
 
 
 def _chain(source: Future[None], target: Future[None]) -> None:
