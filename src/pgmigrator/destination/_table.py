@@ -169,3 +169,13 @@ def _check_drift(name: str, rel: Relation, dest: dict[str, tuple[Any, ...]]) -> 
             "NOT NULL without a default",
             hint="give them a default or drop NOT NULL on the destination, then restart `follow`",
         )
+
+
+def same_layout(a: Relation, b: Relation) -> bool:
+    """Whether two Relation messages describe the same table layout (nothing to re-read)."""
+    return (a.namespace, a.name, a.replica_identity, a.columns) == (
+        b.namespace,
+        b.name,
+        b.replica_identity,
+        b.columns,
+    )

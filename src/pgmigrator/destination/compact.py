@@ -211,3 +211,15 @@ def _runs_of_inserts(changes: Sequence[Change]) -> list[Step]:
 def _append(steps: list[Step], net: NetEffect) -> None:
     if net.deletes or net.updates or net.inserts:
         steps.append(net)
+
+
+def may_collide(steps: list[Step]) -> bool:
+    """Whether set-based order could hit a unique violation that source order would not.
+
+    Deletes run first and inserts last, so a unique value freed in the batch is free before it
+    is claimed again, except between two updated rows (a swap): at least two update rows. (The
+    key itself cannot collide: updates keep their keys; only other unique indexes matter.)
+    """
+    return (
+        sum(len(rows) for s in steps if isinstance(s, NetEffect) for rows in s.updates.values()) > 1
+    )

@@ -10,7 +10,7 @@ and ``commit``, which advances the origin in the same transaction as the rows
 to its net effect per key (`compact`). Small groups run as VALUES-list statements; larger ones
 are copied (COPY text) into a per-session staging table and applied with one DELETE, one UPDATE
 per unchanged-TOAST mask and one INSERT (a run of inserts alone is copied straight into the
-table); see `_writer`. When a set-based step hits a unique violation (a secondary unique key
+table, through one COPY left open across the chunks of a batch); see `_writer`. When a set-based step hits a unique violation (a secondary unique key
 swapped within the batch) the group is rolled back to a savepoint and replayed in source order.
 With a `ConflictPolicy` (bidirectional replication) each run of changes is first checked for
 conflicts with local writes, one query per table (`conflicts.check`).
@@ -26,8 +26,8 @@ import psycopg
 from psycopg import sql
 
 from pgmigrator.destination import _sql, _writer, conflicts
-from pgmigrator.destination._table import Table, describe
-from pgmigrator.destination.compact import NetEffect, Step, compact
+from pgmigrator.destination._table import Table, describe, same_layout
+from pgmigrator.destination.compact import NetEffect, Step, compact, may_collide
 from pgmigrator.destination.conflicts import ConflictPolicy
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ApplyError, PgMigratorError, RetryableApplyError
@@ -160,7 +160,7 @@ class PostgresApplier:
     def relation(self, rel: Relation) -> None:
         """Register or refresh the destination metadata for ``rel.oid``."""
         known = self._tables.get(rel.oid)
-        if known is not None and _same_layout(known.relation, rel):
+        if known is not None and same_layout(known.relation, rel):
             return
         conn = self._need_conn()
         try:
@@ -291,7 +291,7 @@ class PostgresApplier:
 
     def _apply_relation(self, t: Table, changes: list[Change]) -> None:
         steps = compact(changes, t.key)
-        if not (t.key and t.other_unique and _may_collide(steps)):
+        if not (t.key and t.other_unique and may_collide(steps)):
             for step in steps:
                 self._step(t, step, stream=self._conflicts is None)
             return
@@ -415,24 +415,3 @@ class PostgresApplier:
         broken = self._conn is not None and self._conn.broken
         cls = RetryableApplyError if err.retryable or broken else ApplyError
         return cls(err.message, hint=err.hint)
-
-
-def _same_layout(a: Relation, b: Relation) -> bool:
-    return (a.namespace, a.name, a.replica_identity, a.columns) == (
-        b.namespace,
-        b.name,
-        b.replica_identity,
-        b.columns,
-    )
-
-
-def _may_collide(steps: list[Step]) -> bool:
-    """Whether set-based order could hit a unique violation that source order would not.
-
-    Deletes run first and inserts last, so a unique value freed in the batch is free before it
-    is claimed again, except between two updated rows (a swap): at least two update rows. (The
-    key itself cannot collide: updates keep their keys; only other unique indexes matter.)
-    """
-    return (
-        sum(len(rows) for s in steps if isinstance(s, NetEffect) for rows in s.updates.values()) > 1
-    )
