@@ -30,7 +30,7 @@ from pgmigrator.pipeline.progress import Progress
 from pgmigrator.pipeline.sequences import refresh_matviews, sync_sequences
 from pgmigrator.schema.apply import PostDataBuilder, apply_pre_data
 from pgmigrator.schema.dump import dump_section, find_pg_dump, split
-from pgmigrator.schema.early import plan_by_table
+from pgmigrator.schema.early import fk_checks_by_index, plan_by_table
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
 from pgmigrator.source.slots import ReplicationSession, ensure_publication, slot_status
@@ -230,6 +230,7 @@ class Clone:
                 self.settings.workers,
                 by_table,
                 analyze=self.settings.copy_.analyze,
+                fk_by_index=fk_checks_by_index(src, script),
             )
         return self._post
 

@@ -48,6 +48,32 @@ FROM pg_constraint con JOIN pg_class t ON t.oid = con.conrelid JOIN pg_namespace
 WHERE t.relkind = 'r' AND con.contype IN ('p', 'u', 'x', 'c')
 """
 _UNIQUE_PREFIX = "CREATE UNIQUE INDEX "
+_FK_SIZES_SQL = """
+SELECT n.nspname, t.relname || ' ' || con.conname, t.reltuples, r.reltuples
+FROM pg_constraint con JOIN pg_class t ON t.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace JOIN pg_class r ON r.oid = con.confrelid
+WHERE con.contype = 'f'
+"""
+
+
+def fk_checks_by_index(src: Conn, script: Script) -> set[int]:
+    """Foreign keys (entry seqs) whose validation should probe the referenced key's index.
+
+    The check is an anti-join of the referencing rows against the referenced ones. PostgreSQL 15
+    can only hash the referenced side: right for a small referenced table, slow for a big one
+    (5M keys against 1M rows: 2.4 s, where probing the unique index took 1.1 s). So the planner
+    is steered to index probes only when the source's statistics say the referenced table holds
+    more rows than the referencing one.
+    """
+    sizes = {(r[0], r[1]): (float(r[2]), float(r[3])) for r in src.execute(_FK_SIZES_SQL)}
+    out = set()
+    for entry in script.entries:
+        if entry.kind != "FK CONSTRAINT":
+            continue
+        referencing, referenced = sizes.get((entry.schema, entry.name), (-1.0, -1.0))
+        if 0 <= referencing < referenced:
+            out.add(entry.seq)
+    return out
 
 
 def plan_by_table(src: Conn, script: Script) -> dict[tuple[str, str], TablePlan]:
