@@ -1,8 +1,10 @@
 """Applying dumped schema sections to the destination.
 
 Pre-data runs in one transaction together with the state store's phase change: a crash leaves
-either all of it or none. Post-data entries (index builds, constraints) run on several connections
-wave by wave; each entry commits with its "done" mark so a resumed clone skips what was built.
+either all of it or none. Post-data runs on several connections: each table's own indexes and
+keys (`early.TablePlan`) as soon as it is copied, its indexes in parallel, then ANALYZE; the rest
+(foreign keys, triggers, attachments) wave by wave at the end. Each entry commits with its "done"
+mark so a resumed clone skips what was built.
 """
 
 from __future__ import annotations
