@@ -53,16 +53,22 @@ def test_clone_every_type_then_verify(pair: Pair) -> None:
             == src.execute("SELECT count(*) FROM sales.audit").fetchone()[0] + 1
         )
         # every copied table was analyzed (planner statistics), partitions included
-        assert rows_of(
-            dst,
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relkind = 'r' AND n.nspname IN ('public', 'sales')"
-            " AND c.reltuples > 0 AND NOT EXISTS (SELECT 1 FROM pg_stats s"
-            " WHERE s.schemaname = n.nspname AND s.tablename = c.relname)",
-        ) == []
-        assert dst.execute(
-            "SELECT count(*) FROM pg_stats WHERE tablename IN ('every_type', 'events_2024')"
-        ).fetchone()[0] > 0
+        assert (
+            rows_of(
+                dst,
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relkind = 'r' AND n.nspname IN ('public', 'sales')"
+                " AND c.reltuples > 0 AND NOT EXISTS (SELECT 1 FROM pg_stats s"
+                " WHERE s.schemaname = n.nspname AND s.tablename = c.relname)",
+            )
+            == []
+        )
+        assert (
+            dst.execute(
+                "SELECT count(*) FROM pg_stats WHERE tablename IN ('every_type', 'events_2024')"
+            ).fetchone()[0]
+            > 0
+        )
         # keys built as index + USING INDEX keep their options; exclusion constraints built as dumped
         assert dst.execute(
             "SELECT contype, condeferrable, condeferred FROM pg_constraint"
