@@ -10,8 +10,9 @@ and ``commit``, which advances the origin in the same transaction as the rows
 to its net effect per key (`compact`). Small groups run as VALUES-list statements; larger ones
 are copied (COPY text) into a per-session staging table and applied with one DELETE, one UPDATE
 per unchanged-TOAST mask and one INSERT (a run of inserts alone is copied straight into the
-table, through one COPY left open across the chunks of a batch); see `_writer`. When a set-based step hits a unique violation (a secondary unique key
-swapped within the batch) the group is rolled back to a savepoint and replayed in source order.
+table, through one COPY left open across the chunks of a batch); see `_writer`. When a set-based
+step hits a unique violation (a secondary unique key swapped within the batch) the group is
+rolled back to a savepoint and replayed in source order.
 With a `ConflictPolicy` (bidirectional replication) each run of changes is first checked for
 conflicts with local writes, one query per table (`conflicts.check`).
 """

@@ -191,7 +191,7 @@ def _run_step(conn: Conn, step: Step, pipeline: str, dest: Target, probe_index: 
                 kind=entry.kind,
                 name=entry.name,
                 completes=step.completes,
-                fk_check="index probes" if probe_index else "planner's choice",
+                **({"fk_check": "index probes"} if probe_index else {}),
             )
             return
         except psycopg.Error as exc:

@@ -106,16 +106,13 @@ def plan_by_table(src: Conn, script: Script) -> dict[tuple[str, str], TablePlan]
 
 def _key_as_index(entry: Entry, row: tuple[object, ...], conn: Conn) -> tuple[Step, Step] | None:
     """A primary key or unique constraint as (build its index, attach it); None for other kinds."""
-    contype, conname, indexdef = row[4], row[5], row[6]
+    contype, conname, indexdef, index_name = row[4], row[5], row[6], row[9]
     if contype not in ("p", "u") or not isinstance(indexdef, str) or not isinstance(conname, str):
         return None
-    if not indexdef.startswith(_UNIQUE_PREFIX):
+    if not indexdef.startswith(_UNIQUE_PREFIX) or not isinstance(index_name, str):
         return None
     settings = "".join(line + "\n" for line in entry.sql.splitlines() if line.startswith("SET "))
     build = settings + "CREATE UNIQUE INDEX IF NOT EXISTS " + indexdef[len(_UNIQUE_PREFIX) :]
-    index_name = row[9]
-    if not isinstance(index_name, str):
-        return None
     attach = sql.SQL("ALTER TABLE ONLY {} ADD CONSTRAINT {} {} USING INDEX {}{}").format(
         sql.Identifier(str(row[2]), str(row[3])),
         sql.Identifier(conname),
