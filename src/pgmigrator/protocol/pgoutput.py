@@ -39,6 +39,7 @@ from pgmigrator.events import (
     Update,
 )
 from pgmigrator.lsn import Lsn
+from pgmigrator.protocol._accel import accelerate
 
 __all__ = [
     "PgOutputDecoder",
@@ -440,3 +441,10 @@ class PgOutputDecoder:
         elif tag == _STREAM_STOP_TAG:
             self._in_stream = False
         return msg
+
+
+#: The pure-Python reference versions, kept for the C accelerator's fallback and its tests.
+_py_read_tuple, _py_decode_row_change = _read_tuple, decode_row_change
+#: Whether the C accelerator replaced the two per-row functions above (see `_accel`).
+ACCELERATED = False
+_read_tuple, decode_row_change, ACCELERATED = accelerate(_read_tuple, decode_row_change)

@@ -1,0 +1,18 @@
+"""Build of the optional C accelerator; everything else is in pyproject.toml.
+
+``optional=True``: where no C compiler or Python headers exist the build only warns and
+pgmigrator runs on its pure-Python decoder.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "pgmigrator.protocol._speedups",
+            ["src/pgmigrator/protocol/_speedups.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        )
+    ]
+)
