@@ -28,6 +28,8 @@ from pgmigrator import devcluster
 PY = sys.executable
 BULK_TXNS, BULK_ROWS = 20, 10_000  # per backlog: 200k wide rows
 TPCB_TXNS = 30_000  # per backlog, over two clients
+SINGLE_TXNS = 60_000  # single-row wide inserts per backlog, over two clients
+WIDE_SEQ = "bench_wide_ab_seq"
 POLL_S = 0.02
 
 
@@ -35,7 +37,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--a", required=True, help="tree A: a directory to put on PYTHONPATH")
     p.add_argument("--b", required=True, help="tree B: a directory to put on PYTHONPATH")
-    p.add_argument("--work", choices=("bulk", "tpcb"), default="bulk")
+    p.add_argument("--work", choices=("bulk", "tpcb", "single"), default="bulk")
     p.add_argument("--pairs", type=int, default=6, help="drains per tree (default 6)")
     return p.parse_args()
 
@@ -47,6 +49,7 @@ def setup(src: devcluster.Cluster, dst: devcluster.Cluster) -> tuple[str, str]:
     with src.connect("bench") as conn:
         conn.execute(WIDE_DDL)
         conn.execute(wide_fill_sql(1_000_000, 1000))
+        conn.execute(f"CREATE SEQUENCE public.{WIDE_SEQ} START 100000000")
     source, dest = src.dsn("bench"), dst.dsn("bench")
     res = subprocess.run(
         [PY, "-m", "pgmigrator", "clone", "--source", source, "--dest", dest],
@@ -61,8 +64,15 @@ def setup(src: devcluster.Cluster, dst: devcluster.Cluster) -> tuple[str, str]:
 class Backlogs:
     """Writes one backlog at a time; returns the source's WAL position right after it."""
 
-    def __init__(self, src: devcluster.Cluster, work: str) -> None:
+    def __init__(self, src: devcluster.Cluster, work: str, base: Path) -> None:
         self.src, self.work, self.next_id = src, work, 1_000_000
+        self.script = base / "single-insert.sql"
+        series = "generate_series(1::bigint, 1) AS i"
+        fill = wide_fill_sql(1_000_000, 1)
+        assert series in fill, "bench/clone.py's wide_fill_sql changed"
+        self.script.write_text(
+            fill.replace(series, f"(SELECT nextval('public.{WIDE_SEQ}') AS i) AS g").strip() + ";\n"
+        )
 
     def write(self) -> str:
         if self.work == "bulk":
@@ -74,6 +84,20 @@ class Backlogs:
                         f"generate_series({lo}::bigint, {lo + BULK_ROWS - 1})",
                     )
                     conn.execute(fill)
+        elif self.work == "single":
+            per_client = str(SINGLE_TXNS // 2)
+            self.src.pgbench(
+                "bench",
+                "-n",
+                "-M",
+                "prepared",
+                "-c2",
+                "-j2",
+                "-t",
+                per_client,
+                "-f",
+                str(self.script),
+            )
         else:
             self.src.pgbench("bench", "-c2", "-t", str(TPCB_TXNS // 2), "-n")
         with self.src.connect("bench") as conn:
@@ -113,7 +137,7 @@ def main() -> None:
     src, dst = devcluster.start_pair(base)
     try:
         source, dest = setup(src, dst)
-        backlogs = Backlogs(src, args.work)
+        backlogs = Backlogs(src, args.work, base)
         times: dict[str, list[float]] = {"a": [], "b": []}
         for i in range(args.pairs):
             for key in ("a", "b") if i % 2 == 0 else ("b", "a"):

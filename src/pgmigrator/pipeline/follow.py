@@ -312,11 +312,19 @@ class Follow:
 
     @staticmethod
     async def _drain(out: list[Command], queue: asyncio.Queue[Any]) -> None:
-        for cmd in (
-            out
-        ):  # a bounded queue: when the applier lags, we stop reading (the slot is the buffer)
+        """Hand the reader's commands to the apply loop, then let it run.
+
+        The queue is bounded: when the applier lags, we stop reading (the slot is the buffer).
+        A ``put`` into a queue with room does not yield, and with a backlog the socket always has
+        data, so without the explicit yield the apply loop would only see its first command once
+        the queue is full (8 chunks, 40k rows into a backlog, the destination idle meanwhile).
+        """
+        if not out:
+            return
+        for cmd in out:
             await queue.put(cmd)
         out.clear()
+        await asyncio.sleep(0)
 
     async def _apply_loop(
         self, applier: PostgresApplier, stream: ReplicationStream, queue: asyncio.Queue[Any]
