@@ -7,6 +7,10 @@ the extension was not built (no C compiler).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -98,3 +102,12 @@ def test_big_and_odd_tuples() -> None:
     assert outcome(speedups.read_tuple, bytearray(wire), 1, "I") == outcome(
         PY_TUPLE, bytearray(wire), 1, "I"
     )
+
+
+def test_pure_python_switch() -> None:
+    code = (
+        "from pgmigrator.protocol import pgoutput as p;"
+        "assert not p.ACCELERATED and p.decode_row_change is p._py_decode_row_change"
+    )
+    env = {**os.environ, "PGMIGRATOR_PURE_PYTHON": "1"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
