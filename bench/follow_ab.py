@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from clone import WIDE_DDL, wide_fill_sql
+from follow import WIDE_SEQ, wide_insert_sql
 
 from pgmigrator import devcluster
 
@@ -29,7 +30,6 @@ PY = sys.executable
 BULK_TXNS, BULK_ROWS = 20, 10_000  # per backlog: 200k wide rows
 TPCB_TXNS = 30_000  # per backlog, over two clients
 SINGLE_TXNS = 60_000  # single-row wide inserts per backlog, over two clients
-WIDE_SEQ = "bench_wide_ab_seq"
 POLL_S = 0.02
 
 
@@ -67,12 +67,7 @@ class Backlogs:
     def __init__(self, src: devcluster.Cluster, work: str, base: Path) -> None:
         self.src, self.work, self.next_id = src, work, 1_000_000
         self.script = base / "single-insert.sql"
-        series = "generate_series(1::bigint, 1) AS i"
-        fill = wide_fill_sql(1_000_000, 1)
-        assert series in fill, "bench/clone.py's wide_fill_sql changed"
-        self.script.write_text(
-            fill.replace(series, f"(SELECT nextval('public.{WIDE_SEQ}') AS i) AS g").strip() + ";\n"
-        )
+        self.script.write_text(wide_insert_sql(1_000_000, 1).strip() + ";\n")
 
     def write(self) -> str:
         if self.work == "bulk":

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pgmigrator.errors import ProtocolError
-from pgmigrator.events import Insert, TupleData, Update
+from pgmigrator.events import Delete, Insert, TupleData, Update
 from pgmigrator.protocol import pgoutput
 
 from .pgoutput_encoder import change_messages, encode, encode_tuple
@@ -26,9 +26,7 @@ pytestmark = pytest.mark.skipif(not pgoutput.ACCELERATED, reason="PGMIGRATOR_PUR
 
 PY_ROW, PY_TUPLE = pgoutput._py_decode_row_change, pgoutput._py_read_tuple
 FAST = settings(max_examples=300, deadline=None)
-row_changes = change_messages(st.none()).filter(
-    lambda m: isinstance(m, (Insert, Update)) or m.__class__.__name__ == "Delete"
-)
+row_changes = change_messages(st.none()).filter(lambda m: isinstance(m, (Insert, Update, Delete)))
 
 
 def outcome(fn: object, *args: object) -> tuple[str, object]:

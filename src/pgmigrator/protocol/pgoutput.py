@@ -445,6 +445,5 @@ class PgOutputDecoder:
 
 #: The pure-Python reference versions, kept for the C accelerator's fallback and its tests.
 _py_read_tuple, _py_decode_row_change = _read_tuple, decode_row_change
-#: Whether the C accelerator replaced the two per-row functions above (see `_accel`).
-ACCELERATED = False
+#: ``ACCELERATED``: whether the C accelerator replaced the two per-row functions (see `_accel`).
 _read_tuple, decode_row_change, ACCELERATED = accelerate(_read_tuple, decode_row_change)
