@@ -230,7 +230,9 @@ class Clone:
                 self.settings.workers,
                 by_table,
                 analyze=self.settings.copy_.analyze,
-                fk_by_index=fk_checks_by_index(src, script),
+                fk_by_index=set()
+                if self.settings.copy_.analyze
+                else fk_checks_by_index(src, script),
             )
         return self._post
 

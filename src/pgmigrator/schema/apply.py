@@ -41,7 +41,7 @@ def apply_pre_data(conn: Conn, script: Script, in_same_txn: Callable[[Conn], Non
     log.info("pre-data applied", entries=len(script.entries))
 
 
-# For the foreign keys of `early.fk_checks_by_index`.
+# For the foreign keys of `early.fk_checks_by_index` (only when tables are not analyzed).
 _FK_CHECK_SETTINGS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 
 
@@ -70,7 +70,6 @@ class PostDataBuilder:
         self._local = threading.local()
         self._conns: list[Conn] = []
         self._futures: list[Future[None]] = []
-        self._analyses: list[Future[None]] = []  # submitted before their table's future is done
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="post-data")
 
     def table_copied(self, schema: str, name: str) -> None:
@@ -116,8 +115,6 @@ class PostDataBuilder:
             ]
             for wave in waves(rest):
                 list(self._pool.map(self._run, [Step(e, e.sql, True) for e in wave]))
-            for future in self._analyses:
-                future.result()
             log.info(
                 "post-data applied", entries=len(self.submitted) + len(rest), skipped=len(self.done)
             )
@@ -133,8 +130,12 @@ class PostDataBuilder:
     def _finish_table(self, steps: list[Step], table: tuple[str, str]) -> None:
         for step in steps:
             self._run(step)
-        if self.analyze:  # off the table's path: foreign keys need not wait for statistics
-            self._analyses.append(self._pool.submit(lambda: _analyze(self._conn(), table)))
+        if self.analyze:
+            # On the table's path: the foreign key checks at the end are planned with these
+            # statistics. With them PostgreSQL picks a merge anti-join of the two indexes
+            # (0.15 s for 1M rows against 5M keys, frozen tables); without them it hashes the
+            # referenced table (2.4 s) or has to be steered to index probes (1.1 s).
+            _analyze(self._conn(), table)
 
     def _run(self, step: Step) -> None:
         probe = step.entry.seq in self.fk_by_index
