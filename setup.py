@@ -13,6 +13,12 @@ setup(
             ["src/pgmigrator/protocol/_speedups.c"],
             optional=True,
             extra_compile_args=["-O2"],
-        )
+        ),
+        Extension(
+            "pgmigrator.pipeline._copypump",
+            ["src/pgmigrator/pipeline/_copypump.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
     ]
 )

@@ -18,6 +18,7 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import CopyError, DiskFull
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
+from pgmigrator.pg import Conn
 from pgmigrator.pipeline import plan
 from pgmigrator.pipeline.copyworker import ChunkTask, worker_main
 from pgmigrator.pipeline.progress import Progress
@@ -111,13 +112,11 @@ class CopyRun:
             self.progress.table_planned(
                 (table.schema, table.name), table.size_bytes, table.est_rows
             )
-            copy_in = plan.copy_in_sql(table).as_string(store.conn)
             for i, (lo, hi) in enumerate(ranges):
-                out = plan.copy_out_sql(table, lo, hi).as_string(store.conn)
                 items.append(
                     (
                         plan.estimate_chunk_bytes(table, lo, hi, block_size),
-                        ChunkTask(self.settings.name, table.schema, table.name, i, out, copy_in),
+                        self._task(store.conn, table, i, lo, hi, whole=len(ranges) == 1),
                     )
                 )
         for task in plan.order_tasks(items):
@@ -134,6 +133,25 @@ class CopyRun:
                 f"{len(failed)} table(s) failed to copy: {names}",
                 hint="fix the cause, then `pgmigrator clone --resume` copies only the unfinished tables",
             )
+
+    def _task(
+        self, conn: Conn, table: TableInfo, chunk: int, lo: int | None, hi: int | None, whole: bool
+    ) -> ChunkTask:
+        """A chunk's COPY statements; a table copied in one chunk loads frozen (see copyworker)."""
+        out = plan.copy_out_sql(table, lo, hi).as_string(conn)
+        plain = plan.copy_in_sql(table).as_string(conn)
+        if not whole:
+            return ChunkTask(self.settings.name, table.schema, table.name, chunk, out, plain)
+        return ChunkTask(
+            self.settings.name,
+            table.schema,
+            table.name,
+            chunk,
+            out,
+            plan.copy_in_sql(table, freeze=True).as_string(conn),
+            truncate=plan.truncate_sql(table).as_string(conn),
+            copy_in_plain=plain,
+        )
 
     def _follow(
         self,

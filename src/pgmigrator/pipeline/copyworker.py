@@ -25,11 +25,14 @@ from psycopg import pq
 
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, RetryableCopyError
+from pgmigrator.log import get_logger
 from pgmigrator.pg import Conn, connect, translate
+from pgmigrator.pipeline._pump import c_pump
 from pgmigrator.retry import RetryPolicy
 from pgmigrator.store.state import chunk_done_sql
 
 PROGRESS_EVERY_S = 0.25
+log = get_logger("copy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,11 @@ class ChunkTask:
     chunk: int
     copy_out: str  # COPY ... TO STDOUT (FORMAT binary)
     copy_in: str  # COPY ... FROM STDIN (FORMAT binary)
+    # A whole-table chunk may load frozen: TRUNCATE the (empty) table in the chunk's transaction,
+    # then COPY with FREEZE. ``truncate`` is that TRUNCATE, ``copy_in_plain`` the COPY to use
+    # instead when the TRUNCATE is refused (a foreign key points at the table, no privilege).
+    truncate: str = ""
+    copy_in_plain: str = ""
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -119,7 +127,8 @@ class Worker:
         src_pg, dst_pg = self.src.pgconn, dst.pgconn
         try:
             _check(dst_pg.exec_(b"BEGIN"), pq.ExecStatus.COMMAND_OK, "BEGIN")
-            _check(dst_pg.exec_(task.copy_in.encode()), pq.ExecStatus.COPY_IN, "COPY FROM")
+            copy_in = _prepare_freeze(dst_pg, task)
+            _check(dst_pg.exec_(copy_in.encode()), pq.ExecStatus.COPY_IN, "COPY FROM")
         except (_PgFailure, psycopg.Error) as exc:
             raise self._dest_error(exc, task) from exc
         src_pg.send_query(task.copy_out.encode())
@@ -167,6 +176,32 @@ class Worker:
         self, src_pg: pq.abc.PGconn, dst_pg: pq.abc.PGconn, task: ChunkTask
     ) -> tuple[int, Exception | None]:
         """Move COPY data; on a destination failure keep draining the source so its session survives."""
+        pump = c_pump()
+        # the PGconn* of both connections (psycopg's concrete PGconn has it; its protocol not)
+        ptrs = (getattr(src_pg, "pgconn_ptr", None), getattr(dst_pg, "pgconn_ptr", None))
+        if pump is None or not isinstance(ptrs[0], int) or not isinstance(ptrs[1], int):
+            return self._py_pump(src_pg, dst_pg, task)
+        nbytes, end, put_status, _ = pump(  # the "done" message accounts for the rest
+            ptrs[0],
+            ptrs[1],
+            lambda n: self.results.put(("progress", task.key, n)),
+            PROGRESS_EVERY_S,
+        )
+        if end == -2:  # what psycopg's get_copy_data raises
+            raise psycopg.OperationalError(
+                f"receiving copy data failed: {src_pg.get_error_message().strip()}"
+            )
+        if put_status == 1:
+            return nbytes, None
+        msg = dst_pg.get_error_message().strip()
+        if put_status < 0:
+            return nbytes, psycopg.OperationalError(f"sending copy data failed: {msg}")
+        return nbytes, _PgFailure(msg or "destination refused COPY data", None)
+
+    def _py_pump(
+        self, src_pg: pq.abc.PGconn, dst_pg: pq.abc.PGconn, task: ChunkTask
+    ) -> tuple[int, Exception | None]:
+        """The reference loop of `_pump` (without the C extension)."""
         nbytes = pending = 0
         last = time.monotonic()
         dest_error: Exception | None = None
@@ -208,6 +243,27 @@ class Worker:
             self.dst = None
         err = translate(exc, self.dest, f"copying {task.schema}.{task.table} chunk {task.chunk}")
         return RetryableCopyError(err.message, hint=err.hint) if err.retryable else err
+
+
+def _prepare_freeze(dst_pg: pq.abc.PGconn, task: ChunkTask) -> str:
+    """The COPY to run: with FREEZE once ``task.truncate`` succeeded, else the plain one.
+
+    Rows loaded frozen into a table truncated in the same transaction need no hint bits and no
+    anti-wraparound VACUUM later, and COPY FREEZE sets the visibility map (index-only scans,
+    including the foreign key checks of post-data). The TRUNCATE runs in a savepoint so that a
+    refusal leaves the transaction usable for the plain COPY.
+    """
+    if not task.truncate:
+        return task.copy_in
+    _check(dst_pg.exec_(b"SAVEPOINT pgm_freeze"), pq.ExecStatus.COMMAND_OK, "SAVEPOINT")
+    res = dst_pg.exec_(task.truncate.encode())
+    if res.status == pq.ExecStatus.COMMAND_OK:
+        _check(dst_pg.exec_(b"RELEASE pgm_freeze"), pq.ExecStatus.COMMAND_OK, "RELEASE")
+        return task.copy_in
+    reason = (res.error_message or b"").decode(errors="replace").strip()
+    _check(dst_pg.exec_(b"ROLLBACK TO pgm_freeze"), pq.ExecStatus.COMMAND_OK, "ROLLBACK TO")
+    log.debug("loading without FREEZE", table=f"{task.schema}.{task.table}", reason=reason)
+    return task.copy_in_plain
 
 
 def _next_task(tasks: Queue[Any], parent: int) -> ChunkTask | None:

@@ -48,10 +48,22 @@ def copy_out_sql(table: TableInfo, lo: int | None, hi: int | None) -> sql.Compos
     )
 
 
-def copy_in_sql(table: TableInfo) -> sql.Composable:
-    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
-        table.ident, table.column_list()
+def copy_in_sql(table: TableInfo, freeze: bool = False) -> sql.Composable:
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary{})").format(
+        table.ident, table.column_list(), sql.SQL(", FREEZE" if freeze else "")
     )
+
+
+def truncate_sql(table: TableInfo) -> sql.Composable:
+    """Empties the destination table in a chunk's transaction, so that its COPY may FREEZE.
+
+    TRUNCATE needs an ACCESS EXCLUSIVE lock where COPY needs only ROW EXCLUSIVE: a session that
+    merely reads the table would make it wait, so it gives up after a moment (then the chunk
+    loads without FREEZE).
+    """
+    return sql.SQL(
+        "SET LOCAL lock_timeout = '2s'; TRUNCATE ONLY {}; SET LOCAL lock_timeout = DEFAULT"
+    ).format(table.ident)
 
 
 def estimate_chunk_bytes(

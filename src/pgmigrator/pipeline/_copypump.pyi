@@ -1,0 +1,6 @@
+from collections.abc import Callable
+
+def bind(get: int, put: int, freemem: int, /) -> None: ...
+def pump(
+    src: int, dst: int, progress: Callable[[int], object], every_s: float, /
+) -> tuple[int, int, int, int]: ...

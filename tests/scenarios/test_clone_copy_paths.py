@@ -1,0 +1,149 @@
+"""Journey: the clone's copy paths: split tables, frozen loads and their fallback, both COPY loops."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgmigrator.dsn import Target
+from pgmigrator.pipeline import copyworker, plan
+from pgmigrator.pipeline._pump import c_pump
+from pgmigrator.pipeline.copyworker import ChunkTask, Worker
+from pgmigrator.retry import RetryPolicy
+from pgmigrator.source.catalog import TableInfo
+from pgmigrator.store.state import StateStore
+from tests.conftest import Pair, pgmigrator
+
+# (pages all frozen, pages): pg_visibility reads the visibility map
+FROZEN = "SELECT all_frozen, pg_relation_size('{0}') / 8192 FROM pg_visibility_map_summary('{0}')"
+
+
+def frozen(dst: psycopg.Connection[Any], table: str) -> tuple[int, int]:
+    dst.execute("CREATE EXTENSION IF NOT EXISTS pg_visibility")
+    row = dst.execute(FROZEN.format(table)).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def test_split_table_copies_in_chunks_and_whole_tables_load_frozen(pair: Pair) -> None:
+    with pair.src() as src:
+        src.execute(
+            "CREATE TABLE big (id int PRIMARY KEY, pad text);"
+            "INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 40000) g;"
+            "CREATE TABLE small (id int PRIMARY KEY, big_id int REFERENCES big (id));"
+            "INSERT INTO small SELECT g, g FROM generate_series(1, 500) g"
+        )
+    env = {"PGMIGRATOR_COPY__SPLIT_THRESHOLD_MB": "2", "PGMIGRATOR_COPY__CHUNK_MB": "2"}
+    res = pgmigrator("clone", "--source", pair.source, "--dest", pair.dest, env=env)
+    assert res.returncode == 0, res.stderr
+    res = pgmigrator("verify", "--source", pair.source, "--dest", pair.dest)
+    assert res.returncode == 0, res.stdout + res.stderr
+    with pair.dst() as dst:
+        chunks: dict[str, int] = dict(
+            dst.execute(
+                "SELECT table_name, count(*) FROM pgmigrator.chunks WHERE done GROUP BY 1"
+            ).fetchall()
+        )
+        assert chunks["small"] == 1 and chunks["big"] > 1
+        # chunks of one table load side by side, so only a table copied whole can be frozen
+        pages = frozen(dst, "small")
+        assert pages[0] == pages[1] > 0
+        assert frozen(dst, "big")[0] == 0
+        # COPY FREEZE set the visibility map, and ANALYZE recorded it
+        assert dst.execute(
+            "SELECT relallvisible = relpages AND relpages > 0 FROM pg_class WHERE relname = 'small'"
+        ).fetchone() == (True,)
+        assert dst.execute(
+            "SELECT convalidated FROM pg_constraint WHERE conname = 'small_big_id_fkey'"
+        ).fetchone() == (True,)
+
+
+@pytest.fixture(params=["c", "python"])
+def pump(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "c" and c_pump() is None:
+        pytest.skip("the C copy loop was not built")
+    if request.param == "python":
+        monkeypatch.setattr(copyworker, "c_pump", lambda: None)
+    return str(request.param)
+
+
+def _task(dst: psycopg.Connection[Any], name: str) -> ChunkTask:
+    info = TableInfo(
+        oid=0,
+        schema="public",
+        name=name,
+        kind="r",
+        is_partition=False,
+        persistence="p",
+        replident="d",
+        size_bytes=0,
+        est_rows=0,
+        has_pk=True,
+        has_ri_index=False,
+        root_schema="public",
+        root_name=name,
+        columns=("id", "v"),
+        generated=(),
+    )
+    return ChunkTask(
+        "default",
+        "public",
+        name,
+        0,
+        plan.copy_out_sql(info, None, None).as_string(dst),
+        plan.copy_in_sql(info, freeze=True).as_string(dst),
+        truncate=plan.truncate_sql(info).as_string(dst),
+        copy_in_plain=plan.copy_in_sql(info).as_string(dst),
+    )
+
+
+def test_copy_loop_freezes_or_falls_back_when_truncate_is_refused(pair: Pair, pump: str) -> None:
+    setup = "CREATE TABLE {0} (id int PRIMARY KEY, v text);"
+    with pair.src() as src:
+        for name in ("free", "pinned"):
+            src.execute(setup.format(name))
+            src.execute(
+                f"INSERT INTO {name} SELECT g, md5(g::text) FROM generate_series(1, 3000) g"
+            )
+    with pair.dst() as dst:
+        StateStore(dst, "default").ensure_schema()
+        dst.execute(setup.format("free") + setup.format("pinned"))
+        dst.execute("CREATE TABLE holder (id int REFERENCES pinned (id))")  # TRUNCATE refused
+        dst.commit()
+        tasks = [_task(dst, "free"), _task(dst, "pinned")]
+    results: mp.Queue[Any] = mp.Queue()
+    with pair.src() as exporter:
+        exporter.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        snapshot = exporter.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+        worker = Worker(
+            0,
+            Target(pair.source, "source"),
+            Target(pair.dest, "destination"),
+            snapshot,
+            results,
+            RetryPolicy(),
+        )
+        copied = [worker.copy(task) for task in tasks]
+    assert [rows for rows, _ in copied] == [3000, 3000]
+    with pair.dst() as dst:
+        pages = frozen(dst, "free")
+        assert pages[0] == pages[1] > 0
+        assert frozen(dst, "pinned")[0] == 0
+        assert dst.execute("SELECT sum(id), count(DISTINCT v) FROM pinned").fetchone() == (
+            3000 * 3001 // 2,
+            3000,
+        )
+    with pair.src() as src, src.cursor().copy(tasks[0].copy_out) as out:
+        expected = sum(len(data) for data in out)
+    assert [n for _, n in copied] == [expected, expected]  # every byte moved, by either loop
+    sent = []
+    while True:
+        try:
+            sent.append(results.get(timeout=0.1))
+        except queue.Empty:
+            break
+    assert all(m[0] == "progress" and m[2] > 0 for m in sent)
