@@ -146,4 +146,13 @@ def test_copy_loop_freezes_or_falls_back_when_truncate_is_refused(pair: Pair, pu
             sent.append(results.get(timeout=0.1))
         except queue.Empty:
             break
-    assert all(m[0] == "progress" and m[2] > 0 for m in sent)
+    # the refused TRUNCATE is reported (the parent logs it), progress is counted in bytes
+    assert [m for m in sent if m[0] != "progress"] == [
+        ("unfrozen", ("public", "pinned", 0), sent_reason(sent))
+    ]
+    assert "foreign key" in sent_reason(sent)
+    assert all(m[2] > 0 for m in sent if m[0] == "progress")
+
+
+def sent_reason(sent: list[Any]) -> str:
+    return next(str(m[2]) for m in sent if m[0] == "unfrozen")

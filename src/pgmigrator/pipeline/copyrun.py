@@ -200,6 +200,10 @@ class CopyRun:
                 log.error("table copy failed", table=name, error=msg[2], hint=msg[3] or "")
                 if "disk full" in msg[2]:
                     break
+            elif kind == "unfrozen":
+                log.info(
+                    "table loads without FREEZE", table=by_key[msg[1][:2]].qualified, reason=msg[2]
+                )
             elif kind == "fatal":
                 log.error("copy worker lost its snapshot", worker=msg[1], error=msg[2])
         return failed

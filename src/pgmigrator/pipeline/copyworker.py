@@ -2,13 +2,15 @@
 
 Each worker opens a REPEATABLE READ transaction on the source and imports the exported snapshot
 before anything else, then copies the chunks it is handed. The bytes go from the source's
-``get_copy_data`` straight into the destination's ``put_copy_data`` without being parsed; both
-connections are blocking (psycopg holds the GIL in these calls, so parallelism comes from
-processes). A chunk's rows and its "done" mark commit in one destination transaction.
+``get_copy_data`` straight into the destination's ``put_copy_data`` without being parsed (in C
+without the GIL when `_pump` could bind the optional extension); both connections are blocking
+(psycopg holds the GIL in these calls, so parallelism comes from processes). A chunk's rows and
+its "done" mark commit in one destination transaction.
 
 Messages to the parent (a multiprocessing queue) are plain tuples:
 ``("ready", wid)``, ``("progress", key, nbytes)``, ``("done", key, rows, nbytes)``,
-``("retry", key, attempt, error)``, ``("failed", key, error, hint, retryable)``, ``("fatal", wid, error, hint)``.
+``("retry", key, attempt, error)``, ``("unfrozen", key, reason)`` (a whole table loads without
+FREEZE), ``("failed", key, error, hint, retryable)``, ``("fatal", wid, error, hint)``.
 """
 
 from __future__ import annotations
@@ -25,14 +27,12 @@ from psycopg import pq
 
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, RetryableCopyError
-from pgmigrator.log import get_logger
 from pgmigrator.pg import Conn, connect, translate
 from pgmigrator.pipeline._pump import c_pump
 from pgmigrator.retry import RetryPolicy
 from pgmigrator.store.state import chunk_done_sql
 
 PROGRESS_EVERY_S = 0.25
-log = get_logger("copy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,9 @@ class Worker:
         src_pg, dst_pg = self.src.pgconn, dst.pgconn
         try:
             _check(dst_pg.exec_(b"BEGIN"), pq.ExecStatus.COMMAND_OK, "BEGIN")
-            copy_in = _prepare_freeze(dst_pg, task)
+            copy_in, unfrozen = _prepare_freeze(dst_pg, task)
+            if unfrozen is not None:
+                self.results.put(("unfrozen", task.key, unfrozen))
             _check(dst_pg.exec_(copy_in.encode()), pq.ExecStatus.COPY_IN, "COPY FROM")
         except (_PgFailure, psycopg.Error) as exc:
             raise self._dest_error(exc, task) from exc
@@ -245,8 +247,8 @@ class Worker:
         return RetryableCopyError(err.message, hint=err.hint) if err.retryable else err
 
 
-def _prepare_freeze(dst_pg: pq.abc.PGconn, task: ChunkTask) -> str:
-    """The COPY to run: with FREEZE once ``task.truncate`` succeeded, else the plain one.
+def _prepare_freeze(dst_pg: pq.abc.PGconn, task: ChunkTask) -> tuple[str, str | None]:
+    """The COPY to run: with FREEZE once ``task.truncate`` succeeded, else the plain one and why.
 
     Rows loaded frozen into a table truncated in the same transaction need no hint bits and no
     anti-wraparound VACUUM later, and COPY FREEZE sets the visibility map (index-only scans,
@@ -254,16 +256,15 @@ def _prepare_freeze(dst_pg: pq.abc.PGconn, task: ChunkTask) -> str:
     refusal leaves the transaction usable for the plain COPY.
     """
     if not task.truncate:
-        return task.copy_in
+        return task.copy_in, None
     _check(dst_pg.exec_(b"SAVEPOINT pgm_freeze"), pq.ExecStatus.COMMAND_OK, "SAVEPOINT")
     res = dst_pg.exec_(task.truncate.encode())
     if res.status == pq.ExecStatus.COMMAND_OK:
         _check(dst_pg.exec_(b"RELEASE pgm_freeze"), pq.ExecStatus.COMMAND_OK, "RELEASE")
-        return task.copy_in
+        return task.copy_in, None
     reason = (res.error_message or b"").decode(errors="replace").strip()
     _check(dst_pg.exec_(b"ROLLBACK TO pgm_freeze"), pq.ExecStatus.COMMAND_OK, "ROLLBACK TO")
-    log.debug("loading without FREEZE", table=f"{task.schema}.{task.table}", reason=reason)
-    return task.copy_in_plain
+    return task.copy_in_plain, reason
 
 
 def _next_task(tasks: Queue[Any], parent: int) -> ChunkTask | None:
