@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import pq
 
 from pgmigrator.dsn import Target
 from pgmigrator.pipeline import copyworker, plan
@@ -156,3 +157,47 @@ def test_copy_loop_freezes_or_falls_back_when_truncate_is_refused(pair: Pair, pu
 
 def sent_reason(sent: list[Any]) -> str:
     return next(str(m[2]) for m in sent if m[0] == "unfrozen")
+
+
+class Stop(Exception):
+    pass
+
+
+def test_c_loop_drains_the_source_before_a_failing_progress_callback_propagates(
+    pair: Pair,
+) -> None:
+    loop = c_pump()
+    if loop is None:
+        pytest.skip("the C copy loop was not built")
+    with pair.src() as src:
+        src.execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 5000)")
+    with pair.dst() as dst:
+        dst.execute("CREATE TABLE t (id int)")
+        dst.commit()
+    calls: list[int] = []
+
+    def progress(n: int) -> None:
+        calls.append(n)
+        raise Stop
+
+    with pair.src() as src, pair.dst() as dst:
+        src.pgconn.nonblocking = dst.pgconn.nonblocking = 0
+        assert (
+            src.pgconn.exec_(b"COPY t TO STDOUT (FORMAT binary)").status == pq.ExecStatus.COPY_OUT
+        )
+        assert (
+            dst.pgconn.exec_(b"COPY t FROM STDIN (FORMAT binary)").status == pq.ExecStatus.COPY_IN
+        )
+        with pytest.raises(Stop):
+            loop(src.pgconn.pgconn_ptr, dst.pgconn.pgconn_ptr, progress, 0.0)
+        assert len(calls) == 1  # called once, then left alone
+        # every row was still read, so the source session is back to idle and usable
+        res = src.pgconn.get_result()
+        assert res is not None and res.command_status == b"COPY 5000"
+        assert src.pgconn.get_result() is None
+        assert src.execute("SELECT 1").fetchone() == (1,)
+        # and every row was still sent: the destination takes the whole COPY
+        dst.pgconn.put_copy_end()
+        res = dst.pgconn.get_result()
+        assert res is not None and res.command_status == b"COPY 5000"
+        assert dst.pgconn.get_result() is None
