@@ -14,6 +14,7 @@ lose rows that an UPDATE moved from a pending chunk into a finished one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from pgmigrator.pipeline.copyrun import CopyRun
 from pgmigrator.pipeline.progress import Progress
 from pgmigrator.pipeline.sequences import refresh_matviews, sync_sequences
 from pgmigrator.schema.apply import PostDataBuilder, apply_pre_data
-from pgmigrator.schema.dump import dump_section, find_pg_dump, split
+from pgmigrator.schema.dump import Script, dump_section, find_pg_dump, split
 from pgmigrator.schema.early import fk_checks_by_index, plan_by_table
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
@@ -121,37 +122,31 @@ class Clone:
         ensure_publication(src, self.settings.publication_name, tables)
         self.progress.set_phase("schema")
         session = ReplicationSession(self.source)
+        run: CopyRun | None = None
         try:
             slot = session.create_slot(self.settings.slot_name)
             run = CopyRun(self.settings, self.source, self.dest, slot.snapshot, self.progress)
             run.start_workers(min(self.settings.workers, max(1, sum(t.has_data for t in tables))))
-            pre = dump_section(
-                pg_dump,
-                self.source,
-                "pre-data",
-                snapshot=slot.snapshot,
-                exclude=self._excluded,
-                clean=self.options.drop_if_exists,
-            )
-            post = dump_section(
-                pg_dump, self.source, "post-data", snapshot=slot.snapshot, exclude=self._excluded
-            )
+            pre, post = self._dump_sections(pg_dump, slot.snapshot)
+
+            def record(conn: Conn) -> None:
+                StateStore(conn, self.settings.name).create(
+                    slot.name, self.settings.publication_name, "copy"
+                )
+                StateStore(conn, self.settings.name).update(
+                    consistent_lsn=slot.consistent_lsn, post_data=post.text
+                )
+
+            apply_pre_data(dst, pre, record)  # while the workers start and import the snapshot
             run.wait_ready()
         except BaseException:
             session.close()
+            if run is not None:
+                run.stop()
             raise
         session.close()  # every importer holds the snapshot now; the slot itself persists
 
-        def record(conn: Conn) -> None:
-            StateStore(conn, self.settings.name).create(
-                slot.name, self.settings.publication_name, "copy"
-            )
-            StateStore(conn, self.settings.name).update(
-                consistent_lsn=slot.consistent_lsn, post_data=post.text
-            )
-
         try:
-            apply_pre_data(dst, pre, record)
             self.progress.set_phase("copy")
             data_tables = [t for t in tables if t.has_data]
             builder = self._post_data_builder(src, store)
@@ -168,6 +163,28 @@ class Clone:
             run.rows,
             run.bytes,
         )
+
+    def _dump_sections(self, pg_dump: Path, snapshot: str) -> tuple[Script, Script]:
+        """pre-data and post-data from two pg_dump runs at once, both under ``snapshot``."""
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="pg_dump") as pool:
+            pre = pool.submit(
+                dump_section,
+                pg_dump,
+                self.source,
+                "pre-data",
+                snapshot=snapshot,
+                exclude=self._excluded,
+                clean=self.options.drop_if_exists,
+            )
+            post = pool.submit(
+                dump_section,
+                pg_dump,
+                self.source,
+                "post-data",
+                snapshot=snapshot,
+                exclude=self._excluded,
+            )
+            return pre.result(), post.result()
 
     def _resume(
         self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], slot_name: str
