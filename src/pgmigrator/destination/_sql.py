@@ -19,6 +19,9 @@ from pgmigrator.destination._table import Table
 from pgmigrator.destination.compact import unchanged_positions
 from pgmigrator.errors import ApplyError
 from pgmigrator.events import TupleData
+from pgmigrator.protocol._accel import copy_text
+
+_copy_text = copy_text()
 
 OP = sql.Identifier("_pgm_op")
 OP_DELETE, OP_INSERT, OP_UPDATE = 0, 1, 2  # update mask groups take OP_UPDATE, OP_UPDATE + 1, ...
@@ -47,6 +50,15 @@ def copy_payload(groups: Iterable[tuple[bytes, Sequence[TupleData]]], ncols: int
     payload detects.
     """
     groups = [(prefix, rows) for prefix, rows in groups if rows]
+    if _copy_text is not None and len(groups) == 1 and not groups[0][0]:
+        payload = _copy_text(groups[0][1])  # the C builder: inserts, the hot case
+        if payload is not None:
+            return payload
+    return _py_copy_payload(groups, ncols)
+
+
+def _py_copy_payload(groups: list[tuple[bytes, Sequence[TupleData]]], ncols: int) -> bytes:
+    """`copy_payload` in Python, the reference for the C builder."""
     lines: list[bytes] = []
     join = b"\t".join
     for prefix, rows in groups:

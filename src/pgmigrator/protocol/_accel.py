@@ -5,13 +5,14 @@ extension was built (``pip install`` compiles it where a C compiler and the Pyth
 a failed build only leaves it out) the two per-row calls, ``_read_tuple`` and
 ``decode_row_change``, are replaced by C versions that build the same immutable values and hand
 anything they do not fully accept to the Python functions, so errors read exactly the same.
-``PGMIGRATOR_PURE_PYTHON=1`` in the environment keeps the pure-Python decoder.
+The same extension builds the applier's COPY text lines from decoded rows (`copy_text`).
+``PGMIGRATOR_PURE_PYTHON=1`` in the environment keeps the pure-Python code for both.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from pgmigrator.events import Delete, Insert, TupleData, Update
@@ -45,3 +46,18 @@ def accelerate(read_tuple: F, decode_row_change: G) -> tuple[F, G, bool]:
         decode_row_change,
     )
     return _speedups.read_tuple, _speedups.decode_row_change, True  # type: ignore[return-value]
+
+
+def copy_text() -> Callable[[Sequence[TupleData]], bytes | None] | None:
+    """The C builder of COPY text lines for rows, if `accelerate` set the accelerator up.
+
+    It returns ``None`` for rows holding anything but text values and NULL/unchanged markers
+    (a binary-format value), leaving the decision to the Python builder.
+    """
+    try:
+        from pgmigrator.protocol import _speedups
+    except ImportError:
+        return None
+    from pgmigrator.protocol import pgoutput  # its import runs `accelerate`
+
+    return _speedups.copy_text if pgoutput.ACCELERATED else None

@@ -185,6 +185,121 @@ static PyObject *py_decode_row_change(PyObject *self, PyObject *buf) {
     return PyObject_CallOneArg(fallback_change, buf);
 }
 
+/* Append value v (bytes) to the buffer at *out, escaping COPY text specials. */
+static inline char *put_escaped(char *out, const char *v, Py_ssize_t n) {
+    for (Py_ssize_t j = 0; j < n; j++) {
+        char c = v[j];
+        switch (c) {
+        case '\\': *out++ = '\\'; *out++ = '\\'; break;
+        case '\t': *out++ = '\\'; *out++ = 't'; break;
+        case '\n': *out++ = '\\'; *out++ = 'n'; break;
+        case '\r': *out++ = '\\'; *out++ = 'r'; break;
+        default: *out++ = c;
+        }
+    }
+    return out;
+}
+
+static int slot_pair(PyObject *row, PyObject **kinds, PyObject **values) {
+    /* The TupleData's kinds (bytes) and values (tuple); 0 when row is not a plain TupleData. */
+    if (Py_TYPE(row) != tuple_data.type) return 0;
+    PyObject *k = Py_TYPE(tuple_data.slots[0])->tp_descr_get(tuple_data.slots[0], row, NULL);
+    if (k == NULL) return -1;
+    PyObject *v = Py_TYPE(tuple_data.slots[1])->tp_descr_get(tuple_data.slots[1], row, NULL);
+    if (v == NULL) {
+        Py_DECREF(k);
+        return -1;
+    }
+    if (!PyBytes_CheckExact(k) || !PyTuple_CheckExact(v) ||
+        PyBytes_GET_SIZE(k) != PyTuple_GET_SIZE(v)) {
+        Py_DECREF(k);
+        Py_DECREF(v);
+        return 0;
+    }
+    *kinds = k;
+    *values = v;
+    return 1;
+}
+
+/* The worst-case text size of one row, or -1 (no exception) when it is not plain text values. */
+static Py_ssize_t row_bound(PyObject *kinds, PyObject *values) {
+    Py_ssize_t n = PyTuple_GET_SIZE(values), size = n + 1;
+    const char *k = PyBytes_AS_STRING(kinds);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyTuple_GET_ITEM(values, i);
+        if (k[i] == 't') {
+            if (!PyBytes_CheckExact(v)) return -1;
+            size += 2 * PyBytes_GET_SIZE(v);
+        } else if ((k[i] == 'n' || k[i] == 'u') && v == Py_None) {
+            size += 2;
+        } else {
+            return -1;
+        }
+    }
+    return size;
+}
+
+static char *put_row(char *out, PyObject *kinds, PyObject *values) {
+    Py_ssize_t n = PyTuple_GET_SIZE(values);
+    const char *k = PyBytes_AS_STRING(kinds);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i) *out++ = '\t';
+        if (k[i] == 't') {
+            PyObject *v = PyTuple_GET_ITEM(values, i);
+            out = put_escaped(out, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v));
+        } else {
+            *out++ = '\\';
+            *out++ = 'N';
+        }
+    }
+    *out++ = '\n';
+    return out;
+}
+
+/* copy_text(rows) -> bytes | None: COPY text lines for TupleData rows, None when a row holds
+ * anything but text values and NULL/unchanged markers (the Python builder then decides). */
+static PyObject *py_copy_text(PyObject *self, PyObject *rows) {
+    if (not_ready()) return NULL;
+    PyObject *seq = PySequence_Fast(rows, "copy_text() needs a sequence of rows");
+    if (seq == NULL) return NULL;
+    Py_ssize_t nrows = PySequence_Fast_GET_SIZE(seq), size = 0;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *result = NULL;
+    for (Py_ssize_t r = 0; r < nrows; r++) {
+        PyObject *kinds, *values;
+        int ok = slot_pair(items[r], &kinds, &values);
+        if (ok <= 0) goto plain;
+        Py_ssize_t bound = row_bound(kinds, values);
+        Py_DECREF(kinds);
+        Py_DECREF(values);
+        if (bound < 0 || bound > PY_SSIZE_T_MAX / 2 - size) goto plain;
+        size += bound;
+    }
+    result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL) goto done;
+    char *start = PyBytes_AS_STRING(result), *out = start;
+    for (Py_ssize_t r = 0; r < nrows; r++) {
+        PyObject *kinds, *values;
+        if (slot_pair(items[r], &kinds, &values) <= 0) { /* rows changed under us */
+            Py_CLEAR(result);
+            goto plain;
+        }
+        out = put_row(out, kinds, values);
+        Py_DECREF(kinds);
+        Py_DECREF(values);
+    }
+    if (_PyBytes_Resize(&result, out - start) < 0) result = NULL;
+    goto done;
+plain:
+    if (!PyErr_Occurred()) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+done:
+    Py_DECREF(seq);
+    return result;
+}
+
 static int take_builder(Builder *b, PyObject *spec) {
     /* spec: (type, (descriptor, ...)) */
     PyObject *type, *slots;
@@ -241,6 +356,8 @@ static PyMethodDef methods[] = {
      "read_tuple(buf, pos, tag) -> (TupleData, new_pos), as pgoutput._read_tuple."},
     {"decode_row_change", py_decode_row_change, METH_O,
      "decode_row_change(buf) -> Insert | Update | Delete | None, as pgoutput.decode_row_change."},
+    {"copy_text", py_copy_text, METH_O,
+     "copy_text(rows) -> bytes | None: COPY text lines for TupleData rows (None: not plain text)."},
     {NULL, NULL, 0, NULL},
 };
 
