@@ -7,6 +7,7 @@ the extension was not built (no C compiler).
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -60,6 +61,16 @@ def test_values_are_the_reference_classes() -> None:
     with pytest.raises(AttributeError):
         change.new.kinds = b""  # type: ignore[misc]
     assert speedups.decode_row_change(b"B" + bytes(20)) is None
+
+
+def test_decoded_rows_are_left_out_of_the_cycle_collector() -> None:
+    """They cannot form cycles; tracked, a backlog of them costs the GC a third of decoding."""
+    row = TupleData(b"tn", (b"1", None))
+    change = speedups.decode_row_change(encode(Update(7, row, "K", row)))
+    assert change == Update(7, row, "K", row)
+    assert not any(gc.is_tracked(o) for o in (change, change.new, change.new.values, change.old))
+    del change
+    gc.collect()  # untracked objects are still freed by reference counting
 
 
 @FAST
