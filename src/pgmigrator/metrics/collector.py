@@ -314,7 +314,8 @@ class Collector:
             now, wall = self._clock(), self._wall()
 
             def wall_of(mono: float) -> str:
-                return iso_utc(wall - (now - mono))
+                # anchored at creation, so a moment reads the same in every snapshot
+                return iso_utc(self._created_wall + (mono - self._created))
 
             tables = [t.to_dict(now, wall_of) for t in self._tables.values()]
             snap: dict[str, Any] = {
