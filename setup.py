@@ -10,7 +10,11 @@ setup(
     ext_modules=[
         Extension(
             "pgmigrator.protocol._speedups",
-            ["src/pgmigrator/protocol/_speedups.c"],
+            [
+                "src/pgmigrator/protocol/_speedups.c",
+                "src/pgmigrator/protocol/_speedups_pump.c",
+            ],
+            depends=["src/pgmigrator/protocol/_speedups.h"],
             optional=True,
             extra_compile_args=["-O2"],
         ),

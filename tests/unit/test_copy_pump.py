@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from pgmigrator.pipeline._pump import _libpq_paths
+from pgmigrator._libpq import libpq_paths
 
 MAPS = """\
 7f01a000-7f01b000 r--p 00000000 fd:01 123 /usr/lib/x86_64-linux-gnu/libc.so.6
@@ -18,12 +18,12 @@ MAPS = """\
 
 
 def test_libpq_paths_reads_each_mapped_library_once() -> None:
-    assert _libpq_paths(MAPS) == {"/venv/site-packages/psycopg_binary.libs/libpq-e9b5.so.5.18"}
+    assert libpq_paths(MAPS) == {"/venv/site-packages/psycopg_binary.libs/libpq-e9b5.so.5.18"}
 
 
 def test_two_libpq_libraries_are_both_seen_so_the_loader_declines() -> None:
     extra = "7f04a000-7f04b000 r-xp 00000000 fd:01 789 /usr/lib/x86_64-linux-gnu/libpq.so.5\n"
-    assert len(_libpq_paths(MAPS + extra)) == 2
+    assert len(libpq_paths(MAPS + extra)) == 2
 
 
 def test_pure_python_switch_keeps_the_python_loop() -> None:

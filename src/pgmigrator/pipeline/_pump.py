@@ -1,26 +1,17 @@
 """Loading the optional C loop of the COPY workers (``_copypump``), or not.
 
-The C loop calls libpq directly, so it must call the libpq that psycopg loaded: a PGconn pointer
-is only meaningful to the library that made it. It is used only when exactly one libpq is mapped
-into the process (Linux's ``/proc/self/maps`` says which) and that library reports the version
-psycopg reports; anything else, ``PGMIGRATOR_PURE_PYTHON=1`` or a build without the extension,
-keeps the pure-Python loop in `copyworker`.
+The C loop calls libpq directly, through the addresses `pgmigrator._libpq` finds in the libpq
+psycopg loaded; when it finds none, with ``PGMIGRATOR_PURE_PYTHON=1`` or a build without the
+extension, the pure-Python loop in `copyworker` runs.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
-from psycopg import pq
-
-from pgmigrator.log import get_logger
-
-log = get_logger("copy")
+from pgmigrator._libpq import addresses, pure_python
 
 
 class Pump(Protocol):
@@ -29,43 +20,17 @@ class Pump(Protocol):
     ) -> tuple[int, int, int, int]: ...
 
 
-def _libpq_paths(maps: str) -> set[str]:
-    """Paths of the libpq shared libraries in a ``/proc/<pid>/maps`` text."""
-    out = set()
-    for line in maps.splitlines():
-        fields = line.split(maxsplit=5)
-        path = fields[5].strip() if len(fields) == 6 else ""
-        if Path(path).name.startswith("libpq"):
-            out.add(path)
-    return out
-
-
 def _bind() -> Pump | None:
-    if os.environ.get("PGMIGRATOR_PURE_PYTHON", "") not in ("", "0"):
+    if pure_python():
         return None
     try:
         from pgmigrator.pipeline import _copypump
     except ImportError:
         return None
-    try:
-        paths = _libpq_paths(Path("/proc/self/maps").read_text())
-    except OSError:
+    found = addresses("PQgetCopyData", "PQputCopyData", "PQfreemem")
+    if found is None:
         return None
-    if len(paths) != 1:
-        log.debug("C copy loop not used", reason=f"{len(paths)} libpq libraries loaded")
-        return None
-    try:
-        lib = ctypes.CDLL(paths.pop(), mode=os.RTLD_NOLOAD | os.RTLD_NOW)
-        if lib.PQlibVersion() != pq.version():
-            return None
-        _copypump.bind(
-            *(
-                ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
-                for name in ("PQgetCopyData", "PQputCopyData", "PQfreemem")
-            )
-        )
-    except (OSError, AttributeError, ValueError):
-        return None
+    _copypump.bind(*found)
     return _copypump.pump
 
 

@@ -290,7 +290,7 @@ class Follow:
                 msg = await stream.next(timeout=1.0)
             if msg is not None:
                 reader.feed(msg.data, msg.wal_end)
-                stream.pump(reader.feed, PUMP_MESSAGES)  # what libpq already holds, no await each
+                stream.pump(reader.feed, PUMP_MESSAGES, reader)  # what libpq holds, no await each
             await self._drain(out, queue)
             # an idle slot may advance past our last commit only once that commit is durable
             stream.idle = (

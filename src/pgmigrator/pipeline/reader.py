@@ -206,6 +206,28 @@ class Reader:
         if handler is not None:
             handler(self, msg, wal_end)
 
+    def fast_rows(self) -> tuple[list[Change], int] | None:
+        """Where the replication stream's C loop may append row changes, and how many (`RowSink`).
+
+        Only inside a plain transaction that nothing filters (no streamed block, no dropped
+        origin, no commit times, no sync LSNs): there `_add_change` does nothing but append.
+        """
+        if (
+            self.final_lsn is None
+            or self.stream_xid is not None
+            or self.dropping
+            or self.track_times
+            or self.sync_lsns
+        ):
+            return None
+        return self.batch.pending, self.limits.chunk_rows - len(self.batch.pending)
+
+    def rows_added(self, count: int) -> None:
+        """``count`` row changes were appended to the list `fast_rows` gave."""
+        self.batch.rows += count
+        if len(self.batch.pending) >= self.limits.chunk_rows:
+            self._push_pending()
+
     def _begin(self, final_lsn: Lsn, commit_time: int) -> None:
         self.final_lsn = final_lsn
         self.origin = None

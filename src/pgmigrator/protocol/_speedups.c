@@ -12,8 +12,7 @@
  * allocating the instance and filling its slots through the descriptors, the way the Python
  * `unchecked` constructors do with `object.__setattr__`.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_speedups.h"
 #include <stdint.h>
 #include <string.h>
 
@@ -108,7 +107,7 @@ fail:
     return NULL;
 }
 
-static int not_ready(void) {
+int speedups_not_ready(void) {
     if (!ready) PyErr_SetString(PyExc_RuntimeError, "_speedups.setup() was not called");
     return !ready;
 }
@@ -119,7 +118,7 @@ static PyObject *py_read_tuple(PyObject *self, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_TypeError, "read_tuple(buf, pos, tag)");
         return NULL;
     }
-    if (not_ready()) return NULL;
+    if (speedups_not_ready()) return NULL;
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
     if (pos == -1 && PyErr_Occurred()) return NULL;
     if (PyBytes_CheckExact(args[0])) {
@@ -142,7 +141,7 @@ static PyObject *py_read_tuple(PyObject *self, PyObject *const *args, Py_ssize_t
 }
 
 /* The I/U/D body after the tag; NULL without an exception: not well formed. */
-static PyObject *row_change(const unsigned char *data, Py_ssize_t len) {
+PyObject *speedups_row_change(const unsigned char *data, Py_ssize_t len) {
     if (len < 6) return NULL;
     unsigned char tag = data[0], action = data[5];
     PyObject *oid = PyLong_FromUnsignedLong(be32(data + 1));
@@ -184,12 +183,12 @@ done:
 
 /* decode_row_change(buf) -> Insert | Update | Delete | None */
 static PyObject *py_decode_row_change(PyObject *self, PyObject *buf) {
-    if (not_ready()) return NULL;
+    if (speedups_not_ready()) return NULL;
     if (PyBytes_CheckExact(buf)) {
         Py_ssize_t len = PyBytes_GET_SIZE(buf);
         const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(buf);
         if (len == 0 || (data[0] != 'I' && data[0] != 'U' && data[0] != 'D')) Py_RETURN_NONE;
-        PyObject *result = row_change(data, len);
+        PyObject *result = speedups_row_change(data, len);
         if (result != NULL || PyErr_Occurred()) return result;
     }
     return PyObject_CallOneArg(fallback_change, buf);
@@ -275,7 +274,7 @@ static char *put_row(char *out, PyObject *kinds, PyObject *values) {
 /* copy_text(rows) -> bytes | None: COPY text lines for TupleData rows, None when a row holds
  * anything but text values and NULL/unchanged markers (the Python builder then decides). */
 static PyObject *py_copy_text(PyObject *self, PyObject *rows) {
-    if (not_ready()) return NULL;
+    if (speedups_not_ready()) return NULL;
     PyObject *seq = PySequence_Fast(rows, "copy_text() needs a sequence of rows");
     if (seq == NULL) return NULL;
     Py_ssize_t nrows = PySequence_Fast_GET_SIZE(seq), size = 0;
@@ -374,6 +373,10 @@ static PyMethodDef methods[] = {
      "decode_row_change(buf) -> Insert | Update | Delete | None, as pgoutput.decode_row_change."},
     {"copy_text", py_copy_text, METH_O,
      "copy_text(rows) -> bytes | None: COPY text lines for TupleData rows (None: not plain text)."},
+    {"pump_rows", (PyCFunction)(void (*)(void))speedups_pump_rows, METH_FASTCALL,
+     "pump_rows(conn, rows, room) -> (appended, wal_end, rest): decode buffered row changes."},
+    {"bind_libpq", speedups_bind_libpq, METH_VARARGS,
+     "bind_libpq(PQgetCopyData, PQfreemem): the addresses of psycopg's libpq functions."},
     {NULL, NULL, 0, NULL},
 };
 

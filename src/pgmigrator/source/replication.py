@@ -13,6 +13,7 @@ import asyncio
 import struct
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import pq, sql
@@ -29,11 +30,22 @@ from pgmigrator.protocol import (
     build_standby_status_update,
     parse_copy_data,
 )
+from pgmigrator.source._rowpump import RowPump, row_pump
 
 log = get_logger("replication")
 _XLOG_TAG = ord("w")
 _WAL_END = struct.Struct("!Q").unpack_from
 _int_new = int.__new__  # an unpacked UInt64 is always a valid LSN: skip the range check
+
+
+class RowSink(Protocol):
+    """Where `ReplicationStream.pump` puts the row changes the C loop decodes (see `Reader`)."""
+
+    def fast_rows(self) -> tuple[list[Any], int] | None:
+        """The list to append row changes to and how many it may take, or None: not now."""
+
+    def rows_added(self, count: int) -> None:
+        """``count`` row changes were appended to the list `fast_rows` gave."""
 
 
 class ReplicationStream:
@@ -112,35 +124,82 @@ class ReplicationStream:
             ) from exc
         self._last_status = time.monotonic()
 
-    def pump(self, feed: Callable[[memoryview, Lsn], None], limit: int) -> int:
+    def pump(
+        self,
+        feed: Callable[[memoryview | bytes, Lsn], None],
+        limit: int,
+        rows: RowSink | None = None,
+    ) -> int:
         """Feed up to ``limit`` XLogData messages that libpq already holds, with no ``await`` each.
 
         The backlog hot path: ``next`` costs an event-loop round per message; this reads what
         is buffered in a tight loop (keepalives handled as usual) and returns how many it fed.
+        With ``rows`` and the C loop available, runs of row changes skip ``feed``: they are
+        decoded from libpq's buffer straight into the list ``rows.fast_rows()`` names.
         """
         assert self.conn is not None, "open() first"
         pgconn = self.conn.pgconn
+        fast = row_pump() if rows is not None else None
         fed = 0
         try:
             while fed < limit:
-                size, data = pgconn.get_copy_data(1)
-                if size <= 0:
-                    if size < 0:
-                        raise self._stream_end()
-                    break
-                if data[0] == _XLOG_TAG:
-                    wal_end = _int_new(Lsn, _WAL_END(data, 9)[0])
-                    if wal_end > self.received:
-                        self.received = wal_end
-                    feed(data[25:], wal_end)
-                    fed += 1
+                target = rows.fast_rows() if fast is not None and rows is not None else None
+                if target is not None:
+                    assert fast is not None and rows is not None
+                    want = min(target[1], limit - fed)
+                    appended, rest = self._pump_rows(fast, rows, target[0], want)
+                    fed += appended
+                    if rest is None:
+                        if appended < want:
+                            break  # libpq holds no further complete message
+                        continue
+                    data: memoryview | bytes = rest
                 else:
-                    msg = parse_copy_data(data)
-                    assert isinstance(msg, PrimaryKeepalive)
-                    self._keepalive(msg)
+                    size, data = pgconn.get_copy_data(1)
+                    if size <= 0:
+                        if size < 0:
+                            raise self._stream_end()
+                        break
+                fed += self._handle(data, feed)
         except psycopg.Error as exc:
             raise RetryableReplicationError(f"replication connection lost: {exc}") from exc
         return fed
+
+    def _pump_rows(
+        self, fast: RowPump, rows: RowSink, pending: list[Any], want: int
+    ) -> tuple[int, bytes | None]:
+        """One run of the C loop: (changes appended, the message it handed back or None)."""
+        assert self.conn is not None
+        pgconn = self.conn.pgconn
+        ptr: int | None = getattr(pgconn, "pgconn_ptr", None)
+        if ptr is None:
+            raise RetryableReplicationError("replication connection lost: it is closed")
+        appended, wal_end, rest = fast(ptr, pending, want)
+        if appended:
+            rows.rows_added(appended)
+            if wal_end > self.received:
+                self.received = _int_new(Lsn, wal_end)
+        if type(rest) is int:
+            if rest == -1:
+                raise self._stream_end()
+            message = pgconn.get_error_message() or "error in PQgetCopyData"
+            raise RetryableReplicationError(f"replication connection lost: {message}")
+        return appended, rest if type(rest) is bytes else None
+
+    def _handle(
+        self, data: memoryview | bytes, feed: Callable[[memoryview | bytes, Lsn], None]
+    ) -> int:
+        """One CopyData message from the Python loop: 1 when it was XLogData (fed), else 0."""
+        if data[0] == _XLOG_TAG:
+            wal_end = _int_new(Lsn, _WAL_END(data, 9)[0])
+            if wal_end > self.received:
+                self.received = wal_end
+            feed(data[25:], wal_end)
+            return 1
+        msg = parse_copy_data(data)
+        assert isinstance(msg, PrimaryKeepalive)
+        self._keepalive(msg)
+        return 0
 
     def tick(self) -> None:
         """Send a status update when one is due; keeps the walsender alive while we do not read."""

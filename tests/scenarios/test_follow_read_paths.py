@@ -1,0 +1,96 @@
+"""Journey: the follower's two read loops (C row pump, Python) turn one real slot into the same commands."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from pgmigrator.dsn import Target
+from pgmigrator.lsn import Lsn
+from pgmigrator.pipeline.reader import BatchLimits, Changes, Command, CommitBatch, Reader
+from pgmigrator.pipeline.spill import SpillStore
+from pgmigrator.source._rowpump import row_pump
+from pgmigrator.source.replication import ReplicationStream
+from tests.conftest import Pair
+
+WORKLOAD = [
+    "CREATE TABLE t (id int PRIMARY KEY, v text, big text, n numeric)",
+    "CREATE TABLE full_t (a int, b text)",
+    "ALTER TABLE full_t REPLICA IDENTITY FULL",
+    "CREATE PUBLICATION pub FOR ALL TABLES",
+    "SELECT pg_create_logical_replication_slot('s', 'pgoutput')",
+    # one large transaction: runs longer than the reader's chunk and the pump's limit
+    "INSERT INTO t SELECT g, 'v' || g, CASE WHEN g % 500 = 0 THEN repeat('x', 20000) END,"
+    " CASE WHEN g % 3 = 0 THEN NULL ELSE g / 7.0 END FROM generate_series(1, 1200) g",
+    "UPDATE t SET v = 'é\t\\n' || id WHERE id % 10 = 0",  # unchanged TOAST values ride along
+    "DELETE FROM t WHERE id % 11 = 0",
+    "INSERT INTO full_t SELECT g, 'b' || g FROM generate_series(1, 50) g",
+    "UPDATE full_t SET b = 'changed' WHERE a % 5 = 0",  # old row in full
+    "DELETE FROM full_t WHERE a % 7 = 0",
+    "SELECT pg_logical_emit_message(true, 'other', 'hello')",
+    "ALTER TABLE t ADD COLUMN extra int DEFAULT 1",  # a fresh Relation mid-stream
+    "UPDATE t SET extra = 2 WHERE id <= 40",
+    "TRUNCATE full_t",
+    "INSERT INTO full_t VALUES (-1, 'end')",  # the marker the readers stop at
+]
+
+
+class CountingReader(Reader):
+    fast = 0
+
+    def rows_added(self, count: int) -> None:
+        self.fast += count
+        super().rows_added(count)
+
+
+def _flat(commands: list[Command]) -> list[Any]:
+    out: list[Any] = []
+    for cmd in commands:
+        out.extend(cmd.changes if isinstance(cmd, Changes) else [cmd])
+    return out
+
+
+def _finished(out: list[Command]) -> bool:
+    if not out or not isinstance(out[-1], CommitBatch):
+        return False
+    marker = (b"-1", b"end")
+    return any(getattr(getattr(c, "new", None), "values", None) == marker for c in _flat(out))
+
+
+async def _read(pair: Pair, start: Lsn, c_loop: bool) -> tuple[list[Command], int]:
+    out: list[Command] = []
+    limits = BatchLimits(max_rows=10**9, max_ms=10**9, chunk_rows=97)
+    reader = CountingReader(out.append, {}, SpillStore(), limits)
+    stream = ReplicationStream(Target(pair.source, "source"), "s", "pub", streaming=False)
+    stream.open(start)
+    try:
+        while not _finished(out):
+            msg = await stream.next(timeout=10)
+            assert msg is not None, "the stream stopped before the end of the workload"
+            reader.feed(msg.data, msg.wal_end)
+            stream.pump(reader.feed, 333, reader if c_loop else None)
+            reader.flush()
+    finally:
+        stream.close()
+    return out, reader.fast
+
+
+def test_c_row_pump_and_python_loop_read_the_same_changes(pair: Pair) -> None:
+    if row_pump() is None:
+        pytest.skip("the C row pump is not available (pure Python or no extension)")
+    with pair.src() as conn:
+        conn.autocommit = True
+        for statement in WORKLOAD[:5]:
+            conn.execute(statement)
+        start = Lsn.parse(
+            conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots").fetchone()[0]  # type: ignore[index]
+        )
+        for statement in WORKLOAD[5:]:
+            conn.execute(statement)
+    python, none_fast = asyncio.run(_read(pair, start, c_loop=False))
+    c, fast = asyncio.run(_read(pair, start, c_loop=True))
+    assert none_fast == 0 and fast > 1000  # the C loop took the bulk of the rows
+    assert c == python  # same commands, same chunk boundaries
+    assert len(_flat(c)) > 1200 + 120 + 50
