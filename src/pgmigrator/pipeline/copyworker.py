@@ -89,6 +89,7 @@ class Worker:
         self.retry = retry
         self.src = open_snapshot(source, snapshot)
         self.dst: Conn | None = None
+        self._unfrozen: set[tuple[str, str, int]] = set()  # reported as loading unfrozen
 
     def dest_conn(self) -> Conn:
         if self.dst is None or self.dst.closed or self.dst.pgconn.status != pq.ConnStatus.OK:
@@ -128,7 +129,8 @@ class Worker:
         try:
             _check(dst_pg.exec_(b"BEGIN"), pq.ExecStatus.COMMAND_OK, "BEGIN")
             copy_in, unfrozen = _prepare_freeze(dst_pg, task)
-            if unfrozen is not None:
+            if unfrozen is not None and task.key not in self._unfrozen:  # once, not per retry
+                self._unfrozen.add(task.key)
                 self.results.put(("unfrozen", task.key, unfrozen))
             _check(dst_pg.exec_(copy_in.encode()), pq.ExecStatus.COPY_IN, "COPY FROM")
         except (_PgFailure, psycopg.Error) as exc:
