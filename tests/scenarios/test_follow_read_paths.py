@@ -1,4 +1,4 @@
-"""Journey: the follower's two read loops (C row pump, Python) turn one real slot into the same commands."""
+"""Journey: the follower's two read loops (C row pump, Python) read one real slot the same way."""
 
 from __future__ import annotations
 
@@ -52,6 +52,11 @@ def _flat(commands: list[Command]) -> list[Any]:
     return out
 
 
+def _totals(commands: list[Command]) -> tuple[int, int, Lsn]:
+    commits = [c for c in commands if isinstance(c, CommitBatch)]
+    return sum(c.rows for c in commits), sum(c.transactions for c in commits), commits[-1].end_lsn
+
+
 def _finished(out: list[Command]) -> bool:
     if not out or not isinstance(out[-1], CommitBatch):
         return False
@@ -92,5 +97,10 @@ def test_c_row_pump_and_python_loop_read_the_same_changes(pair: Pair) -> None:
     python, none_fast = asyncio.run(_read(pair, start, c_loop=False))
     c, fast = asyncio.run(_read(pair, start, c_loop=True))
     assert none_fast == 0 and fast > 1000  # the C loop took the bulk of the rows
-    assert c == python  # same commands, same chunk boundaries
+    # how transactions group into batches depends on what each read found waiting; the rest may not
+    assert [x for x in _flat(c) if not isinstance(x, CommitBatch)] == [
+        x for x in _flat(python) if not isinstance(x, CommitBatch)
+    ]
+    assert _totals(c) == _totals(python)
+    assert all(len(cmd.changes) <= 97 for cmd in c if isinstance(cmd, Changes))
     assert len(_flat(c)) > 1200 + 120 + 50
