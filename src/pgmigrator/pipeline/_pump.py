@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable
 from typing import Protocol
 
-from pgmigrator._libpq import addresses, pure_python
+from pgmigrator._libpq import addresses
 
 
 class Pump(Protocol):
@@ -21,8 +21,6 @@ class Pump(Protocol):
 
 
 def _bind() -> Pump | None:
-    if pure_python():
-        return None
     try:
         from pgmigrator.pipeline import _copypump
     except ImportError:

@@ -5,7 +5,7 @@
  * The reference is the Python loop (ReplicationStream.pump feeding Reader.feed); this only takes
  * the messages that loop handles the same way every time, XLogData carrying an Insert, Update or
  * Delete, and hands anything else back untouched. libpq is not linked: bind_libpq() receives the
- * addresses of PQgetCopyData and PQfreemem from the libpq psycopg loaded (see pipeline/_pump.py),
+ * addresses of PQgetCopyData and PQfreemem from the libpq psycopg loaded (see _libpq.py),
  * so the PGconn pointer it is given is that library's own.
  *
  * pump_rows(conn, rows, room) -> (appended, wal_end, rest)
