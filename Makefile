@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck check bench clean
 
-$(STAMP): pyproject.toml setup.py src/pgmigrator/protocol/_speedups.c src/pgmigrator/protocol/_speedups_pump.c src/pgmigrator/protocol/_speedups.h src/pgmigrator/pipeline/_copypump.c
+$(STAMP): pyproject.toml setup.py src/pgmigrator/protocol/_speedups.c src/pgmigrator/protocol/_speedups_pump.c src/pgmigrator/protocol/_speedups_runs.c src/pgmigrator/protocol/_speedups.h src/pgmigrator/pipeline/_copypump.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -13,6 +13,7 @@ setup(
             [
                 "src/pgmigrator/protocol/_speedups.c",
                 "src/pgmigrator/protocol/_speedups_pump.c",
+                "src/pgmigrator/protocol/_speedups_runs.c",
             ],
             depends=["src/pgmigrator/protocol/_speedups.h"],
             optional=True,

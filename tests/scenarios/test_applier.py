@@ -20,7 +20,9 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import ApplyError, RetryableApplyError
 from pgmigrator.events import Column, Delete, Insert, Relation, Truncate, TupleData, Update
 from pgmigrator.lsn import Lsn
+from pgmigrator.protocol.runs import InsertRun, take_row
 from tests.conftest import Pair
+from tests.unit.pgoutput_encoder import encode
 
 U = object()  # an unchanged-TOAST column in `row(...)`
 LARGE = SMALL_BATCH * 3  # enough rows for the COPY + set-based path
@@ -54,17 +56,41 @@ def applier(pair: Pair) -> Iterator[PostgresApplier]:
         ap.close()
 
 
-def apply_txn(ap: PostgresApplier, changes: list[Any], lsn: int = 100) -> None:
+def apply_txn(ap: PostgresApplier, changes: list[Any], lsn: int = 100, form: str = "") -> None:
     ap.begin()
-    ap.apply(changes)
+    ap.apply(shaped(changes, form))
     ap.commit(Lsn(lsn), 0)
+
+
+@pytest.fixture(params=["decoded", "runs"])
+def form(request: pytest.FixtureRequest) -> str:
+    """How the reader hands changes over: all decoded, or (C accelerator) inserts in runs."""
+    if request.param == "runs" and take_row is None:
+        pytest.skip("the C accelerator is not in use")
+    return str(request.param)
+
+
+def shaped(changes: list[Any], form: str) -> list[Any]:
+    """``changes`` as the reader hands them over in ``form`` (see the `form` fixture)."""
+    if form != "runs":
+        return changes
+    out: list[Any] = []
+    for change in changes:
+        if isinstance(change, Truncate) or not take_row(out, encode(change)):  # type: ignore[misc]
+            out.append(change)
+    assert any(isinstance(c, InsertRun) for c in out) or not any(
+        isinstance(c, Insert) for c in changes
+    )
+    return out
 
 
 T = relation(1, "t", "id,a,b")
 ODD = "tab\there, back\\slash, new\nline, cr\r, \\N, ünïcode"
 
 
-def test_inserts_updates_deletes_and_truncate(pair: Pair, applier: PostgresApplier) -> None:
+def test_inserts_updates_deletes_and_truncate(
+    pair: Pair, applier: PostgresApplier, form: str
+) -> None:
     with pair.dst() as dst:
         dst.execute("CREATE TABLE t (id int PRIMARY KEY, a text, b int)")
         dst.execute("CREATE TABLE other (id int PRIMARY KEY, a text, b int)")
@@ -73,7 +99,7 @@ def test_inserts_updates_deletes_and_truncate(pair: Pair, applier: PostgresAppli
         applier.relation(relation(2, "other", "id,a,b"))
         big = [Insert(1, row(i, ODD if i % 2 else None, i)) for i in range(LARGE)]
         small = [Insert(2, row(i, "x", i)) for i in range(3)]
-        apply_txn(applier, big + small)
+        apply_txn(applier, big + small, form=form)
         assert rows(dst, "SELECT count(*), count(a) FROM t") == [(LARGE, LARGE // 2)]
         assert rows(dst, "SELECT a FROM t WHERE id = 1") == [(ODD,)]
 
@@ -96,13 +122,13 @@ def test_inserts_updates_deletes_and_truncate(pair: Pair, applier: PostgresAppli
         assert applier.rows_applied == len(big) + len(small) + len(changes) + 2
 
 
-def test_key_change_and_folding(pair: Pair, applier: PostgresApplier) -> None:
+def test_key_change_and_folding(pair: Pair, applier: PostgresApplier, form: str) -> None:
     applier.start()
     for n in (1, LARGE):  # row by row, then COPY + set-based
-        key_change_and_folding(pair, applier, n)
+        key_change_and_folding(pair, applier, n, form)
 
 
-def key_change_and_folding(pair: Pair, applier: PostgresApplier, n: int) -> None:
+def key_change_and_folding(pair: Pair, applier: PostgresApplier, n: int, form: str) -> None:
     with pair.dst() as dst:
         dst.execute("DROP TABLE IF EXISTS t; CREATE TABLE t (id int PRIMARY KEY, a text, b int)")
         dst.execute("INSERT INTO t SELECT g, 'old', g FROM generate_series(0, %s) g", (n - 1,))
@@ -118,7 +144,7 @@ def key_change_and_folding(pair: Pair, applier: PostgresApplier, n: int) -> None
                 Delete(1 + n, row(30_000 + i, None, None), "K"),
                 Insert(1 + n, row(i, "reinserted", i)),
             ]
-        apply_txn(applier, changes)
+        apply_txn(applier, changes, form=form)
         assert rows(dst, "SELECT a, count(*) FROM t GROUP BY a ORDER BY a") == [
             ("moved again", n),
             ("new, updated", n),
@@ -255,7 +281,9 @@ def test_exactly_once_origin_progress(pair: Pair, applier: PostgresApplier) -> N
         assert applier.start() == Lsn.parse("1/B0")
 
 
-def test_inserts_stream_across_chunks_and_fail_whole(pair: Pair, applier: PostgresApplier) -> None:
+def test_inserts_stream_across_chunks_and_fail_whole(
+    pair: Pair, applier: PostgresApplier, form: str
+) -> None:
     """A run of inserts stays in one open COPY across apply() calls; its error fails the batch."""
     with pair.dst() as dst:
         dst.execute("CREATE TABLE t (id int PRIMARY KEY, a text, b int)")
@@ -265,9 +293,11 @@ def test_inserts_stream_across_chunks_and_fail_whole(pair: Pair, applier: Postgr
         applier.relation(relation(2, "other", "id,a,b"))
         applier.begin()
         for chunk in range(3):  # three chunks into t, one into other, t again: ordered and whole
-            applier.apply([Insert(1, row(chunk * LARGE + i, ODD, i)) for i in range(LARGE)])
-        applier.apply([Insert(2, row(i, "o", i)) for i in range(LARGE)])
-        applier.apply([Insert(1, row(10 * LARGE + i, "x", i)) for i in range(LARGE)])
+            applier.apply(
+                shaped([Insert(1, row(chunk * LARGE + i, ODD, i)) for i in range(LARGE)], form)
+            )
+        applier.apply(shaped([Insert(2, row(i, "o", i)) for i in range(LARGE)], form))
+        applier.apply(shaped([Insert(1, row(10 * LARGE + i, "x", i)) for i in range(LARGE)], form))
         applier.apply([Update(1, None, None, row(0, "after the copies", 0))])
         applier.commit(Lsn(100), 0)
         assert rows(dst, "SELECT count(*) FROM t") == [(LARGE * 4,)]
@@ -275,9 +305,9 @@ def test_inserts_stream_across_chunks_and_fail_whole(pair: Pair, applier: Postgr
         assert rows(dst, "SELECT a FROM t WHERE id = 0") == [("after the copies",)]
 
         applier.begin()  # the second chunk repeats a key: the whole batch fails, nothing stays
-        applier.apply([Insert(1, row(20 * LARGE + i, "y", i)) for i in range(LARGE)])
+        applier.apply(shaped([Insert(1, row(20 * LARGE + i, "y", i)) for i in range(LARGE)], form))
         with pytest.raises(ApplyError, match=r"COPY of \d+ inserted row\(s\) into public\.t"):
-            applier.apply([Insert(1, row(i, "dup", i)) for i in range(LARGE)])
+            applier.apply(shaped([Insert(1, row(i, "dup", i)) for i in range(LARGE)], form))
             applier.commit(Lsn(200), 0)
         applier.rollback()
         assert rows(dst, "SELECT count(*) FROM t") == [(LARGE * 4,)]

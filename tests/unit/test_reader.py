@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pgmigrator.events import (
     Begin,
     Column,
@@ -26,6 +28,7 @@ from pgmigrator.pipeline.reader import (
     Reader,
 )
 from pgmigrator.pipeline.spill import SpillStore
+from pgmigrator.protocol.runs import expand, take_row
 
 from .pgoutput_encoder import encode
 
@@ -67,7 +70,8 @@ def txn(reader: Reader, final: int, rows: range, rel: Relation = REL, wal_end: i
 
 
 def inserted(out: list[Command]) -> list[int]:
-    return [int(c.new.values[0]) for cmd in out if isinstance(cmd, Changes) for c in cmd.changes]  # type: ignore[union-attr,arg-type]
+    changes = [c for cmd in out if isinstance(cmd, Changes) for c in expand(cmd.changes)]
+    return [int(c.new.values[0]) for c in changes]  # type: ignore[union-attr,arg-type]
 
 
 def test_backlog_batches_many_transactions_into_one_commit() -> None:
@@ -81,8 +85,24 @@ def test_backlog_batches_many_transactions_into_one_commit() -> None:
     assert commits == [CommitBatch(Lsn(141), 0, 5, 10)]
     assert inserted(out) == list(range(10))
     assert (
-        max(len(c.changes) for c in out if isinstance(c, Changes)) <= 3
+        max(len(expand(c.changes)) for c in out if isinstance(c, Changes)) <= 3
     )  # memory bounded by chunk_rows
+
+
+def test_inserts_stay_undecoded_in_runs_across_transactions() -> None:
+    if take_row is None:
+        pytest.skip("the C accelerator is not in use")
+    reader, out = make(BatchLimits(max_rows=1000, max_ms=10_000, chunk_rows=4))
+    feed(reader, REL)
+    txn(reader, 100, range(3))
+    txn(reader, 110, range(3, 6))
+    reader.flush()
+    chunks = [c.changes for c in out if isinstance(c, Changes)]
+    assert [[(type(x).__name__, x.rows) for x in chunk] for chunk in chunks] == [  # type: ignore[union-attr]
+        [("InsertRun", 4)],  # cut by chunk_rows, not by the transactions' ends
+        [("InsertRun", 2)],
+    ]
+    assert inserted(out) == list(range(6))
 
 
 def test_batch_commits_at_its_row_limit_without_waiting_for_flush() -> None:

@@ -112,8 +112,12 @@ class OpenCopy:
         self._copy = self._context.__enter__()
 
     def write(self, rows: Sequence[TupleData]) -> None:
-        self._copy.write(_sql.copy_payload([(b"", rows)], self._ncols))
-        self.rows += len(rows)
+        self.write_text(_sql.copy_payload([(b"", rows)], self._ncols), len(rows))
+
+    def write_text(self, lines: bytes, rows: int) -> None:
+        """Send ``rows`` rows already built as COPY text lines."""
+        self._copy.write(lines)
+        self.rows += rows
 
     def finish(self) -> None:
         """End the COPY and wait for the destination to take every row (raises its error)."""

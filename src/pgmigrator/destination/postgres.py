@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import LiteralString
+from typing import LiteralString, cast
 
 import psycopg
 from psycopg import sql
@@ -44,6 +44,7 @@ from pgmigrator.events import (
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect, translate
+from pgmigrator.protocol.runs import InsertRun, expand
 
 log = get_logger("apply")
 
@@ -57,7 +58,8 @@ _SESSION = (
 )
 _SAVEPOINT = "pgm_apply"
 Change = Insert | Update | Delete
-_NO_GROUP: list[Change] = []  # never appended to: the first change opens a real group
+Item = Change | InsertRun  # a run: inserts the replication stream's C loop kept undecoded
+_NO_GROUP: list[Item] = []  # never appended to: the first change opens a real group
 
 
 class PostgresApplier:
@@ -237,7 +239,7 @@ class PostgresApplier:
 
     def apply(
         self,
-        changes: Sequence[Insert | Update | Delete | Truncate],
+        changes: Sequence[Item | Truncate],
         times: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         """Apply ``changes`` (source order) inside the open transaction.
@@ -247,8 +249,9 @@ class PostgresApplier:
         """
         self._need_txn()
         if self._conflicts is not None and times:
+            changes = expand(changes)  # (the reader makes no runs when it tracks times)
             changes = self._checked(changes, conflicts.expand_times(times, len(changes)))
-        groups: dict[int, list[Change]] = {}
+        groups: dict[int, list[Item]] = {}
         oid, group = -1, _NO_GROUP  # the previous change's group: most runs hit one table
         for change in changes:
             if isinstance(change, Truncate):
@@ -279,18 +282,30 @@ class PostgresApplier:
         except psycopg.Error as exc:
             raise self._error(exc, self._doing) from exc
 
-    def _apply_groups(self, groups: dict[int, list[Change]]) -> None:
+    def _apply_groups(self, groups: dict[int, list[Item]]) -> None:
         for oid, changes in groups.items():
             table = self._table(oid)
             try:
-                self._apply_relation(table, changes)
+                self._txn_rows += self._apply_relation(table, changes)
             except psycopg.Error as exc:
                 if self._conflicts is not None and isinstance(exc, psycopg.errors.UniqueViolation):
                     raise conflicts.concurrent_insert(table.name, exc) from exc
                 raise self._error(exc, f"{self._doing} on {table.name}") from exc
-            self._txn_rows += len(changes)
 
-    def _apply_relation(self, t: Table, changes: list[Change]) -> None:
+    def _apply_relation(self, t: Table, items: list[Item]) -> int:
+        """Apply one table's changes; returns how many row changes they were."""
+        runs = [r for r in items if isinstance(r, InsertRun)]
+        if not runs:
+            self._apply_changes(t, cast(list[Change], items))  # no run among them
+            return len(items)
+        rows = sum(r.rows for r in runs)
+        if len(runs) == len(items) and rows >= SMALL_BATCH and self._conflicts is None:
+            self._stream_runs(t, runs, rows)  # inserts only: straight into COPY, never decoded
+        else:
+            self._apply_changes(t, expand(items))
+        return rows + len(items) - len(runs)
+
+    def _apply_changes(self, t: Table, changes: list[Change]) -> None:
         steps = compact(changes, t.key)
         if not (t.key and t.other_unique and may_collide(steps)):
             for step in steps:
@@ -343,11 +358,19 @@ class PostgresApplier:
             _writer.write_staged(conn, t, step)
 
     def _stream_inserts(self, t: Table, rows: Sequence[TupleData]) -> None:
+        self._copy_into(t).write(rows)
+
+    def _stream_runs(self, t: Table, runs: list[InsertRun], rows: int) -> None:
+        text = runs[0].copy_text() if len(runs) == 1 else b"".join(r.copy_text() for r in runs)
+        self._copy_into(t).write_text(text, rows)
+
+    def _copy_into(self, t: Table) -> _writer.OpenCopy:
+        """The COPY into ``t`` left open across chunks (one into another table is finished)."""
         if self._open_copy is None or self._open_copy.oid != t.oid:
-            conn = self._need_conn()  # finishes a COPY into another table first
+            conn = self._need_conn()
             self._doing = f"COPY of inserted rows into {t.name}"
             self._open_copy = _writer.OpenCopy(conn, t)
-        self._open_copy.write(rows)
+        return self._open_copy
 
     def _finish_copy(self) -> None:
         open_copy, self._open_copy = self._open_copy, None

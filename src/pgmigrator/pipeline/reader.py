@@ -50,8 +50,10 @@ from pgmigrator.lsn import Lsn
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.protocol import PgOutputDecoder, decode_message
 from pgmigrator.protocol.pgoutput import begin_fields, commit_fields, decode_row_change
+from pgmigrator.protocol.runs import InsertRun, take_row
 
-Change = Insert | Update | Delete | Truncate
+#: A change for the applier: an `InsertRun` is a run of inserts the C loop kept undecoded.
+Change = Insert | Update | Delete | Truncate | InsertRun
 _BEGIN_TAG, _COMMIT_TAG = ord("B"), ord("C")
 _ROW_TAGS = frozenset(b"IUD")
 
@@ -125,6 +127,7 @@ class _Batch:
     started: float = 0.0
     last_commit: tuple[Lsn, int] | None = None
     pending: list[Change] = field(default_factory=list)
+    pending_rows: int = 0  # row changes in ``pending`` (an `InsertRun` holds several)
     times: list[tuple[int, int]] = field(default_factory=list)  # see Changes.times
 
 
@@ -177,6 +180,13 @@ class Reader:
         if self.stream_xid is None and buf:  # the hot path: rows, begins and commits
             tag = buf[0]
             if tag in _ROW_TAGS and not self.dropping:
+                if (
+                    take_row is not None
+                    and self.fast_rows() is not None
+                    and take_row(self.batch.pending, buf)
+                ):  # as the C loop does: runs of inserts stay whole
+                    self.rows_added(1)
+                    return
                 change = decode_row_change(buf)
                 assert change is not None
                 self._add_change(change, self.final_lsn or Lsn(0))
@@ -210,7 +220,8 @@ class Reader:
         """Where the replication stream's C loop may append row changes, and how many (`RowSink`).
 
         Only inside a plain transaction that nothing filters (no streamed block, no dropped
-        origin, no commit times, no sync LSNs): there `_add_change` does nothing but append.
+        origin, no commit times, no sync LSNs): there `_add_change` does nothing but append. The C
+        loop keeps runs of inserts undecoded, as `InsertRun` entries of the list.
         """
         if (
             self.final_lsn is None
@@ -220,12 +231,13 @@ class Reader:
             or self.sync_lsns
         ):
             return None
-        return self.batch.pending, self.limits.chunk_rows - len(self.batch.pending)
+        return self.batch.pending, self.limits.chunk_rows - self.batch.pending_rows
 
     def rows_added(self, count: int) -> None:
-        """``count`` row changes were appended to the list `fast_rows` gave."""
+        """``count`` row changes went into the list `fast_rows` gave."""
         self.batch.rows += count
-        if len(self.batch.pending) >= self.limits.chunk_rows:
+        self.batch.pending_rows += count
+        if self.batch.pending_rows >= self.limits.chunk_rows:
             self._push_pending()
 
     def _begin(self, final_lsn: Lsn, commit_time: int) -> None:
@@ -252,13 +264,15 @@ class Reader:
         if self._skipped(msg, final_lsn):
             self.skipped_rows += 1
             return
-        self.batch.pending.append(msg)
-        self.batch.rows += 1
+        batch = self.batch
+        batch.pending.append(msg)
+        batch.rows += 1
+        batch.pending_rows += 1
         if self.track_times:
-            times = self.batch.times
+            times = batch.times
             if not times or times[-1][1] != self._txn_time:
-                times.append((len(self.batch.pending) - 1, self._txn_time))
-        if len(self.batch.pending) >= self.limits.chunk_rows:
+                times.append((len(batch.pending) - 1, self._txn_time))
+        if batch.pending_rows >= self.limits.chunk_rows:
             self._push_pending()
 
     def _skipped(self, msg: Change, final_lsn: Lsn) -> bool:
@@ -310,6 +324,7 @@ class Reader:
         if batch.pending:
             self.emit(Changes(batch.pending, tuple(batch.times) if self.track_times else None))
             batch.pending = []
+            batch.pending_rows = 0
             batch.times = []
 
     def _origin(self, msg: Origin, wal_end: Lsn) -> None:

@@ -107,6 +107,10 @@ fail:
     return NULL;
 }
 
+PyObject *speedups_read_tuple(const unsigned char *data, Py_ssize_t len, Py_ssize_t *pos) {
+    return read_tuple_at(data, len, pos);
+}
+
 int speedups_not_ready(void) {
     if (!ready) PyErr_SetString(PyExc_RuntimeError, "_speedups.setup() was not called");
     return !ready;
@@ -194,27 +198,6 @@ static PyObject *py_decode_row_change(PyObject *self, PyObject *buf) {
     return PyObject_CallOneArg(fallback_change, buf);
 }
 
-/* COPY text's escape letter for each byte that needs one, 0 for the bytes copied as they are. */
-static const unsigned char escape_of[256] = {['\\'] = '\\', ['\t'] = 't', ['\n'] = 'n', ['\r'] = 'r'};
-
-/* Append value v (bytes) to the buffer at *out, escaping COPY text specials: runs of plain
- * bytes are copied with memcpy, so the per-byte work is one table lookup. */
-static inline char *put_escaped(char *out, const char *v, Py_ssize_t n) {
-    const unsigned char *p = (const unsigned char *)v, *end = p + n, *run = p;
-    for (; p < end; p++) {
-        unsigned char e = escape_of[*p];
-        if (e) {
-            memcpy(out, run, (size_t)(p - run));
-            out += p - run;
-            *out++ = '\\';
-            *out++ = (char)e;
-            run = p + 1;
-        }
-    }
-    memcpy(out, run, (size_t)(end - run));
-    return out + (end - run);
-}
-
 static int slot_pair(PyObject *row, PyObject **kinds, PyObject **values) {
     /* The TupleData's kinds (bytes) and values (tuple); 0 when row is not a plain TupleData. */
     if (Py_TYPE(row) != tuple_data.type) return 0;
@@ -261,7 +244,7 @@ static char *put_row(char *out, PyObject *kinds, PyObject *values) {
         if (i) *out++ = '\t';
         if (k[i] == 't') {
             PyObject *v = PyTuple_GET_ITEM(values, i);
-            out = put_escaped(out, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v));
+            out = speedups_put_escaped(out, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v));
         } else {
             *out++ = '\\';
             *out++ = 'N';
@@ -375,6 +358,8 @@ static PyMethodDef methods[] = {
      "copy_text(rows) -> bytes | None: COPY text lines for TupleData rows (None: not plain text)."},
     {"pump_rows", (PyCFunction)(void (*)(void))speedups_pump_rows, METH_FASTCALL,
      "pump_rows(conn, rows, room) -> (appended, wal_end, rest): decode buffered row changes."},
+    {"take_row", (PyCFunction)(void (*)(void))speedups_py_take_row, METH_FASTCALL,
+     "take_row(rows, message) -> bool: a row change into rows, inserts kept in InsertRuns."},
     {"bind_libpq", speedups_bind_libpq, METH_VARARGS,
      "bind_libpq(PQgetCopyData, PQfreemem): the addresses of psycopg's libpq functions."},
     {NULL, NULL, 0, NULL},
@@ -385,4 +370,8 @@ static struct PyModuleDef module = {
     methods,
 };
 
-PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__speedups(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && speedups_add_run_type(m) < 0) Py_CLEAR(m);
+    return m;
+}

@@ -1,6 +1,7 @@
 /*
- * The replication stream's backlog loop in C: row changes go from libpq's buffer to decoded
- * objects in the reader's list, with no Python call, memoryview or bytes copy per message.
+ * The replication stream's backlog loop in C: row changes go from libpq's buffer into the reader's
+ * list (take_row: updates and deletes decoded, inserts kept as runs of pgoutput tuples, see
+ * _speedups_runs.c), with no Python call, memoryview or bytes copy per message.
  *
  * The reference is the Python loop (ReplicationStream.pump feeding Reader.feed); this only takes
  * the messages that loop handles the same way every time, XLogData carrying an Insert, Update or
@@ -10,8 +11,8 @@
  *
  * pump_rows(conn, rows, room) -> (appended, wal_end, rest)
  *   conn     psycopg's ``pgconn.pgconn_ptr`` of a replication connection in COPY BOTH mode
- *   rows     the list the decoded changes are appended to (at most ``room`` of them)
- *   appended how many were appended; wal_end the largest XLogData wal_end among them (0: none)
+ *   rows     the list the row changes go to (at most ``room`` of them; see take_row)
+ *   appended how many were taken; wal_end the largest XLogData wal_end among them (0: none)
  *   rest     None: libpq holds no further complete message (or ``room`` was reached);
  *            bytes: the next message, which the Python loop must handle (a keepalive, a Begin,
  *            a Commit, a Relation, a row change the C decoder does not accept, ...);
@@ -75,22 +76,19 @@ PyObject *speedups_pump_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
         if (n == 0) break;
         if (n < 0) return pump_result(appended, wal_end, PyLong_FromLong(n));
         const unsigned char *data = (const unsigned char *)buf;
-        PyObject *change = NULL;
+        int taken = 0;
         if (n > XLOG_HEADER && data[0] == 'w') {
             unsigned char tag = data[XLOG_HEADER];
             if (tag == 'I' || tag == 'U' || tag == 'D')
-                change = speedups_row_change(data + XLOG_HEADER, n - XLOG_HEADER);
+                taken = speedups_take_row(rows, data + XLOG_HEADER, n - XLOG_HEADER);
         }
-        if (change == NULL) { /* not ours, or not accepted by the C decoder: Python's turn */
-            PyObject *rest = PyErr_Occurred() ? NULL : PyBytes_FromStringAndSize(buf, n);
+        if (taken <= 0) { /* not ours, or not accepted by the C decoder: Python's turn */
+            PyObject *rest = taken < 0 ? NULL : PyBytes_FromStringAndSize(buf, n);
             pq_freemem(buf);
             return pump_result(appended, wal_end, rest);
         }
         uint64_t end = be64(data + 9);
         pq_freemem(buf);
-        int failed = PyList_Append(rows, change);
-        Py_DECREF(change);
-        if (failed) return NULL;
         if (end > wal_end) wal_end = end;
         appended++;
     }
