@@ -42,9 +42,9 @@ WORKLOAD = [
 class CountingReader(Reader):
     fast = 0
 
-    def rows_added(self, count: int) -> None:
+    def rows_added(self, count: int, txn: Any) -> None:
         self.fast += count
-        super().rows_added(count)
+        super().rows_added(count, txn)
 
 
 def _flat(commands: list[Command]) -> list[Any]:

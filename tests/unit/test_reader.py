@@ -260,21 +260,3 @@ def test_times_mark_each_source_transactions_run_of_changes() -> None:
     txn(plain, 100, range(2))
     plain.flush()
     assert all(c.times is None for c in plain_out if isinstance(c, Changes))
-
-
-def test_fast_rows_only_inside_a_plain_transaction_and_rows_added_pushes_full_chunks() -> None:
-    reader, out = make()
-    feed(reader, REL)
-    assert reader.fast_rows() is None  # outside a transaction
-    feed(reader, Begin(Lsn(100), 0, 1))
-    target = reader.fast_rows()
-    assert target is not None and target[1] == 3  # chunk_rows
-    target[0].extend(Insert(REL.oid, row(i)) for i in range(3))  # what the C loop would do
-    reader.rows_added(3)
-    feed(reader, Commit(0, Lsn(100), Lsn(101), 0))
-    reader.flush()
-    assert inserted(out) == [0, 1, 2]
-    assert [c.rows for c in out if isinstance(c, CommitBatch)] == [3]
-    for other in (make(track_times=True)[0], make(sync={("public", "t"): Lsn(5)})[0]):
-        feed(other, Begin(Lsn(100), 0, 1))
-        assert other.fast_rows() is None  # these check every change in Python

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -52,9 +52,13 @@ from pgmigrator.protocol import PgOutputDecoder, decode_message
 from pgmigrator.protocol.pgoutput import begin_fields, commit_fields, decode_row_change
 from pgmigrator.protocol.runs import InsertRun, take_row
 
+if TYPE_CHECKING:
+    from pgmigrator.protocol._speedups import TxnState
+
 #: A change for the applier: an `InsertRun` is a run of inserts the C loop kept undecoded.
 Change = Insert | Update | Delete | Truncate | InsertRun
 _BEGIN_TAG, _COMMIT_TAG = ord("B"), ord("C")
+_int_new = int.__new__  # _int_new(Lsn, v): an `Lsn` from a UInt64 the wire gave, no range check
 _ROW_TAGS = frozenset(b"IUD")
 
 
@@ -182,10 +186,11 @@ class Reader:
             if tag in _ROW_TAGS and not self.dropping:
                 if (
                     take_row is not None
-                    and self.fast_rows() is not None
+                    and self.final_lsn is not None
+                    and self._fast_ok()
                     and take_row(self.batch.pending, buf)
                 ):  # as the C loop does: runs of inserts stay whole
-                    self.rows_added(1)
+                    self._row_taken()
                     return
                 change = decode_row_change(buf)
                 assert change is not None
@@ -216,29 +221,63 @@ class Reader:
         if handler is not None:
             handler(self, msg, wal_end)
 
-    def fast_rows(self) -> tuple[list[Change], int] | None:
-        """Where the replication stream's C loop may append row changes, and how many (`RowSink`).
+    def fast_rows(self, txn: TxnState) -> tuple[list[Change], int] | None:
+        """Where the replication stream's C loop may put row changes, and how many (`RowSink`).
 
-        Only inside a plain transaction that nothing filters (no streamed block, no dropped
-        origin, no commit times, no sync LSNs): there `_add_change` does nothing but append. The C
-        loop keeps runs of inserts undecoded, as `InsertRun` entries of the list.
+        Only where nothing filters (no streamed block, no dropped origin, no commit times, no sync
+        LSNs): there `_add_change` does nothing but append, and Begin and Commit only move the
+        batch's transaction state, which goes into ``txn`` for the C loop to carry on (read back
+        by `rows_added`). The C loop keeps runs of inserts undecoded, as `InsertRun` entries.
         """
-        if (
-            self.final_lsn is None
-            or self.stream_xid is not None
-            or self.dropping
-            or self.track_times
-            or self.sync_lsns
-        ):
+        if not self._fast_ok():
             return None
-        return self.batch.pending, self.limits.chunk_rows - self.batch.pending_rows
+        batch = self.batch
+        final = self.final_lsn
+        txn.open = final is not None
+        if final is not None:
+            txn.final_lsn = final
+            txn.begin_time = self._txn_time
+        txn.begins = txn.commits = 0
+        txn.rows = batch.rows
+        txn.max_rows = self.limits.max_rows
+        txn.max_ns = max_ns = int(self.limits.max_ms * 1e6)
+        empty = final is None and batch.transactions == 0 and not batch.pending  # no Begin yet
+        txn.deadline_ns = 0 if empty else int(batch.started * 1e9) + max_ns
+        return batch.pending, self.limits.chunk_rows - batch.pending_rows
 
-    def rows_added(self, count: int) -> None:
-        """``count`` row changes went into the list `fast_rows` gave."""
-        self.batch.rows += count
-        self.batch.pending_rows += count
-        if self.batch.pending_rows >= self.limits.chunk_rows:
+    def rows_added(self, count: int, txn: TxnState) -> None:
+        """The C loop put ``count`` row changes into the list `fast_rows` gave, and moved ``txn``."""
+        batch = self.batch
+        batch.rows += count
+        batch.pending_rows += count
+        if txn.commits:
+            batch.transactions += txn.commits
+            batch.last_commit = (_int_new(Lsn, txn.end_lsn), txn.commit_time)
+        if txn.open:
+            if txn.begins:  # a new transaction, begun in C: no Origin message seen for it yet
+                self.final_lsn = _int_new(Lsn, txn.final_lsn)
+                self._txn_time = txn.begin_time
+                self.origin = None
+        else:
+            self.final_lsn = None
+        if txn.deadline_ns:
+            batch.started = (txn.deadline_ns - txn.max_ns) / 1e9
+        if txn.flush_due:
+            self.flush()
+        elif batch.pending_rows >= self.limits.chunk_rows:
             self._push_pending()
+
+    def _row_taken(self) -> None:
+        batch = self.batch
+        batch.rows += 1
+        batch.pending_rows += 1
+        if batch.pending_rows >= self.limits.chunk_rows:
+            self._push_pending()
+
+    def _fast_ok(self) -> bool:
+        return not (
+            self.stream_xid is not None or self.dropping or self.track_times or self.sync_lsns
+        )
 
     def _begin(self, final_lsn: Lsn, commit_time: int) -> None:
         self.final_lsn = final_lsn

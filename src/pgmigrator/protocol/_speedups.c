@@ -357,7 +357,10 @@ static PyMethodDef methods[] = {
     {"copy_text", py_copy_text, METH_O,
      "copy_text(rows) -> bytes | None: COPY text lines for TupleData rows (None: not plain text)."},
     {"pump_rows", (PyCFunction)(void (*)(void))speedups_pump_rows, METH_FASTCALL,
-     "pump_rows(conn, rows, room) -> (appended, wal_end, rest): decode buffered row changes."},
+     "pump_rows(conn, rows, room, txn) -> (appended, wal_end, rest): take buffered frames."},
+    {"take_frames", (PyCFunction)(void (*)(void))speedups_take_frames, METH_FASTCALL,
+     "take_frames(rows, frames, start, room, txn) -> (appended, wal_end, next): pump_rows' loop "
+     "over a list of frames."},
     {"take_row", (PyCFunction)(void (*)(void))speedups_py_take_row, METH_FASTCALL,
      "take_row(rows, message) -> bool: a row change into rows, inserts kept in InsertRuns."},
     {"bind_libpq", speedups_bind_libpq, METH_VARARGS,
@@ -372,6 +375,6 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__speedups(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && speedups_add_run_type(m) < 0) Py_CLEAR(m);
+    if (m != NULL && (speedups_add_run_type(m) < 0 || speedups_add_txn_type(m) < 0)) Py_CLEAR(m);
     return m;
 }

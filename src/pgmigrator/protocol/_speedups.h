@@ -16,9 +16,11 @@ PyObject *speedups_row_change(const unsigned char *data, Py_ssize_t len);
  * exception when it is not well formed, NULL with an exception on a memory error. */
 PyObject *speedups_read_tuple(const unsigned char *data, Py_ssize_t len, Py_ssize_t *pos);
 
-/* pump_rows and bind_libpq, in _speedups_pump.c */
+/* pump_rows, take_frames, bind_libpq and the TxnState type, in _speedups_pump.c */
 PyObject *speedups_pump_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *speedups_take_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *speedups_bind_libpq(PyObject *self, PyObject *args);
+int speedups_add_txn_type(PyObject *module);
 
 /* InsertRun and take_row, in _speedups_runs.c: 1 taken, 0 not taken (no exception), -1 error. */
 int speedups_take_row(PyObject *rows, const unsigned char *data, Py_ssize_t len);

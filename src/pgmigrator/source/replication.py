@@ -13,7 +13,7 @@ import asyncio
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from psycopg import pq, sql
@@ -30,7 +30,10 @@ from pgmigrator.protocol import (
     build_standby_status_update,
     parse_copy_data,
 )
-from pgmigrator.source._rowpump import RowPump, row_pump
+from pgmigrator.source._rowpump import RowPump, new_txn_state, row_pump
+
+if TYPE_CHECKING:
+    from pgmigrator.protocol._speedups import TxnState
 
 log = get_logger("replication")
 _XLOG_TAG = ord("w")
@@ -39,13 +42,16 @@ _int_new = int.__new__  # an unpacked UInt64 is always a valid LSN: skip the ran
 
 
 class RowSink(Protocol):
-    """Where `ReplicationStream.pump` puts the row changes the C loop decodes (see `Reader`)."""
+    """Where `ReplicationStream.pump`'s C loop puts row changes and transaction ends (`Reader`)."""
 
-    def fast_rows(self) -> tuple[list[Any], int] | None:
-        """The list to append row changes to and how many it may take, or None: not now."""
+    def fast_rows(self, txn: TxnState) -> tuple[list[Any], int] | None:
+        """The list for row changes and how many it may take, or None: not now.
 
-    def rows_added(self, count: int) -> None:
-        """``count`` row changes were appended to the list `fast_rows` gave."""
+        ``txn`` is filled with the batch's transaction state for the C loop to carry on.
+        """
+
+    def rows_added(self, count: int, txn: TxnState) -> None:
+        """The C loop put ``count`` row changes into the list and left ``txn`` as it is now."""
 
 
 class ReplicationStream:
@@ -68,6 +74,7 @@ class ReplicationStream:
         self.flushed = Lsn(0)  # what the destination committed: the slot's confirmed flush
         self.idle = False  # set by the consumer when it holds nothing unapplied
         self._last_status = 0.0
+        self._txn = new_txn_state()  # the C loop's view of the consumer's transaction state
 
     def open(self, start_lsn: Lsn) -> None:
         """Connect and start streaming from ``start_lsn`` (blocking: done once per connection)."""
@@ -139,18 +146,21 @@ class ReplicationStream:
         """
         assert self.conn is not None, "open() first"
         pgconn = self.conn.pgconn
-        fast = row_pump() if rows is not None else None
+        txn = self._txn
+        fast = row_pump() if rows is not None and txn is not None else None
         fed = 0
         try:
             while fed < limit:
-                target = rows.fast_rows() if fast is not None and rows is not None else None
+                target = None
+                if fast is not None and rows is not None and txn is not None:
+                    target = rows.fast_rows(txn)
                 if target is not None:
-                    assert fast is not None and rows is not None
+                    assert fast is not None and rows is not None and txn is not None
                     want = min(target[1], limit - fed)
-                    appended, rest = self._pump_rows(fast, rows, target[0], want)
+                    appended, rest = self._pump_rows(fast, rows, txn, target[0], want)
                     fed += appended
                     if rest is None:
-                        if appended < want:
+                        if appended < want and not txn.flush_due:
                             break  # libpq holds no further complete message
                         continue
                     data: memoryview | bytes = rest
@@ -166,7 +176,7 @@ class ReplicationStream:
         return fed
 
     def _pump_rows(
-        self, fast: RowPump, rows: RowSink, pending: list[Any], want: int
+        self, fast: RowPump, rows: RowSink, txn: TxnState, pending: list[Any], want: int
     ) -> tuple[int, bytes | None]:
         """One run of the C loop: (changes appended, the message it handed back or None)."""
         assert self.conn is not None
@@ -174,11 +184,10 @@ class ReplicationStream:
         ptr: int | None = getattr(pgconn, "pgconn_ptr", None)
         if ptr is None:
             raise RetryableReplicationError("replication connection lost: it is closed")
-        appended, wal_end, rest = fast(ptr, pending, want)
-        if appended:
-            rows.rows_added(appended)
-            if wal_end > self.received:
-                self.received = _int_new(Lsn, wal_end)
+        appended, wal_end, rest = fast(ptr, pending, want, txn)
+        rows.rows_added(appended, txn)
+        if wal_end > self.received:
+            self.received = _int_new(Lsn, wal_end)
         if type(rest) is int:
             if rest == -1:
                 raise self._stream_end()
