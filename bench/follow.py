@@ -52,6 +52,7 @@ from clone import (
     BenchError,
     LoadMeter,
     fmt,
+    precompile,
     run_checked,
     scalar,
     wide_fill_sql,
@@ -893,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    precompile()
     work = Path(tempfile.mkdtemp(prefix="pgm-bench-follow-"))
     try:
         workloads, facts = run_all(args, keys, work)

@@ -12,6 +12,7 @@ Run: ``.venv/bin/python bench/follow_ab.py --a /tmp/base/src --b src --work bulk
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import statistics
@@ -128,6 +129,8 @@ def drain(dst: devcluster.Cluster, source: str, dest: str, tree: str, target: st
 def main() -> None:
     args = parse_args()
     trees = {"a": str(Path(args.a).resolve()), "b": str(Path(args.b).resolve())}
+    for tree in trees.values():  # bytecode written, as for an installed package
+        compileall.compile_dir(str(Path(tree) / "pgmigrator"), quiet=1)
     base = Path(tempfile.mkdtemp(prefix="pgm-bench-ab-"))
     src, dst = devcluster.start_pair(base)
     try:
