@@ -103,6 +103,13 @@ def test_pause_outlasts_wal_sender_timeout_then_resume_and_switchover(
     wait_for(lambda: dest_count(pair) == 600, 60, what="the changes made while paused")
     assert walsender(pair) == pid
 
+    def items_table() -> dict[str, object]:  # per-table counts of the changes applied since
+        tables = httpx.get(f"{url}/api/v1/tables", timeout=10).json()["tables"]
+        return next(t for t in tables if (t["schema"], t["name"]) == ("public", "items"))
+
+    wait_for(lambda: items_table()["rows_applied"] == 100, 10, what="items' applied count")
+    assert items_table()["state"] == "streaming"
+
     assert post(url, "switchover").status_code == 200
     wait_for(
         lambda: (

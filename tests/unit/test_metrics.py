@@ -236,6 +236,16 @@ def test_streaming_rows_are_counted_per_table(collector: Collector) -> None:
     assert snap["tables"][0]["rows_applied"] == 7
     assert (snap["total_rows"], snap["total_bytes"]) == (10, 100)
     assert snap["applied_lsn"] == "0/10"
+    collector.set_table_state("s", "t", "copied")
+    collector.set_table_state("s", "gone", "errored")
+    collector.tables_applied({("s", "t"): 5, ("s", "gone"): 1, ("s", "new"): 2})  # a follow batch
+    tables = {t["name"]: t for t in collector.snapshot()["tables"]}
+    assert {n: (t["rows_applied"], t["state"]) for n, t in tables.items()} == {
+        "t": (12, "streaming"),
+        "gone": (1, "errored"),  # an error stays visible
+        "new": (2, "streaming"),
+    }
+    assert collector.snapshot()["total_rows"] == 10  # totals are add_rows'
 
 
 def test_lsns_and_lag(collector: Collector, clock: FakeClock) -> None:

@@ -85,6 +85,8 @@ class PostgresApplier:
         self._staged: set[int] = set()  # staging tables that exist in the session
         self._staged_in_txn: set[int] = set()  # ... created by the open transaction
         self._txn_rows = 0  # changes applied by the open transaction
+        self._txn_tables: dict[int, int] = {}  # ... per relation oid
+        self._last_commit_tables: dict[tuple[str, str], int] = {}
         self._open_copy: _writer.OpenCopy | None = None  # inserts still streaming into a table
         self._in_txn = False
         self._rows_applied = 0
@@ -94,6 +96,11 @@ class PostgresApplier:
     def rows_applied(self) -> int:
         """Changes (inserts, updates, deletes) applied by committed transactions, cumulative."""
         return self._rows_applied
+
+    @property
+    def last_commit_tables(self) -> dict[tuple[str, str], int]:
+        """Changes per ``(schema, table)`` of the last committed transaction."""
+        return self._last_commit_tables
 
     # -- session ---------------------------------------------------------------------------------
 
@@ -202,6 +209,11 @@ class PostgresApplier:
             self._end_txn()
             raise self._error(exc, f"committing up to LSN {end_lsn}") from exc
         self._rows_applied += self._txn_rows
+        self._last_commit_tables = {
+            (t.relation.namespace, t.relation.name): rows
+            for oid, rows in self._txn_tables.items()
+            if (t := self._tables.get(oid)) is not None
+        }
         self._end_txn()  # the staging tables it created stay
 
     def execute(self, stmt: LiteralString, params: Sequence[object]) -> None:
@@ -233,6 +245,7 @@ class PostgresApplier:
     def _end_txn(self) -> None:
         self._in_txn = False
         self._txn_rows = 0
+        self._txn_tables = {}
         self._staged_in_txn.clear()
 
     # -- apply -----------------------------------------------------------------------------------
@@ -286,11 +299,13 @@ class PostgresApplier:
         for oid, changes in groups.items():
             table = self._table(oid)
             try:
-                self._txn_rows += self._apply_relation(table, changes)
+                rows = self._apply_relation(table, changes)
             except psycopg.Error as exc:
                 if self._conflicts is not None and isinstance(exc, psycopg.errors.UniqueViolation):
                     raise conflicts.concurrent_insert(table.name, exc) from exc
                 raise self._error(exc, f"{self._doing} on {table.name}") from exc
+            self._txn_rows += rows
+            self._txn_tables[oid] = self._txn_tables.get(oid, 0) + rows
 
     def _apply_relation(self, t: Table, items: list[Item]) -> int:
         """Apply one table's changes; returns how many row changes they were."""

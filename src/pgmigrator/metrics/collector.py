@@ -195,6 +195,16 @@ class Collector:
             if schema is not None and table is not None:
                 self._table(schema, table).rows_applied += rows
 
+    def tables_applied(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Changes applied per ``(schema, table)`` by a committed batch (the totals are counted by
+        `add_rows`); those tables now receive live changes (state ``streaming``)."""
+        with self._lock:
+            for (schema, name), rows in counts.items():
+                t = self._table(schema, name)
+                t.rows_applied += rows
+                if t.state in ("pending", "copied"):
+                    t.state = "streaming"
+
     def set_lsns(
         self,
         *,

@@ -26,10 +26,10 @@ from pgmigrator.destination.conflicts import ConflictPolicy
 from pgmigrator.destination.postgres import PostgresApplier
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, ReplicationError, RetryableReplicationError
+from pgmigrator.events import pg_timestamp_to_datetime
 from pgmigrator.log import get_logger, set_level
 from pgmigrator.lsn import Lsn
 from pgmigrator.metrics import Collector
-from pgmigrator.metrics.format import format_bytes
 from pgmigrator.pg import Conn, connect
 from pgmigrator.pipeline.gate import RunGate
 from pgmigrator.pipeline.reader import (
@@ -364,6 +364,7 @@ class Follow:
                 )
                 in_txn = False
                 self._committed(cmd, stream)
+                self.collector.tables_applied(applier.last_commit_tables)
             elif isinstance(cmd, Sentinel):
                 if not in_txn:
                     await loop.run_in_executor(self._executor, applier.begin)
@@ -404,6 +405,7 @@ class Follow:
             applied=cmd.end_lsn,
             confirmed=stream.flushed,
             latest=max(self.latest_lsn, stream.received),
+            commit_time=pg_timestamp_to_datetime(cmd.commit_time).timestamp(),  # the lag in time
         )
 
     def _publish_lsns(self, stream: ReplicationStream) -> int:
@@ -415,16 +417,22 @@ class Follow:
         return max(0, latest - max(self.applied_lsn, stream.flushed))
 
     def _report(self, stream: ReplicationStream) -> None:
-        lag = self._publish_lsns(stream)
+        self._publish_lsns(stream)
         snap = self.collector.snapshot()
+        busiest = sorted(snap["tables"], key=lambda t: t.get("rows_applied") or 0, reverse=True)
         log.info(
             "streaming",
             pipeline=self.settings.name,  # two of them with --bidirectional
             applied_lsn=str(self.applied_lsn),
-            lag=format_bytes(lag),
+            lag=snap["lag_formatted"],
             rows_per_s=round(snap["rows_per_s"]),
             transactions=self.stats.transactions,
             rows=self.stats.rows,
+            tables=", ".join(  # the busiest three, rows applied since the start
+                f"{t['schema']}.{t['name']}={t['rows_applied']}"
+                for t in busiest[:3]
+                if t.get("rows_applied")
+            ),
         )
 
 
