@@ -98,6 +98,11 @@ class PostgresApplier:
         return self._rows_applied
 
     @property
+    def origin(self) -> str:
+        """The replication origin every commit advances."""
+        return self._origin
+
+    @property
     def last_commit_tables(self) -> dict[tuple[str, str], int]:
         """Changes per ``(schema, table)`` of the last committed transaction."""
         return self._last_commit_tables
@@ -141,22 +146,6 @@ class PostgresApplier:
         row = conn.execute("SELECT pg_replication_origin_progress(%s, true)::text", name).fetchone()
         return Lsn.parse(row[0] if row else None)
 
-    def durable_lsn(self) -> Lsn:
-        """The origin's progress, flushed to disk on the destination first (``flush => true``).
-
-        Commits run with ``synchronous_commit = off``, so a committed LSN may be lost to an
-        operating-system crash for a moment: feedback to the source (the slot's flush LSN) should
-        come from here, not from the LSN passed to ``commit``.
-        """
-        conn = self._need_conn()
-        try:
-            row = conn.execute(
-                "SELECT pg_replication_origin_progress(%s, true)::text", (self._origin,)
-            ).fetchone()
-        except psycopg.Error as exc:
-            raise self._error(exc, "reading the replication origin's progress") from exc
-        return Lsn.parse(row[0] if row else None)
-
     def close(self) -> None:
         """Drop the connection (an open transaction is rolled back by the server)."""
         conn, self._conn = self._conn, None
@@ -198,12 +187,11 @@ class PostgresApplier:
         """Record ``end_lsn`` as the origin's progress and commit it with the rows."""
         self._need_txn()
         conn = self._need_conn()
+        stmt = sql.SQL("SELECT pg_replication_origin_xact_setup({}::pg_lsn, {}); COMMIT").format(
+            sql.Literal(str(end_lsn)), sql.Literal(pg_timestamp_to_datetime(commit_time_us))
+        )
         try:
-            conn.execute(
-                "SELECT pg_replication_origin_xact_setup(%s::pg_lsn, %s)",
-                (str(end_lsn), pg_timestamp_to_datetime(commit_time_us)),
-            )
-            conn.execute("COMMIT")
+            conn.execute(stmt)  # no parameters: one simple-protocol round trip for both
         except psycopg.Error as exc:
             self._staged -= self._staged_in_txn
             self._end_txn()

@@ -24,6 +24,7 @@ from pgmigrator.aio import wait_for
 from pgmigrator.config import Settings
 from pgmigrator.destination.conflicts import ConflictPolicy
 from pgmigrator.destination.postgres import PostgresApplier
+from pgmigrator.destination.progress import OriginProgress
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, ReplicationError, RetryableReplicationError
 from pgmigrator.events import pg_timestamp_to_datetime
@@ -31,15 +32,14 @@ from pgmigrator.log import get_logger, set_level
 from pgmigrator.lsn import Lsn
 from pgmigrator.metrics import Collector
 from pgmigrator.pg import Conn, connect
+from pgmigrator.pipeline.commands import CommandRunner, Committed, Done
 from pgmigrator.pipeline.gate import RunGate
 from pgmigrator.pipeline.reader import (
     BatchLimits,
-    Changes,
     Command,
     CommitBatch,
     OriginFilter,
     Reader,
-    Sentinel,
 )
 from pgmigrator.pipeline.resync import load_sync_lsns
 from pgmigrator.pipeline.spill import SpillStore
@@ -47,7 +47,7 @@ from pgmigrator.pipeline.walbudget import WalBudgetWatcher
 from pgmigrator.retry import Backoff, exhausted
 from pgmigrator.source.replication import ReplicationStream
 from pgmigrator.source.slots import slot_status
-from pgmigrator.store.state import StateStore, sentinel_insert_sql
+from pgmigrator.store.state import StateStore
 from pgmigrator.stream.reload import ReloadPlan
 
 log = get_logger("follow")
@@ -215,6 +215,7 @@ class Follow:
             self.source, slot, publication, streaming=self.origin_filter is None
         )
         spill = SpillStore()
+        progress = OriginProgress(self.dest, self.settings.origin_name)
         try:
             origin = await loop.run_in_executor(self._executor, applier.start)
             start = max(
@@ -238,7 +239,9 @@ class Follow:
             )
             try:
                 async with asyncio.TaskGroup() as group:
-                    apply_task = group.create_task(self._apply_loop(applier, stream, queue))
+                    apply_task = group.create_task(
+                        self._apply_loop(applier, progress, stream, queue)
+                    )
                     await self._read_loop(stream, reader, out, queue, apply_task)
             except BaseExceptionGroup as group_error:
                 raise _first_error(group_error) from None
@@ -247,6 +250,7 @@ class Follow:
             self.collector.set_health("source", "down" if not self.stop_event.is_set() else "ok")
             stream.close()
             await loop.run_in_executor(self._executor, applier.close)
+            await asyncio.to_thread(progress.close)
             spill.close()
 
     async def _read_loop(
@@ -285,8 +289,11 @@ class Follow:
                 continue
             msg = await stream.next(timeout=0)
             if msg is None:  # nothing waiting on the socket: commit what is batched, then wait
-                reader.flush()
-                await self._drain(out, queue)
+                if not self._inflight and queue.empty():
+                    reader.flush()
+                    await self._drain(out, queue)
+                # else group commit: while the applier writes, what arrives joins the next batch;
+                # the apply loop wakes this wait once it is free (no await since the check)
                 msg = await stream.next(timeout=1.0)
             if msg is not None:
                 reader.feed(msg.data, msg.wal_end)
@@ -327,12 +334,17 @@ class Follow:
         await asyncio.sleep(0)
 
     async def _apply_loop(
-        self, applier: PostgresApplier, stream: ReplicationStream, queue: asyncio.Queue[Any]
+        self,
+        applier: PostgresApplier,
+        progress: OriginProgress,
+        stream: ReplicationStream,
+        queue: asyncio.Queue[Any],
     ) -> None:
         loop = asyncio.get_running_loop()
-        in_txn = False
+        runner = CommandRunner(applier, self.settings.name)
         last_durable = 0.0
-        while True:
+        stop = False
+        while not stop:
             try:  # our wait_for: 3.11's could swallow the task group's cancel (a loop never ending)
                 cmd = await wait_for(queue.get(), 1.0)
             except TimeoutError:
@@ -340,52 +352,45 @@ class Follow:
             if cmd is _STOP:
                 break
             if (
-                not in_txn
+                not runner.in_txn
                 and self.applied_lsn > stream.flushed
                 and (cmd is None or time.monotonic() - last_durable >= 1.0)
             ):
                 last_durable = (
                     time.monotonic()
                 )  # feedback follows what is on the destination's disk, not commit()
-                await self._advance_feedback(applier, stream)
+                await self._advance_feedback(progress, stream)
             if cmd is None:
                 continue
+            group = [cmd]  # everything waiting goes to the applier's thread in one hop
+            while not queue.empty() and not stop:
+                cmd = queue.get_nowait()
+                stop = cmd is _STOP
+                if not stop:
+                    group.append(cmd)
             self._inflight = 1
-            if isinstance(cmd, Changes):
-                if not in_txn:
-                    await loop.run_in_executor(self._executor, applier.begin)
-                    in_txn = True
-                await loop.run_in_executor(self._executor, applier.apply, cmd.changes, cmd.times)
-            elif isinstance(cmd, CommitBatch):
-                if not in_txn:
-                    await loop.run_in_executor(self._executor, applier.begin)
-                await loop.run_in_executor(
-                    self._executor, applier.commit, cmd.end_lsn, cmd.commit_time
-                )
-                in_txn = False
-                self._committed(cmd, stream)
-                self.collector.tables_applied(applier.last_commit_tables)
-            elif isinstance(cmd, Sentinel):
-                if not in_txn:
-                    await loop.run_in_executor(self._executor, applier.begin)
-                    in_txn = True
-                params = (cmd.id, self.settings.name, str(cmd.lsn))
-                await loop.run_in_executor(
-                    self._executor, applier.execute, sentinel_insert_sql(), params
-                )
-                self.collector.set_phase("switchover")
-                self._sentinel_pending = True
-            else:
-                await loop.run_in_executor(self._executor, applier.relation, cmd)
+            done: list[Done] = []
+            try:
+                await loop.run_in_executor(self._executor, runner.run, group, done)
+            finally:
+                for item in done:
+                    self._record(item, stream)
             self._inflight = 0
-        if in_txn:  # a source transaction was cut by the stop: roll it back, the slot resends it
-            await loop.run_in_executor(self._executor, applier.rollback)
-        await self._advance_feedback(applier, stream)
+            if queue.empty():
+                stream.wake()  # the read loop may commit what it gathered meanwhile
+        await loop.run_in_executor(self._executor, runner.rollback)
+        await self._advance_feedback(progress, stream)
 
-    async def _advance_feedback(self, applier: PostgresApplier, stream: ReplicationStream) -> None:
-        durable = await asyncio.get_running_loop().run_in_executor(
-            self._executor, applier.durable_lsn
-        )
+    def _record(self, item: Done, stream: ReplicationStream) -> None:
+        if isinstance(item, Committed):
+            self._committed(item.batch, stream)
+            self.collector.tables_applied(item.tables)
+        else:  # a switchover sentinel, written in the batch being applied
+            self.collector.set_phase("switchover")
+            self._sentinel_pending = True
+
+    async def _advance_feedback(self, progress: OriginProgress, stream: ReplicationStream) -> None:
+        durable = await asyncio.to_thread(progress.durable_lsn)  # not on the applier's thread
         if durable > stream.flushed:
             stream.flushed = durable
 

@@ -75,6 +75,7 @@ class ReplicationStream:
         self.idle = False  # set by the consumer when it holds nothing unapplied
         self._last_status = 0.0
         self._txn = new_txn_state()  # the C loop's view of the consumer's transaction state
+        self._waiter: asyncio.Future[bool] | None = None  # what `wake` resolves
 
     def open(self, start_lsn: Lsn) -> None:
         """Connect and start streaming from ``start_lsn`` (blocking: done once per connection)."""
@@ -216,11 +217,12 @@ class ReplicationStream:
             self.send_status()
 
     async def next(self, timeout: float) -> XLogData | None:
-        """The next XLogData, or None when nothing arrived within ``timeout`` seconds (0: only what is there)."""
+        """The next XLogData, or None when nothing arrived within ``timeout`` seconds (0: only what
+        is there) or when `wake` was called meanwhile."""
         assert self.conn is not None, "open() first"
         pgconn = self.conn.pgconn
         deadline = time.monotonic() + timeout
-        polled = False
+        polled = woken = False
         while True:
             try:
                 n, data = pgconn.get_copy_data(1)
@@ -239,7 +241,7 @@ class ReplicationStream:
             if time.monotonic() - self._last_status >= self.status_interval:
                 self.send_status()
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or woken:
                 if (
                     timeout == 0 and not polled
                 ):  # read what the kernel already holds before saying "nothing"
@@ -247,8 +249,32 @@ class ReplicationStream:
                     self._consume(pgconn)
                     continue
                 return None
-            await _wait_readable(pgconn.socket, min(remaining, self.status_interval))
+            woken = await self._wait_readable(pgconn.socket, min(remaining, self.status_interval))
             self._consume(pgconn)
+
+    def wake(self) -> None:
+        """Make a `next` that is waiting for the socket return (None if nothing came) at once."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+
+    async def _wait_readable(self, fd: int, timeout: float) -> bool:
+        """Wait until ``fd`` is readable, ``timeout`` passed or `wake` was called (then True)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        self._waiter = fut
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(False)
+
+        loop.add_reader(fd, ready)
+        try:
+            return await wait_for(fut, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            self._waiter = None
+            loop.remove_reader(fd)
 
     @staticmethod
     def _consume(pgconn: pq.abc.PGconn) -> None:
@@ -277,23 +303,6 @@ class ReplicationStream:
             "the source ended the replication stream",
             hint="the walsender was terminated or the server restarted: reconnecting resumes from the last flushed LSN",
         )
-
-
-async def _wait_readable(fd: int, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    loop.add_reader(fd, ready)
-    try:
-        await wait_for(fut, timeout)
-    except TimeoutError:
-        pass
-    finally:
-        loop.remove_reader(fd)
 
 
 def _sender_timeout_s(pgconn: pq.abc.PGconn) -> float | None:

@@ -1,0 +1,67 @@
+"""Running the reader's commands on the applier, a group at a time (the follow loop's apply side).
+
+The follow loop's apply task takes every command waiting in its queue and hands the whole group
+to `CommandRunner.run` on the applier's thread: one thread hop per group instead of one per
+``begin``/``apply``/``commit``. When the follower is caught up a source transaction arrives as
+``Changes`` then ``CommitBatch``, so it is applied and committed in one hop; with a backlog a
+group holds several chunks. What the group committed (and the switchover sentinels it wrote)
+comes back in order, for the follow loop to record on its own thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pgmigrator.destination.postgres import PostgresApplier
+from pgmigrator.pipeline.reader import Changes, Command, CommitBatch, Sentinel
+from pgmigrator.store.state import sentinel_insert_sql
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A batch the destination committed, with its changes per ``(schema, table)``."""
+
+    batch: CommitBatch
+    tables: dict[tuple[str, str], int]
+
+
+Done = Committed | Sentinel  # a sentinel is reported once written (its batch commits later)
+
+
+class CommandRunner:
+    """Applies commands in order on one applier; ``in_txn`` while a destination transaction is open."""
+
+    def __init__(self, applier: PostgresApplier, pipeline: str) -> None:
+        self.applier = applier
+        self.pipeline = pipeline
+        self.in_txn = False
+
+    def run(self, commands: list[Command], done: list[Done]) -> None:
+        """Apply ``commands`` (blocking); what completes is appended to ``done`` as it does."""
+        applier = self.applier
+        for cmd in commands:
+            if isinstance(cmd, Changes):
+                self._begin()
+                applier.apply(cmd.changes, cmd.times)
+            elif isinstance(cmd, CommitBatch):
+                self._begin()
+                applier.commit(cmd.end_lsn, cmd.commit_time)
+                self.in_txn = False
+                done.append(Committed(cmd, applier.last_commit_tables))
+            elif isinstance(cmd, Sentinel):
+                self._begin()
+                applier.execute(sentinel_insert_sql(), (cmd.id, self.pipeline, str(cmd.lsn)))
+                done.append(cmd)
+            else:
+                applier.relation(cmd)
+
+    def rollback(self) -> None:
+        """Roll back an open transaction (a source transaction cut by a stop: the slot resends it)."""
+        if self.in_txn:
+            self.applier.rollback()
+            self.in_txn = False
+
+    def _begin(self) -> None:
+        if not self.in_txn:
+            self.applier.begin()
+            self.in_txn = True
