@@ -338,6 +338,24 @@ def test_missing_table_and_missing_column(pair: Pair, applier: PostgresApplier) 
             applier.relation(relation(7, "strict", "id"))
 
 
+def test_small_writes_go_with_the_commit_and_fail_clearly(
+    pair: Pair, applier: PostgresApplier
+) -> None:
+    """A small transaction's writes wait for its commit (one round trip); an error names the table."""
+    with pair.dst() as dst:
+        dst.execute("CREATE TABLE t (id int PRIMARY KEY, a text, b int CHECK (b < 100))")
+        applier.start()
+        applier.relation(T)
+        apply_txn(applier, [Insert(1, row(1, "it's \\ 'quoted'", 1))], lsn=100)
+        assert rows(dst, "SELECT a FROM t") == [("it's \\ 'quoted'",)]
+        applier.begin()
+        applier.apply([Update(1, None, None, row(1, "x", 1)), Insert(1, row(2, "y", 500))])
+        with pytest.raises(ApplyError, match=r"applying changes to public\.t .*t_b_check"):
+            applier.commit(Lsn(200), 0)
+        assert rows(dst, "SELECT id, a FROM t") == [(1, "it's \\ 'quoted'")]  # nothing of it
+        assert durable(pair, applier) == Lsn(100)
+
+
 def test_terminated_backend_is_retryable(pair: Pair, applier: PostgresApplier) -> None:
     with pair.dst() as dst:
         dst.execute("CREATE TABLE t (id int PRIMARY KEY, a text, b int)")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -30,9 +30,48 @@ from pgmigrator.errors import ApplyError
 from pgmigrator.events import Delete, Insert, TupleData, Update
 
 Conn = psycopg.Connection[Any]
-Cursor = psycopg.Cursor[Any]
+
+
+class Cursor(Protocol):
+    """Where statements go: a psycopg cursor (now) or `Deferred` (with the transaction's end)."""
+
+    def execute(self, query: Any, params: Any = ..., /) -> Any: ...
+
+
 #: Rows per VALUES statement, at most (and at most 65535 parameters).
 VALUES_ROWS = 64
+
+
+class Deferred:
+    """A transaction's small writes, values inlined client-side, sent later in one round trip.
+
+    BEGIN, the VALUES-list and single-row statements, and the commit wait here and reach the
+    server as one simple-protocol query when the transaction commits, or earlier when something
+    needs the connection (a COPY, a catalog query, a savepoint): one round trip per destination
+    transaction instead of one per statement, which is what a caught-up follower's latency is
+    made of. Values are quoted by psycopg's client-side binding (``ClientCursor.mogrify``, libpq's
+    literal escaping), so they still never enter the SQL text unquoted.
+    """
+
+    def __init__(self, conn: Conn) -> None:
+        self._cursor = psycopg.ClientCursor(conn)
+        self._encoding = conn.info.encoding
+        self.statements: list[bytes] = []
+        self.tables: set[str] = set()  # for the error message, if the flush fails
+
+    def execute(self, query: Any, params: Any = None, /) -> None:
+        text = self._cursor.mogrify(query, params)
+        self.statements.append(text.encode(self._encoding))
+
+    def append(self, statement: bytes) -> None:
+        """A statement without parameters (rendered already)."""
+        self.statements.append(statement)
+
+    def flush(self, conn: Conn) -> None:
+        """Send what waits, as one query (the caller turns an error into a precise one)."""
+        statements, self.statements = self.statements, []
+        if statements:
+            conn.execute(b"; ".join(statements))
 
 
 def cached(t: Table, key: tuple[Any, ...], build: Callable[..., Any], *args: Any) -> Any:

@@ -88,6 +88,7 @@ class PostgresApplier:
         self._txn_tables: dict[int, int] = {}  # ... per relation oid
         self._last_commit_tables: dict[tuple[str, str], int] = {}
         self._open_copy: _writer.OpenCopy | None = None  # inserts still streaming into a table
+        self._deferred: _writer.Deferred | None = None  # small writes waiting for the commit
         self._in_txn = False
         self._rows_applied = 0
         self._doing = ""
@@ -177,25 +178,36 @@ class PostgresApplier:
     # -- transactions ----------------------------------------------------------------------------
 
     def begin(self) -> None:
-        """Open a destination transaction."""
+        """Open a destination transaction (its BEGIN waits for its first statement)."""
         if self._in_txn:
             raise ApplyError("begin() called inside an open destination transaction")
-        self._run("BEGIN", doing="opening a transaction")
+        if self._conflicts is None:  # (a conflict check needs every write now)
+            self._deferred = _writer.Deferred(self._need_conn())
+            self._deferred.append(b"BEGIN")
+        else:
+            self._run("BEGIN", doing="opening a transaction")
         self._in_txn = True
 
     def commit(self, end_lsn: Lsn, commit_time_us: int) -> None:
         """Record ``end_lsn`` as the origin's progress and commit it with the rows."""
         self._need_txn()
-        conn = self._need_conn()
+        conn = self._need_conn(flush=False)
         stmt = sql.SQL("SELECT pg_replication_origin_xact_setup({}::pg_lsn, {}); COMMIT").format(
             sql.Literal(str(end_lsn)), sql.Literal(pg_timestamp_to_datetime(commit_time_us))
         )
+        deferred, doing = self._deferred, f"committing up to LSN {end_lsn}"
         try:
-            conn.execute(stmt)  # no parameters: one simple-protocol round trip for both
+            if deferred is not None:  # the writes still waiting, then the commit: one round trip
+                if deferred.tables:
+                    doing = f"applying changes to {', '.join(sorted(deferred.tables))} and {doing}"
+                deferred.append(stmt.as_bytes(conn))
+                deferred.flush(conn)
+            else:
+                conn.execute(stmt)  # no parameters: one simple-protocol round trip for both
         except psycopg.Error as exc:
             self._staged -= self._staged_in_txn
             self._end_txn()
-            raise self._error(exc, f"committing up to LSN {end_lsn}") from exc
+            raise self._error(exc, doing) from exc
         self._rows_applied += self._txn_rows
         self._last_commit_tables = {
             (t.relation.namespace, t.relation.name): rows
@@ -214,6 +226,7 @@ class PostgresApplier:
 
     def rollback(self) -> None:
         """Roll the open transaction back (nothing of it stays, origin included)."""
+        self._deferred = None  # never sent: nothing to undo there
         open_copy, self._open_copy = self._open_copy, None
         if open_copy is not None:
             open_copy.abort()
@@ -231,6 +244,7 @@ class PostgresApplier:
             raise self._error(exc, "rolling back") from exc
 
     def _end_txn(self) -> None:
+        self._deferred = None
         self._in_txn = False
         self._txn_rows = 0
         self._txn_tables = {}
@@ -345,17 +359,28 @@ class PostgresApplier:
         ):
             self._stream_inserts(t, step.inserts)
             return
-        conn = self._need_conn()
+        small = not isinstance(step, NetEffect) or len(step) < SMALL_BATCH
+        cur: _writer.Cursor
+        if stream and small and self._deferred is not None:
+            if self._open_copy is not None:
+                self._finish_copy()  # the COPY came first in the stream: it runs first
+            cur = self._deferred  # sent with the transaction's other small writes
+            self._deferred.tables.add(t.name)
+        else:
+            conn = self._need_conn()
+            cur = conn.cursor()
         if not isinstance(step, NetEffect):
             self._doing = type(step).__name__.upper() + " (single row)"
-            _writer.write_one(conn.cursor(), t, step)
-        elif len(step) < SMALL_BATCH:
+            _writer.write_one(cur, t, step)
+        elif small:
             self._doing = f"DELETE/UPDATE/INSERT of {len(step)} row(s)"
-            _writer.write_values(conn.cursor(), t, step)
+            _writer.write_values(cur, t, step)
         elif not step.deletes and not step.updates:
+            conn = self._need_conn()
             self._doing = f"COPY of {len(step)} inserted row(s)"
             _writer.copy_inserts(conn, t, step.inserts)
         else:
+            conn = self._need_conn()
             self._ensure_staging(t)
             self._doing = f"set-based DELETE/UPDATE/INSERT of {len(step)} row(s)"
             _writer.write_staged(conn, t, step)
@@ -423,15 +448,27 @@ class PostgresApplier:
         except psycopg.Error as exc:
             raise self._error(exc, doing) from exc
 
-    def _need_conn(self) -> Conn:
-        """The connection, free for a statement: an open COPY is finished first."""
+    def _need_conn(self, flush: bool = True) -> Conn:
+        """The connection, free for a statement: an open COPY is finished first, then (unless
+        ``flush`` is false) the deferred statements that followed it are sent."""
         if self._conn is None or self._conn.closed:
             raise RetryableApplyError(
                 "the destination connection is not open", hint="call start() to reconnect"
             )
         if self._open_copy is not None:
             self._finish_copy()
+        if flush and self._deferred is not None and self._deferred.statements:
+            self._flush_deferred(self._conn)
         return self._conn
+
+    def _flush_deferred(self, conn: Conn) -> None:
+        assert self._deferred is not None
+        count, tables = len(self._deferred.statements), sorted(self._deferred.tables)
+        try:
+            self._deferred.flush(conn)
+        except psycopg.Error as exc:
+            doing = f"applying {count} statement(s) to {', '.join(tables) or 'the destination'}"
+            raise self._error(exc, doing) from exc
 
     def _need_txn(self) -> None:
         if not self._in_txn:
