@@ -49,6 +49,7 @@ from follow import (
     SOURCE_DB,
     Ctx,
     TreeProbe,
+    checkpoint,
     load_source,
     native_state,
     pgm_args,
@@ -319,6 +320,9 @@ def run_all(args: argparse.Namespace, work: Path) -> list[Phase]:
             for consumer, run in PHASES.items():
                 ph = Phase(consumer, rnd)
                 say(f"round {rnd}: {consumer} ({args.seconds} s) ...")
+                # a timed checkpoint (every 5 min) inside one phase stalls its commits for 100 ms
+                # and more: start every phase right after one, so none falls in a 20 s phase
+                checkpoint(source, dest)
                 try:
                     run(ctx, args, ph)
                 except (BenchError, psycopg.Error, subprocess.SubprocessError) as exc:
