@@ -36,7 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -860,9 +861,9 @@ def collect_facts(ctx: Ctx, args: argparse.Namespace, setup_s: dict[str, float])
 # --- main ----------------------------------------------------------------------------------------
 
 
-def run_all(
-    args: argparse.Namespace, keys: list[str], work: Path
-) -> tuple[list[Workload], dict[str, Any]]:
+@contextmanager
+def bench_clusters(work: Path, scale: int, keep: bool) -> Iterator[Ctx]:
+    """A source and a destination cluster under ``work``, stopped (``keep``) or destroyed after."""
     say(f"starting clusters under {work} ...")
     source, dest = devcluster.start_pair(work, CLUSTER_SETTINGS)
     try:
@@ -873,15 +874,21 @@ def run_all(
             "PATH": f"{source.bindir}{os.pathsep}{os.environ.get('PATH', '')}",
             "PGMIGRATOR_STATE_DIR": str(work / "state"),
         }
-        ctx = Ctx(source, dest, work, env, args.scale * 100_000)
-        facts = collect_facts(ctx, args, setup(ctx, args))
-        workloads = [run_workload(ctx, key, args) for key in keys]
+        yield Ctx(source, dest, work, env, scale * 100_000)
     finally:
         for cluster in (source, dest):
-            if args.keep:
+            if keep:
                 cluster.stop("fast")
             else:
                 cluster.destroy()
+
+
+def run_all(
+    args: argparse.Namespace, keys: list[str], work: Path
+) -> tuple[list[Workload], dict[str, Any]]:
+    with bench_clusters(work, args.scale, args.keep) as ctx:
+        facts = collect_facts(ctx, args, setup(ctx, args))
+        workloads = [run_workload(ctx, key, args) for key in keys]
     return workloads, facts
 
 

@@ -25,7 +25,6 @@ Run: ``.venv/bin/python bench/steady.py``
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -41,7 +40,6 @@ from typing import Any
 import psycopg
 from clone import PGMIGRATOR, BenchError, fmt, precompile, run_checked, write_json
 from follow import (
-    CLUSTER_SETTINGS,
     NATIVE,
     NATIVE_DB,
     PGM_DB,
@@ -49,6 +47,7 @@ from follow import (
     SOURCE_DB,
     Ctx,
     TreeProbe,
+    bench_clusters,
     checkpoint,
     load_source,
     native_state,
@@ -59,8 +58,6 @@ from follow import (
     stop_follow,
     wait_for,
 )
-
-from pgmigrator import devcluster
 
 HEARTBEAT = "bench_heartbeat"
 TARGET_P99_RATIO = 2.0
@@ -298,17 +295,7 @@ def print_report(phases: list[Phase], summary: dict[str, Any]) -> None:
 
 
 def run_all(args: argparse.Namespace, work: Path) -> list[Phase]:
-    say(f"starting clusters under {work} ...")
-    source, dest = devcluster.start_pair(work, CLUSTER_SETTINGS)
-    try:
-        env = {
-            **os.environ,
-            "PGPASSWORD": devcluster.PASSWORD,
-            "TMPDIR": str(work),
-            "PATH": f"{source.bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-            "PGMIGRATOR_STATE_DIR": str(work / "state"),
-        }
-        ctx = Ctx(source, dest, work, env, args.scale * 100_000)
+    with bench_clusters(work, args.scale, args.keep) as ctx:
         say("setup: source, pgmigrator clone, native dump/restore ...")
         load_source(ctx, args.scale, 10_000)
         add_heartbeat(ctx)
@@ -322,19 +309,13 @@ def run_all(args: argparse.Namespace, work: Path) -> list[Phase]:
                 say(f"round {rnd}: {consumer} ({args.seconds} s) ...")
                 # a timed checkpoint (every 5 min) inside one phase stalls its commits for 100 ms
                 # and more: start every phase right after one, so none falls in a 20 s phase
-                checkpoint(source, dest)
+                checkpoint(ctx.source, ctx.dest)
                 try:
                     run(ctx, args, ph)
                 except (BenchError, psycopg.Error, subprocess.SubprocessError) as exc:
                     ph.error = str(exc).strip().splitlines()[-1][:300]
                 phases.append(ph)
         return phases
-    finally:
-        for cluster in (source, dest):
-            if args.keep:
-                cluster.stop("fast")
-            else:
-                cluster.destroy()
 
 
 def main(argv: list[str] | None = None) -> int:
