@@ -10,7 +10,8 @@ import pytest
 from pgmigrator.dsn import Target
 from pgmigrator.lsn import Lsn
 from pgmigrator.pipeline import reader as reader_module
-from pgmigrator.pipeline.reader import BatchLimits, Changes, Command, CommitBatch, Reader
+from pgmigrator.pipeline.commands import BatchLimits, Changes, Command, CommitBatch
+from pgmigrator.pipeline.reader import Reader
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.protocol.runs import InsertRun, expand
 from pgmigrator.source._rowpump import row_pump

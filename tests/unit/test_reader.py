@@ -19,14 +19,8 @@ from pgmigrator.events import (
     TupleData,
 )
 from pgmigrator.lsn import Lsn
-from pgmigrator.pipeline.reader import (
-    BatchLimits,
-    Changes,
-    Command,
-    CommitBatch,
-    OriginFilter,
-    Reader,
-)
+from pgmigrator.pipeline.commands import BatchLimits, Changes, Command, CommitBatch
+from pgmigrator.pipeline.reader import OriginFilter, Reader
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.protocol.runs import expand, take_row
 

@@ -31,7 +31,8 @@ from pgmigrator.events import (
 )
 from pgmigrator.lsn import Lsn
 from pgmigrator.pipeline import reader as reader_module
-from pgmigrator.pipeline.reader import BatchLimits, Changes, Command, Reader
+from pgmigrator.pipeline.commands import BatchLimits, Changes, Command
+from pgmigrator.pipeline.reader import Reader
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.protocol import pgoutput
 from pgmigrator.protocol.runs import expand

@@ -1,4 +1,8 @@
-"""Running the reader's commands on the applier, a group at a time (the follow loop's apply side).
+"""The reader's commands to the applier, and running them a group at a time (the apply side).
+
+`Reader` turns the stream into commands: `Relation` (a table's shape), `Changes` (a bounded run of
+row changes), `CommitBatch` (commit at a source commit boundary) and `Sentinel` (a switchover
+sentinel at its place in the stream).
 
 The follow loop's apply task takes every command waiting in its queue and hands the whole group
 to `CommandRunner.run` on the applier's thread: one thread hop per group instead of one per
@@ -11,10 +15,55 @@ comes back in order, for the follow loop to record on its own thread.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pgmigrator.destination.postgres import PostgresApplier
-from pgmigrator.pipeline.reader import Changes, Command, CommitBatch, Sentinel
+from pgmigrator.events import Delete, Insert, Relation, Truncate, Update
+from pgmigrator.lsn import Lsn
+from pgmigrator.protocol.runs import InsertRun
 from pgmigrator.store.state import sentinel_insert_sql
+
+if TYPE_CHECKING:
+    from pgmigrator.destination.postgres import PostgresApplier
+
+#: A change for the applier: an `InsertRun` is a run of inserts the C loop kept undecoded.
+Change = Insert | Update | Delete | Truncate | InsertRun
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    changes: list[Change]
+    #: ``(index of its first change, source commit time)`` per source transaction in
+    #: ``changes``, in order; only when the reader tracks times (bidirectional replication).
+    times: tuple[tuple[int, int], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommitBatch:
+    end_lsn: Lsn
+    commit_time: int
+    transactions: int
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sentinel:
+    """A switchover sentinel (``pg_logical_emit_message(true, 'pgmigrator', ...)``) at its place in the stream."""
+
+    id: str
+    lsn: Lsn
+
+
+SENTINEL_PREFIX = "pgmigrator"
+Command = Relation | Changes | CommitBatch | Sentinel
+
+
+@dataclass
+class BatchLimits:
+    max_rows: int = 50_000  # per destination transaction when there is a backlog
+    max_ms: float = 500.0  # per destination transaction when there is a backlog
+    chunk_rows: int = (
+        5_000  # rows handed to the applier at once (bounds memory within a transaction)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,15 +32,16 @@ from pgmigrator.log import get_logger, set_level
 from pgmigrator.lsn import Lsn
 from pgmigrator.metrics import Collector
 from pgmigrator.pg import Conn, connect
-from pgmigrator.pipeline.commands import CommandRunner, Committed, Done
-from pgmigrator.pipeline.gate import RunGate
-from pgmigrator.pipeline.reader import (
+from pgmigrator.pipeline.commands import (
     BatchLimits,
     Command,
+    CommandRunner,
     CommitBatch,
-    OriginFilter,
-    Reader,
+    Committed,
+    Done,
 )
+from pgmigrator.pipeline.gate import RunGate
+from pgmigrator.pipeline.reader import OriginFilter, Reader
 from pgmigrator.pipeline.resync import load_sync_lsns
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.pipeline.walbudget import WalBudgetWatcher

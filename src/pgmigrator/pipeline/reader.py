@@ -47,27 +47,26 @@ from pgmigrator.events import (
     Update,
 )
 from pgmigrator.lsn import Lsn
+from pgmigrator.pipeline.commands import (
+    SENTINEL_PREFIX,
+    BatchLimits,
+    Change,
+    Changes,
+    Command,
+    CommitBatch,
+    Sentinel,
+)
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.protocol import PgOutputDecoder, decode_message
 from pgmigrator.protocol.pgoutput import begin_fields, commit_fields, decode_row_change
-from pgmigrator.protocol.runs import InsertRun, take_row
+from pgmigrator.protocol.runs import take_row
 
 if TYPE_CHECKING:
     from pgmigrator.protocol._speedups import TxnState
 
-#: A change for the applier: an `InsertRun` is a run of inserts the C loop kept undecoded.
-Change = Insert | Update | Delete | Truncate | InsertRun
 _BEGIN_TAG, _COMMIT_TAG = ord("B"), ord("C")
 _int_new = int.__new__  # _int_new(Lsn, v): an `Lsn` from a UInt64 the wire gave, no range check
 _ROW_TAGS = frozenset(b"IUD")
-
-
-@dataclass(frozen=True, slots=True)
-class Changes:
-    changes: list[Change]
-    #: ``(index of its first change, source commit time)`` per source transaction in
-    #: ``changes``, in order; only when the reader tracks times (bidirectional replication).
-    times: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclass
@@ -93,35 +92,6 @@ class OriginFilter:
         self.transactions += 1
         if end_lsn > self.last_lsn:
             self.last_lsn = end_lsn
-
-
-@dataclass(frozen=True, slots=True)
-class CommitBatch:
-    end_lsn: Lsn
-    commit_time: int
-    transactions: int
-    rows: int
-
-
-@dataclass(frozen=True, slots=True)
-class Sentinel:
-    """A switchover sentinel (``pg_logical_emit_message(true, 'pgmigrator', ...)``) at its place in the stream."""
-
-    id: str
-    lsn: Lsn
-
-
-SENTINEL_PREFIX = "pgmigrator"
-Command = Relation | Changes | CommitBatch | Sentinel
-
-
-@dataclass
-class BatchLimits:
-    max_rows: int = 50_000  # per destination transaction when there is a backlog
-    max_ms: float = 500.0  # per destination transaction when there is a backlog
-    chunk_rows: int = (
-        5_000  # rows handed to the applier at once (bounds memory within a transaction)
-    )
 
 
 @dataclass
