@@ -25,6 +25,7 @@ Run: ``.venv/bin/python bench/steady.py``
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -71,6 +72,8 @@ class Phase:
     tps: float = 0.0
     delays_ms: list[float] = field(default_factory=list)
     peak_rss_kb: int | None = None
+    consumer_cpu_s: float | None = None  # follow process / native apply worker, during the load
+    walsender_cpu_s: float | None = None
     error: str | None = None
 
 
@@ -159,6 +162,45 @@ def run_load(ctx: Ctx, seconds: int, rate: float) -> tuple[float, list[int]]:
     return int(found.group(1)) / seconds, beat.ids
 
 
+def proc_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (0 when it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backend_pid(ctx: Ctx, side: str) -> int | None:
+    """The walsender's PID on the source, or the native apply worker's on the destination."""
+    if side == "walsender":
+        with ctx.source.connect(SOURCE_DB) as conn:
+            row = conn.execute(
+                "SELECT pid FROM pg_stat_replication ORDER BY backend_start DESC LIMIT 1"
+            ).fetchone()
+    else:
+        with ctx.dest.connect(NATIVE_DB) as conn:
+            row = conn.execute(
+                "SELECT pid FROM pg_stat_subscription WHERE subname = %s AND relid IS NULL",
+                (NATIVE,),
+            ).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def measured_load(
+    ctx: Ctx, args: argparse.Namespace, ph: Phase, consumer_pid: int | None
+) -> list[int]:
+    """`run_load`, with the CPU the consumer and its walsender spent meanwhile."""
+    sender = backend_pid(ctx, "walsender")
+    before = proc_cpu_s(consumer_pid), proc_cpu_s(sender)
+    ph.tps, ids = run_load(ctx, args.seconds, args.rate)
+    ph.consumer_cpu_s = round(proc_cpu_s(consumer_pid) - before[0], 2)
+    ph.walsender_cpu_s = round(proc_cpu_s(sender) - before[1], 2)
+    return ids
+
+
 def last_heartbeat_on(ctx: Ctx, db: str) -> int:
     with ctx.dest.connect(db) as conn:
         row = conn.execute(f"SELECT coalesce(max(id), 0) FROM public.{HEARTBEAT}").fetchone()
@@ -202,7 +244,7 @@ def phase_pgmigrator(ctx: Ctx, args: argparse.Namespace, ph: Phase) -> None:
         probe = TreeProbe(proc.pid)
         try:
             caught_up(ctx, PGM_DB, probe.poll)
-            ph.tps, ids = run_load(ctx, args.seconds, args.rate)
+            ids = measured_load(ctx, args, ph, proc.pid)
             caught_up(ctx, PGM_DB, probe.poll)
             probe.poll()
             ph.peak_rss_kb = sum(probe.peaks.values())
@@ -216,7 +258,7 @@ def phase_native(ctx: Ctx, args: argparse.Namespace, ph: Phase) -> None:
         dst.execute(f"ALTER SUBSCRIPTION {NATIVE} ENABLE")
         try:
             caught_up(ctx, NATIVE_DB)
-            ph.tps, ids = run_load(ctx, args.seconds, args.rate)
+            ids = measured_load(ctx, args, ph, backend_pid(ctx, "apply worker"))
             caught_up(ctx, NATIVE_DB)
         finally:
             dst.execute(f"ALTER SUBSCRIPTION {NATIVE} DISABLE")
@@ -250,6 +292,8 @@ def summarize(phases: list[Phase]) -> dict[str, Any]:
             **{f"p{int(q * 100)}_ms": percentile(all_delays, q) for q in (0.5, 0.95, 0.99)},
             "max_ms": max(all_delays) if all_delays else None,
             "samples": len(all_delays),
+            "cpu_s": med(consumer, "consumer_cpu_s"),
+            "walsender_cpu_s": med(consumer, "walsender_cpu_s"),
         }
     out["tps_none"] = tps_none
     pgm, nat = out["pgmigrator"], out["native"]
@@ -260,12 +304,16 @@ def summarize(phases: list[Phase]) -> dict[str, Any]:
 
 
 def print_report(phases: list[Phase], summary: dict[str, Any]) -> None:
-    print(f"\n{'phase':<12}{'round':>6}{'tps':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  error")
+    print(
+        f"\n{'phase':<12}{'round':>6}{'tps':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'cpu s':>8}{'wsnd s':>8}  error"
+    )
     for p in phases:
         print(
             f"{p.consumer:<12}{p.round:>6}{p.tps:>9.0f}{fmt(percentile(p.delays_ms, 0.5), '.2f'):>9}"
             f"{fmt(percentile(p.delays_ms, 0.99), '.2f'):>9}"
-            f"{fmt(max(p.delays_ms) if p.delays_ms else None, '.2f'):>9}  {p.error or ''}"
+            f"{fmt(max(p.delays_ms) if p.delays_ms else None, '.2f'):>9}"
+            f"{fmt(p.consumer_cpu_s, '.2f'):>8}{fmt(p.walsender_cpu_s, '.2f'):>8}  {p.error or ''}"
         )
     print(f"\nsource alone: {fmt(summary['tps_none'], '.0f')} tps")
     for consumer in ("pgmigrator", "native"):
@@ -274,7 +322,8 @@ def print_report(phases: list[Phase], summary: dict[str, Any]) -> None:
             f"{consumer:<11} delay p50 {fmt(s['p50_ms'], '.2f')} ms, p95 {fmt(s['p95_ms'], '.2f')}"
             f" ms, p99 {fmt(s['p99_ms'], '.2f')} ms, max {fmt(s['max_ms'], '.2f')} ms"
             f" ({s['samples']} rows); source {fmt(s['tps'], '.0f')} tps,"
-            f" cost {fmt(s['cost_pct'], '.1f')}%"
+            f" cost {fmt(s['cost_pct'], '.1f')}%; CPU {fmt(s['cpu_s'], '.1f')} s"
+            f" (walsender {fmt(s['walsender_cpu_s'], '.1f')} s) a phase"
         )
     pgm, nat = summary["pgmigrator"], summary["native"]
     ok_p99 = summary["p99_ratio"] is not None and summary["p99_ratio"] <= TARGET_P99_RATIO
