@@ -52,6 +52,7 @@ log = get_logger("apply")
 #: Measured crossover on the 2-core dev box (mixed updates and inserts): COPY + staging costs
 #: about 1 ms a batch more, VALUES parameters about 15 us a row more.
 SMALL_BATCH = 48
+_COMMIT = b"SELECT pg_replication_origin_xact_setup('%s'::pg_lsn, '%s'::timestamptz); COMMIT"
 _SESSION = (
     "SET session_replication_role = replica; SET synchronous_commit = off; "
     "SET enable_mergejoin = off; SET enable_hashjoin = off"
@@ -89,6 +90,7 @@ class PostgresApplier:
         self._last_commit_tables: dict[tuple[str, str], int] = {}
         self._open_copy: _writer.OpenCopy | None = None  # inserts still streaming into a table
         self._deferred: _writer.Deferred | None = None  # small writes waiting for the commit
+        self._templates: dict[bytes, list[bytes]] = {}  # the deferred statements, split
         self._in_txn = False
         self._rows_applied = 0
         self._doing = ""
@@ -182,7 +184,7 @@ class PostgresApplier:
         if self._in_txn:
             raise ApplyError("begin() called inside an open destination transaction")
         if self._conflicts is None:  # (a conflict check needs every write now)
-            self._deferred = _writer.Deferred(self._need_conn())
+            self._deferred = _writer.Deferred(self._need_conn(), self._templates)
             self._deferred.append(b"BEGIN")
         else:
             self._run("BEGIN", doing="opening a transaction")
@@ -192,15 +194,16 @@ class PostgresApplier:
         """Record ``end_lsn`` as the origin's progress and commit it with the rows."""
         self._need_txn()
         conn = self._need_conn(flush=False)
-        stmt = sql.SQL("SELECT pg_replication_origin_xact_setup({}::pg_lsn, {}); COMMIT").format(
-            sql.Literal(str(end_lsn)), sql.Literal(pg_timestamp_to_datetime(commit_time_us))
+        stmt = _COMMIT % (  # both rendered from integers: nothing to quote
+            str(end_lsn).encode(),
+            pg_timestamp_to_datetime(commit_time_us).isoformat().encode(),
         )
         deferred, doing = self._deferred, f"committing up to LSN {end_lsn}"
         try:
             if deferred is not None:  # the writes still waiting, then the commit: one round trip
                 if deferred.tables:
                     doing = f"applying changes to {', '.join(sorted(deferred.tables))} and {doing}"
-                deferred.append(stmt.as_bytes(conn))
+                deferred.append(stmt)
                 deferred.flush(conn)
             else:
                 conn.execute(stmt)  # no parameters: one simple-protocol round trip for both

@@ -76,6 +76,26 @@ class Committed:
 
 Done = Committed | Sentinel  # a sentinel is reported once written (its batch commits later)
 
+#: A group with at most this many row changes is applied on the event loop's own thread.
+INLINE_ROWS = 200
+
+
+def is_small(commands: list[Command]) -> bool:
+    """True when ``commands`` hold at most `INLINE_ROWS` row changes (a caught-up follower's group).
+
+    Such a group costs the destination one round trip of a millisecond or so; handing it to the
+    applier's thread and back cost about as much CPU again (two thread wake-ups, the GIL handed
+    over twice, a self-pipe write), which on a busy machine is also time the walsender waits.
+    """
+    rows = 0
+    for cmd in commands:
+        if isinstance(cmd, Changes):
+            for change in cmd.changes:
+                rows += change.rows if isinstance(change, InsertRun) else 1
+            if rows > INLINE_ROWS:
+                return False
+    return True
+
 
 class CommandRunner:
     """Applies commands in order on one applier; ``in_txn`` while a destination transaction is open."""

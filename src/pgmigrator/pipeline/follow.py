@@ -39,6 +39,7 @@ from pgmigrator.pipeline.commands import (
     CommitBatch,
     Committed,
     Done,
+    is_small,
 )
 from pgmigrator.pipeline.gate import RunGate
 from pgmigrator.pipeline.reader import OriginFilter, Reader
@@ -377,7 +378,7 @@ class Follow:
                 cmd = await queue.get()
                 if cmd is _STOP:
                     break
-                group = [cmd]  # everything waiting goes to the applier's thread in one hop
+                group = [cmd]  # everything waiting is applied at once
                 while not queue.empty() and not stop:
                     cmd = queue.get_nowait()
                     stop = cmd is _STOP
@@ -386,7 +387,10 @@ class Follow:
                 self._inflight = 1
                 done: list[Done] = []
                 try:
-                    await loop.run_in_executor(self._executor, runner.run, group, done)
+                    if is_small(group):  # caught up: the round trip blocks the loop, no hop
+                        runner.run(group, done)
+                    else:  # a backlog: the read loop decodes the next chunks meanwhile
+                        await loop.run_in_executor(self._executor, runner.run, group, done)
                 finally:
                     for item in done:
                         self._record(item, stream)
