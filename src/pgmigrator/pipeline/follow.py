@@ -240,14 +240,13 @@ class Follow:
                 track_times=self.conflicts is not None,
             )
             applied = asyncio.Event()  # the apply loop has ended
+            runner = CommandRunner(applier, self.settings.name)
             try:
                 async with asyncio.TaskGroup() as group:
-                    apply_task = group.create_task(
-                        self._apply_loop(applier, stream, queue, applied)
-                    )
+                    apply_task = group.create_task(self._apply_loop(runner, stream, queue, applied))
                     group.create_task(self._feedback_loop(progress, stream, applied))
                     group.create_task(self._monitor_loop(stream, applied))
-                    await self._read_loop(stream, reader, out, queue, apply_task)
+                    await self._read_loop(stream, reader, runner, out, queue, apply_task)
             except BaseExceptionGroup as group_error:
                 raise _first_error(group_error) from None
             stream.send_status()
@@ -262,10 +261,12 @@ class Follow:
         self,
         stream: ReplicationStream,
         reader: Reader,
+        runner: CommandRunner,
         out: list[Command],
         queue: asyncio.Queue[Any],
         apply_task: asyncio.Task[None],
     ) -> None:
+        turned = time.monotonic()  # when the loop last let the other tasks run
         while not self.stop_event.is_set() and not apply_task.done():
             if self.gate.paused:
                 reader.flush()  # commit what is batched, then hold still
@@ -275,20 +276,18 @@ class Follow:
                 continue
             msg = await stream.next(timeout=0)
             if msg is None:  # nothing waiting on the socket: commit what is batched, then wait
-                if not self._inflight and queue.empty():
-                    reader.flush()
-                    await self._drain(out, queue)
+                self._commit_if_free(reader, runner, out, queue, stream)
+                await self._drain(out, queue)
                 # else group commit: while the applier writes, what arrives joins the next batch;
                 # the apply loop wakes this wait once it is free (no await since the check)
                 msg = await stream.next(timeout=1.0)
             if msg is not None:
                 reader.feed(msg.data, msg.wal_end)
                 stream.pump(reader.feed, PUMP_MESSAGES, reader)  # what libpq holds, no await each
-                if not self._inflight and queue.empty():
-                    # the applier is free: what is complete goes now, even though more is coming
-                    # (waiting for a quiet socket or the batch's time limit under a steady load
-                    # kept the applier idle for up to `max_ms` and the follower never caught up)
-                    reader.flush()
+                # what is complete goes now if the applier is free, even though more is coming
+                # (waiting for a quiet socket or the batch's time limit under a steady load
+                # kept the applier idle for up to `max_ms` and the follower never caught up)
+                self._commit_if_free(reader, runner, out, queue, stream)
             await self._drain(out, queue)
             # an idle slot may advance past our last commit only once that commit is durable
             stream.idle = (
@@ -299,6 +298,9 @@ class Follow:
             )
             if stream.idle and reader.dropped_lsn > stream.flushed:
                 stream.flushed = reader.dropped_lsn  # our own changes coming back: nothing to apply
+            if time.monotonic() - turned >= 0.005:  # a socket never empty: feedback, monitor, API
+                await asyncio.sleep(0)
+                turned = time.monotonic()
         if not apply_task.done():  # a finished apply loop reads nothing more: never block here
             await queue.put(_STOP)
 
@@ -347,6 +349,41 @@ class Follow:
                 await self._advance_feedback(progress, stream)
         await self._advance_feedback(progress, stream)
 
+    def _commit_if_free(
+        self,
+        reader: Reader,
+        runner: CommandRunner,
+        out: list[Command],
+        queue: asyncio.Queue[Any],
+        stream: ReplicationStream,
+    ) -> None:
+        """With the applier idle and nothing queued: commit what is batched; apply it here if small."""
+        if self._inflight or not queue.empty():
+            return
+        reader.flush()
+        if is_small(out):
+            self._apply_here(runner, out, stream)
+
+    def _apply_here(
+        self, runner: CommandRunner, commands: list[Command], stream: ReplicationStream
+    ) -> None:
+        """Apply ``commands`` now, on this thread: the applier is idle and nothing is queued.
+
+        A caught-up follower's path: no queue, no wake-up of the apply task (which stays
+        waiting for the next large group), one destination round trip.
+        """
+        if not commands:
+            return
+        self._inflight = 1
+        done: list[Done] = []
+        try:
+            runner.run(commands, done)
+        finally:
+            commands.clear()
+            for item in done:
+                self._record(item, stream)
+            self._inflight = 0
+
     @staticmethod
     async def _drain(out: list[Command], queue: asyncio.Queue[Any]) -> None:
         """Hand the reader's commands to the apply loop, then let it run.
@@ -365,13 +402,12 @@ class Follow:
 
     async def _apply_loop(
         self,
-        applier: PostgresApplier,
+        runner: CommandRunner,
         stream: ReplicationStream,
         queue: asyncio.Queue[Any],
         ended: asyncio.Event,
     ) -> None:
         loop = asyncio.get_running_loop()
-        runner = CommandRunner(applier, self.settings.name)
         stop = False
         try:
             while not stop:
