@@ -18,20 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
-from pgmigrator.aio import wait_for
+from pgmigrator.aio import first_error, wait_for
 from pgmigrator.config import Settings
 from pgmigrator.destination.conflicts import ConflictPolicy
 from pgmigrator.destination.postgres import PostgresApplier
 from pgmigrator.destination.progress import OriginProgress
 from pgmigrator.dsn import Target
-from pgmigrator.errors import PgMigratorError, ReplicationError, RetryableReplicationError
+from pgmigrator.errors import PgMigratorError, ReplicationError
 from pgmigrator.events import pg_timestamp_to_datetime
 from pgmigrator.log import get_logger, set_level
 from pgmigrator.lsn import Lsn
 from pgmigrator.metrics import Collector
-from pgmigrator.pg import Conn, connect
+from pgmigrator.pg import connect
 from pgmigrator.pipeline.commands import (
     BatchLimits,
     Command,
@@ -44,6 +42,7 @@ from pgmigrator.pipeline.commands import (
 from pgmigrator.pipeline.gate import RunGate
 from pgmigrator.pipeline.reader import OriginFilter, Reader
 from pgmigrator.pipeline.resync import load_sync_lsns
+from pgmigrator.pipeline.sidetasks import confirm_durable, watch_source
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.pipeline.walbudget import WalBudgetWatcher
 from pgmigrator.retry import Backoff, exhausted
@@ -89,6 +88,7 @@ class Follow:
         self.stats = FollowStats()
         self.applied_lsn = Lsn(0)
         self.latest_lsn = Lsn(0)  # the source's current WAL position, polled every second
+        self._last_report = time.monotonic()
         self._inflight = 0
         self._sentinel_pending = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
@@ -244,11 +244,15 @@ class Follow:
             try:
                 async with asyncio.TaskGroup() as group:
                     apply_task = group.create_task(self._apply_loop(runner, stream, queue, applied))
-                    group.create_task(self._feedback_loop(progress, stream, applied))
-                    group.create_task(self._monitor_loop(stream, applied))
+                    group.create_task(
+                        confirm_durable(progress, stream, applied, lambda: self.applied_lsn)
+                    )
+                    group.create_task(
+                        watch_source(self.source, applied, lambda at: self._source_at(at, stream))
+                    )
                     await self._read_loop(stream, reader, runner, out, queue, apply_task)
             except BaseExceptionGroup as group_error:
-                raise _first_error(group_error) from None
+                raise first_error(group_error) from None
             stream.send_status()
         finally:
             self.collector.set_health("source", "down" if not self.stop_event.is_set() else "ok")
@@ -303,51 +307,6 @@ class Follow:
                 turned = time.monotonic()
         if not apply_task.done():  # a finished apply loop reads nothing more: never block here
             await queue.put(_STOP)
-
-    async def _monitor_loop(self, stream: ReplicationStream, ended: asyncio.Event) -> None:
-        """The source's WAL position once a second (the lag), a progress line every 5 s.
-
-        A task of its own: a query on a busy source takes milliseconds, and the read loop
-        awaiting it held every change arriving meanwhile. Its session is for the lag only: when
-        it fails (a switchover's fence ends it), the stream goes on and it reconnects next time.
-        """
-        monitor: Conn | None = None
-        last_report = time.monotonic()
-        try:
-            while True:  # the first probe at once: the lag is known from the start
-                try:
-                    if monitor is None or monitor.closed:
-                        monitor = await asyncio.to_thread(connect, self.source)
-                    self.latest_lsn = await asyncio.to_thread(_current_lsn, monitor)
-                except PgMigratorError as exc:
-                    log.debug("source position unknown this time", error=exc.message)
-                    if monitor is not None:
-                        await asyncio.to_thread(monitor.close)
-                    monitor = None
-                self._publish_lsns(stream)
-                if time.monotonic() - last_report >= 5.0:
-                    last_report = time.monotonic()
-                    self._report(stream)
-                if await _wait_event(ended, 1.0):
-                    break
-        finally:
-            if monitor is not None:
-                await asyncio.to_thread(monitor.close)
-
-    async def _feedback_loop(
-        self, progress: OriginProgress, stream: ReplicationStream, ended: asyncio.Event
-    ) -> None:
-        """Once a second, and once more at the end, confirm to the source what is on disk here.
-
-        The slot's confirmed position follows what the destination has flushed, not what it
-        committed (`OriginProgress`). The probe forces a WAL flush on the destination, which
-        takes tens of milliseconds on a busy disk: awaited between two batches, it delayed
-        every change behind it (heartbeat p99 of 200-300 ms under pgbench -c2).
-        """
-        while not await _wait_event(ended, 1.0):
-            if self.applied_lsn > stream.flushed:
-                await self._advance_feedback(progress, stream)
-        await self._advance_feedback(progress, stream)
 
     def _commit_if_free(
         self,
@@ -445,11 +404,6 @@ class Follow:
             self.collector.set_phase("switchover")
             self._sentinel_pending = True
 
-    async def _advance_feedback(self, progress: OriginProgress, stream: ReplicationStream) -> None:
-        durable = await asyncio.to_thread(progress.durable_lsn)  # not on the applier's thread
-        if durable > stream.flushed:
-            stream.flushed = durable
-
     def _committed(self, cmd: CommitBatch, stream: ReplicationStream) -> None:
         self.applied_lsn = cmd.end_lsn
         self.stats.transactions += cmd.transactions
@@ -468,6 +422,15 @@ class Follow:
             latest=max(self.latest_lsn, stream.received),
             commit_time=pg_timestamp_to_datetime(cmd.commit_time).timestamp(),  # the lag in time
         )
+
+    def _source_at(self, position: Lsn | None, stream: ReplicationStream) -> None:
+        """The source's WAL position (every second): the lag, and a progress line every 5 s."""
+        if position is not None:
+            self.latest_lsn = position
+        self._publish_lsns(stream)
+        if time.monotonic() - self._last_report >= 5.0:
+            self._last_report = time.monotonic()
+            self._report(stream)
 
     def _publish_lsns(self, stream: ReplicationStream) -> int:
         """Push applied / confirmed / latest positions to the collector; returns the lag in bytes."""
@@ -495,35 +458,3 @@ class Follow:
                 if t.get("rows_applied")
             ),
         )
-
-
-async def _wait_event(event: asyncio.Event, seconds: float) -> bool:
-    """Wait up to ``seconds`` for ``event``; True once it is set."""
-    with contextlib.suppress(TimeoutError):
-        await wait_for(event.wait(), seconds)
-    return event.is_set()
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to act on from a task group: ours first (it knows whether to retry), else the first."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    return next((e for e in leaves if isinstance(e, PgMigratorError)), leaves[0])
-
-
-def _current_lsn(conn: Conn) -> Lsn:
-    try:
-        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    except psycopg.Error as exc:  # e.g. terminated by a switchover's fence: reconnected next time
-        raise RetryableReplicationError(
-            f"source: the monitoring session failed: {str(exc).strip()}"
-        ) from exc
-    return Lsn.parse(row[0]) if row else Lsn(0)
