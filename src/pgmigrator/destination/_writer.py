@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import psycopg
-from psycopg import pq
+from psycopg import generators, pq
 
 from pgmigrator.destination import _sql
 from pgmigrator.destination._table import Table
@@ -84,7 +84,22 @@ class Deferred:
         """Send what waits, as one query (the caller turns an error into a precise one)."""
         statements, self.statements = self.statements, []
         if statements:
-            conn.execute(b"; ".join(statements))
+            run_simple(conn, b"; ".join(statements))
+
+
+def run_simple(conn: Conn, query: bytes) -> None:
+    """Run ``query`` (no parameters, results discarded) as one simple-protocol query.
+
+    What ``conn.execute(query)`` does without the cursor around it (a cursor object, the
+    prepared-statement bookkeeping and the result conversion were a tenth of a caught-up
+    follower's CPU); errors are psycopg's own, as ``execute`` raises them.
+    """
+    with conn.lock:
+        conn.pgconn.send_query(query)
+        results = conn.wait(generators.execute(conn.pgconn))
+    for res in results:
+        if res.status == pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
 
 
 _PLACEHOLDER = re.compile(rb"%(.)", re.DOTALL)
