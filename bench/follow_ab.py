@@ -97,7 +97,13 @@ class Backlogs:
         else:
             self.src.pgbench("bench", "-c2", "-t", str(TPCB_TXNS // 2), "-n")
         with self.src.connect("bench") as conn:
-            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            # the backlog's end: a transaction of its own, whose commit is applied last (the
+            # server's WAL position after the backlog could lie past every commit, when some
+            # background record came after it, and then no drain would ever reach it)
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT pg_logical_emit_message(true, 'pgm-bench', 'end')::text"
+                ).fetchone()
             conn.execute("CHECKPOINT")  # each drain starts from the same state
         return str(row[0]) if row else "0/0"
 

@@ -160,3 +160,30 @@ def test_follow_bad_input(pair: Pair, follower: list[subprocess.Popen[str]]) -> 
     res = pgmigrator("follow", "--source", pair.source, "--dest", pair.dest, timeout=120)
     assert res.returncode == 1 and "public.t" in res.stderr and "v" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_transaction_with_nothing_to_apply_still_moves_the_origin(
+    pair: Pair, follower: list[subprocess.Popen[str]]
+) -> None:
+    """A transaction whose only content is a logical message (or changes to unpublished tables)
+    is committed on the destination too: the origin, and so the slot, move past it."""
+    _load(pair)
+    follower.append(
+        start_pgmigrator("clone", "--follow", "--source", pair.source, "--dest", pair.dest)
+    )
+    _marker(pair, "ready")
+    _wait_marker(pair, "ready")
+    with pair.src() as conn:
+        conn.autocommit = True
+        lsn = conn.execute(
+            "SELECT pg_logical_emit_message(true, 'app', 'only this')::text"
+        ).fetchone()[0]  # type: ignore[index]
+
+    def applied() -> bool:
+        with pair.dst() as conn:
+            row = conn.execute(
+                "SELECT remote_lsn >= %s::pg_lsn FROM pg_replication_origin_status", (lsn,)
+            ).fetchone()
+        return bool(row and row[0])
+
+    wait_for(applied, timeout=60, interval=0.1, what="the origin past the message's transaction")

@@ -53,6 +53,9 @@ log = get_logger("apply")
 #: about 1 ms a batch more, VALUES parameters about 15 us a row more.
 SMALL_BATCH = 48
 _COMMIT = b"SELECT pg_replication_origin_xact_setup('%s'::pg_lsn, '%s'::timestamptz); COMMIT"
+#: A transaction that wrote nothing commits without a commit record, and so without moving the
+#: origin: an XID makes it write one (a source transaction holding only a logical message).
+_WRITE_NOTHING = b"SELECT pg_current_xact_id(); "
 _SESSION = (
     "SET session_replication_role = replica; SET synchronous_commit = off; "
     "SET enable_mergejoin = off; SET enable_hashjoin = off"
@@ -198,6 +201,8 @@ class PostgresApplier:
             str(end_lsn).encode(),
             pg_timestamp_to_datetime(commit_time_us).isoformat().encode(),
         )
+        if not self._txn_rows:
+            stmt = _WRITE_NOTHING + stmt
         deferred, doing = self._deferred, f"committing up to LSN {end_lsn}"
         try:
             if deferred is not None:  # the writes still waiting, then the commit: one round trip
