@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 from clone import (
@@ -491,11 +491,29 @@ class TreeProbe:
             self.peaks[pid] = max(self.peaks.get(pid, 0), _proc_status_kb(pid, "VmHWM"))
 
     def cpu_s(self) -> float:
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_s(self.pid)
+
+
+def proc_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (0 when it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_follow(ctx: Ctx, err: IO[str]) -> subprocess.Popen[str]:
+    """``pgmigrator follow`` on the benchmark's clusters, its log to ``err``."""
+    return subprocess.Popen(
+        [*PGMIGRATOR, "follow", *pgm_args(ctx)],
+        env=ctx.env,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+    )
 
 
 def stop_follow(proc: subprocess.Popen[str], log: Path) -> str:
@@ -535,13 +553,7 @@ def drain_pgmigrator(ctx: Ctx, wl: Workload, d: Drain) -> None:
     log = ctx.work / f"follow-{wl.key}.log"
     with log.open("w") as err, ctx.dest.connect(PGM_DB) as dst:
         launched, t0 = time.time(), time.perf_counter()
-        proc = subprocess.Popen(
-            [*PGMIGRATOR, "follow", *pgm_args(ctx)],
-            env=ctx.env,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
+        proc = start_follow(ctx, err)
         try:
             probe = TreeProbe(proc.pid)
             wait_for(

@@ -25,7 +25,6 @@ Run: ``.venv/bin/python bench/steady.py``
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from clone import PGMIGRATOR, BenchError, fmt, precompile, run_checked, write_json
+from clone import BenchError, fmt, precompile, run_checked, write_json
 from follow import (
     NATIVE,
     NATIVE_DB,
@@ -52,10 +51,11 @@ from follow import (
     checkpoint,
     load_source,
     native_state,
-    pgm_args,
+    proc_cpu_s,
     say,
     setup_native,
     setup_pgmigrator,
+    start_follow,
     stop_follow,
     wait_for,
 )
@@ -162,17 +162,6 @@ def run_load(ctx: Ctx, seconds: int, rate: float) -> tuple[float, list[int]]:
     return int(found.group(1)) / seconds, beat.ids
 
 
-def proc_cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of a process so far (0 when it is gone)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def backend_pid(ctx: Ctx, side: str) -> int | None:
     """The walsender's PID on the source, or the native apply worker's on the destination."""
     if side == "walsender":
@@ -234,13 +223,7 @@ def phase_none(ctx: Ctx, args: argparse.Namespace, ph: Phase) -> None:
 def phase_pgmigrator(ctx: Ctx, args: argparse.Namespace, ph: Phase) -> None:
     log = ctx.work / f"follow-{ph.round}.log"
     with log.open("w") as err:
-        proc = subprocess.Popen(
-            [*PGMIGRATOR, "follow", *pgm_args(ctx)],
-            env=ctx.env,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
+        proc = start_follow(ctx, err)
         probe = TreeProbe(proc.pid)
         try:
             caught_up(ctx, PGM_DB, probe.poll)

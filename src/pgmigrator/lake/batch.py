@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pgmigrator.events import Relation, TupleData
+from pgmigrator.events import PG_EPOCH_UNIX_US, Relation, TupleData
 from pgmigrator.lake.types import LakeType, to_arrow
 
 META_COLUMNS = ("_op", "_lsn", "_seq", "_commit_time")
@@ -143,7 +143,7 @@ class ChangeBuffer:
         arrays.append(pa.array([r.op for r in rows], pa.large_string()))
         arrays.append(pa.array([r.lsn for r in rows], pa.int64()))
         arrays.append(pa.array([r.seq for r in rows], pa.int32()))
-        micros = pa.array([r.commit_time + _PG_EPOCH_US for r in rows], pa.int64())
+        micros = pa.array([r.commit_time + PG_EPOCH_UNIX_US for r in rows], pa.int64())
         arrays.append(micros.cast(pa.timestamp("us", tz="UTC")))
         return pa.Table.from_arrays(arrays, names=[n for n, _ in columns] + list(META_COLUMNS))
 
@@ -157,9 +157,6 @@ class ChangeBuffer:
         """Every key changed in the batch (its current-state row is replaced or removed)."""
         rows = [(rel, values) for _, rel, values in self.net.values()]
         return pa.Table.from_arrays(_columns(rows, key_columns), names=[n for n, _ in key_columns])
-
-
-_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since the Unix epoch
 
 
 _KEY_INDEXES: dict[int, tuple[Relation, tuple[int, ...]]] = {}  # id(relation) -> (it, key indexes)

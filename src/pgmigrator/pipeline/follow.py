@@ -25,7 +25,7 @@ from pgmigrator.destination.postgres import PostgresApplier
 from pgmigrator.destination.progress import OriginProgress
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, ReplicationError
-from pgmigrator.events import pg_timestamp_to_datetime
+from pgmigrator.events import PG_EPOCH_UNIX_US
 from pgmigrator.log import get_logger, set_level
 from pgmigrator.lsn import Lsn
 from pgmigrator.metrics import Collector
@@ -326,10 +326,11 @@ class Follow:
     def _apply_here(
         self, runner: CommandRunner, commands: list[Command], stream: ReplicationStream
     ) -> None:
-        """Apply ``commands`` now, on this thread: the applier is idle and nothing is queued.
+        """Apply ``commands`` now, on the event loop's thread (the applier's thread is idle).
 
-        A caught-up follower's path: no queue, no wake-up of the apply task (which stays
-        waiting for the next large group), one destination round trip.
+        A caught-up follower's path, one destination round trip: from the read loop, with
+        nothing queued (no queue, no wake-up of the apply task), or from the apply loop for a
+        small group (no hop to the applier's thread and back).
         """
         if not commands:
             return
@@ -379,17 +380,17 @@ class Follow:
                     stop = cmd is _STOP
                     if not stop:
                         group.append(cmd)
-                self._inflight = 1
-                done: list[Done] = []
-                try:
-                    if is_small(group):  # caught up: the round trip blocks the loop, no hop
-                        runner.run(group, done)
-                    else:  # a backlog: the read loop decodes the next chunks meanwhile
+                if is_small(group):  # caught up: the round trip blocks the loop, no hop
+                    self._apply_here(runner, group, stream)
+                else:  # a backlog: the read loop decodes the next chunks meanwhile
+                    self._inflight = 1
+                    done: list[Done] = []
+                    try:
                         await loop.run_in_executor(self._executor, runner.run, group, done)
-                finally:
-                    for item in done:
-                        self._record(item, stream)
-                self._inflight = 0
+                    finally:
+                        for item in done:
+                            self._record(item, stream)
+                        self._inflight = 0
                 if queue.empty():
                     stream.wake()  # the read loop may commit what it gathered meanwhile
             await loop.run_in_executor(self._executor, runner.rollback)
@@ -420,7 +421,7 @@ class Follow:
             applied=cmd.end_lsn,
             confirmed=stream.flushed,
             latest=max(self.latest_lsn, stream.received),
-            commit_time=pg_timestamp_to_datetime(cmd.commit_time).timestamp(),  # the lag in time
+            commit_time=(PG_EPOCH_UNIX_US + cmd.commit_time) / 1e6,  # the lag in time
         )
 
     def _source_at(self, position: Lsn | None, stream: ReplicationStream) -> None:
