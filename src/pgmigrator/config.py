@@ -62,6 +62,18 @@ class CopySettings(BaseModel):
     max_attempts: int | None = Field(
         None, ge=1, description="attempts per chunk when the destination fails (default: retry's)"
     )
+    index_memory_mb: int = Field(
+        1024,
+        ge=1,
+        le=2_097_151 // 1024,
+        description="maintenance_work_mem of each post-data connection (index builds sort in memory up to this)",
+    )
+    index_parallel_workers: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="max_parallel_maintenance_workers of each post-data connection (0: the connections are the parallelism)",
+    )
 
 
 class RetrySettings(BaseModel):

@@ -10,11 +10,14 @@ import psycopg
 import pytest
 from psycopg import pq
 
+from pgmigrator.config import Settings
 from pgmigrator.dsn import Target
-from pgmigrator.pipeline import copyworker, plan
+from pgmigrator.pipeline import clone, copyworker, plan
 from pgmigrator.pipeline._pump import c_pump
 from pgmigrator.pipeline.copyworker import ChunkTask, Worker
 from pgmigrator.retry import RetryPolicy
+from pgmigrator.schema.apply import PostDataBuilder
+from pgmigrator.schema.dump import Entry, Script
 from pgmigrator.source.catalog import TableInfo
 from pgmigrator.store.state import StateStore
 from tests.conftest import Pair, pgmigrator
@@ -201,3 +204,35 @@ def test_c_loop_drains_the_source_before_a_failing_progress_callback_propagates(
         res = dst.pgconn.get_result()
         assert res is not None and res.command_status == b"COPY 5000"
         assert dst.pgconn.get_result() is None
+
+
+def test_post_data_connections_carry_the_configured_build_settings(pair: Pair) -> None:
+    settings = Settings(copy={"index_memory_mb": 300, "index_parallel_workers": 1})  # type: ignore[call-arg]
+    probe = Entry(
+        1,
+        "TRIGGER",
+        "probe",
+        "public",
+        "CREATE TABLE public.seen AS SELECT current_setting('maintenance_work_mem') AS mem,"
+        " current_setting('max_parallel_maintenance_workers') AS workers",
+    )
+    with pair.dst() as dst:
+        store = StateStore(dst, "default")
+        store.ensure_schema()
+        store.create("slot", "publication", "post-data")
+    builder = PostDataBuilder(
+        Target(pair.dest, "destination"),
+        Script("", (probe,)),
+        "default",
+        set(),
+        workers=2,
+        gucs=clone.build_gucs(settings),
+    )
+    builder.finish()
+    with pair.dst() as dst:
+        assert dst.execute("SELECT mem, workers FROM public.seen").fetchall() == [("300MB", "1")]
+        assert dst.execute(
+            "SELECT done FROM pgmigrator.post_data WHERE pipeline = 'default' AND seq = 1"
+        ).fetchall() == [(True,)]
+    defaults = clone.build_gucs(Settings())  # type: ignore[call-arg]
+    assert defaults == {"maintenance_work_mem": "1024MB", "max_parallel_maintenance_workers": "0"}

@@ -58,6 +58,7 @@ class PostDataBuilder:
         early: dict[tuple[str, str], TablePlan] | None = None,
         analyze: bool = False,
         fk_by_index: set[int] | None = None,
+        gucs: dict[str, str] | None = None,
     ) -> None:
         self.dest = dest
         self.script = script
@@ -66,6 +67,7 @@ class PostDataBuilder:
         self.early = dict(early or {})
         self.analyze = analyze
         self.fk_by_index = set(fk_by_index or ())
+        self.gucs = {"maintenance_work_mem": "256MB", **(gucs or {})}
         self.submitted: set[int] = set()
         self._local = threading.local()
         self._conns: list[Conn] = []
@@ -145,7 +147,8 @@ class PostDataBuilder:
         conn: Conn | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect(self.dest)
-            conn.execute("SET maintenance_work_mem = '256MB'")
+            for name, value in self.gucs.items():
+                conn.execute("SELECT set_config(%s, %s, false)", (name, value))
             if self.script.preamble.strip():
                 conn.execute(self.script.preamble)
             self._local.conn = conn
