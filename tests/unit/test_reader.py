@@ -20,7 +20,8 @@ from pgmigrator.events import (
 )
 from pgmigrator.lsn import Lsn
 from pgmigrator.pipeline.commands import BatchLimits, Changes, Command, CommitBatch
-from pgmigrator.pipeline.reader import OriginFilter, Reader
+from pgmigrator.pipeline.origins import OriginFilter
+from pgmigrator.pipeline.reader import Reader
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.protocol.runs import expand, take_row
 

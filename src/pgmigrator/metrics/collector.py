@@ -17,11 +17,9 @@ migration. Times come from an injected monotonic clock (durations, rates) and wa
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from typing import Any, Literal, get_args
 
@@ -29,6 +27,7 @@ from pgmigrator.lsn import Lsn
 from pgmigrator.metrics._records import COPIED_STATES, TableEstimate, _Health, _Sink, _Table
 from pgmigrator.metrics.format import format_lag, iso_utc, to_jsonable
 from pgmigrator.metrics.logring import DEFAULT_CAPACITY, LogEntry, LogRing, normalize_level
+from pgmigrator.metrics.publishing import Publishing
 from pgmigrator.metrics.subscription import Subscription
 from pgmigrator.metrics.window import SlidingWindow
 
@@ -36,12 +35,11 @@ HealthStatus = Literal["ok", "degraded", "down"]
 HEALTH_STATUSES: tuple[str, ...] = get_args(HealthStatus)
 
 SNAPSHOT_VERSION = 1
-_log = logging.getLogger(__name__)
 __all__ = ["COPIED_STATES", "HEALTH_STATUSES", "Collector", "Subscription", "TableEstimate"]
 LsnLike = Lsn | int | str | None
 
 
-class Collector:
+class Collector(Publishing):
     """Thread-safe aggregation of pipeline metrics; see the module docstring."""
 
     def __init__(
@@ -357,74 +355,6 @@ class Collector:
                 "logs": [e.to_dict() for e in self._logs.entries(self.snapshot_logs)],
             }
         return snap
-
-    # -- push to subscribers ---------------------------------------------------------------------
-
-    def subscribe(self, *, initial: bool = True) -> Subscription:
-        """A new async iterator of snapshots; with ``initial`` the current one comes first."""
-        sub = Subscription(self, self.snapshot() if initial else None)
-        with self._lock:
-            self._subscriptions.append(sub)
-        return sub
-
-    def unsubscribe(self, sub: Subscription) -> None:
-        """Stop pushing to ``sub``; its iteration ends after any snapshot still pending."""
-        with self._lock, contextlib.suppress(ValueError):
-            self._subscriptions.remove(sub)
-        sub.close()
-
-    def publish_now(self) -> None:
-        """Push one snapshot to every subscriber now (what the publisher task does each tick)."""
-        with self._lock:
-            subs = list(self._subscriptions)
-        if subs:
-            snap = self.snapshot()
-            for sub in subs:
-                sub.offer(snap)
-
-    def start_publisher(self, interval: float | None = None) -> asyncio.Task[None]:
-        """Start the task pushing a snapshot every ``interval`` s (default publish_interval)."""
-        if self._publisher is None or self._publisher.done():
-            every = self.publish_interval if interval is None else interval
-            self._publisher = asyncio.get_running_loop().create_task(
-                self._publish_loop(every), name=f"metrics-publisher-{self.pipeline}"
-            )
-        return self._publisher
-
-    async def stop_publisher(self, *, close_subscriptions: bool = True) -> None:
-        """Stop the task, push a last snapshot and (by default) end every subscription."""
-        task, self._publisher = self._publisher, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-        self.publish_now()
-        if close_subscriptions:
-            with self._lock:
-                subs, self._subscriptions = self._subscriptions, []
-            for sub in subs:
-                sub.close()
-
-    @contextlib.asynccontextmanager
-    async def publishing(self, interval: float | None = None) -> AsyncIterator[Collector]:
-        """``async with collector.publishing():`` runs the publisher for the block."""
-        self.start_publisher(interval)
-        try:
-            yield self
-        finally:
-            await self.stop_publisher()
-
-    async def _publish_loop(self, interval: float) -> None:
-        while True:
-            try:
-                self.publish_now()
-            except Exception:  # a bug in a snapshot must not end the push for good
-                _log.exception("metrics: publishing a snapshot failed")
-            await asyncio.sleep(interval)
 
     # -- internals (the lock is held by the caller) ----------------------------------------------
 

@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pgmigrator.metrics.collector import Collector
+    from pgmigrator.metrics.publishing import Publishing
 
 
 class Subscription:
@@ -20,7 +20,7 @@ class Subscription:
     One snapshot dict is shared by all subscribers of a tick: treat it as read-only.
     """
 
-    def __init__(self, collector: Collector, initial: dict[str, Any] | None = None) -> None:
+    def __init__(self, collector: Publishing, initial: dict[str, Any] | None = None) -> None:
         self._collector = collector
         self._pending = initial
         self._event = asyncio.Event()

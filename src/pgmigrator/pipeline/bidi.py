@@ -38,7 +38,7 @@ from pgmigrator.metrics import Collector
 from pgmigrator.pg import Conn, connect
 from pgmigrator.pipeline.bidi_settings import BidiSettings
 from pgmigrator.pipeline.follow import Follow, FollowStats
-from pgmigrator.pipeline.reader import OriginFilter
+from pgmigrator.pipeline.origins import OriginFilter
 from pgmigrator.source.slots import drop_publication, drop_slot, slot_status
 from pgmigrator.store.state import StateStore
 

@@ -24,12 +24,11 @@ from pgmigrator.destination.conflicts import ConflictPolicy
 from pgmigrator.destination.postgres import PostgresApplier
 from pgmigrator.destination.progress import OriginProgress
 from pgmigrator.dsn import Target
-from pgmigrator.errors import PgMigratorError, ReplicationError
+from pgmigrator.errors import PgMigratorError
 from pgmigrator.events import PG_EPOCH_UNIX_US
 from pgmigrator.log import get_logger, set_level
 from pgmigrator.lsn import Lsn
 from pgmigrator.metrics import Collector
-from pgmigrator.pg import connect
 from pgmigrator.pipeline.commands import (
     BatchLimits,
     Command,
@@ -39,16 +38,16 @@ from pgmigrator.pipeline.commands import (
     Done,
     is_small,
 )
+from pgmigrator.pipeline.followstate import load_state
 from pgmigrator.pipeline.gate import RunGate
-from pgmigrator.pipeline.reader import OriginFilter, Reader
+from pgmigrator.pipeline.origins import OriginFilter
+from pgmigrator.pipeline.reader import Reader
 from pgmigrator.pipeline.resync import load_sync_lsns
 from pgmigrator.pipeline.sidetasks import confirm_durable, watch_source
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.pipeline.walbudget import WalBudgetWatcher
 from pgmigrator.retry import Backoff, exhausted
 from pgmigrator.source.replication import ReplicationStream
-from pgmigrator.source.slots import slot_status
-from pgmigrator.store.state import StateStore
 from pgmigrator.stream.reload import ReloadPlan
 
 log = get_logger("follow")
@@ -124,7 +123,9 @@ class Follow:
         return await self.gate.run(self._run())
 
     async def _run(self) -> FollowStats:
-        slot, publication, sync_lsns = await asyncio.to_thread(self._load_state)
+        state = await asyncio.to_thread(load_state, self.settings, self.source, self.dest)
+        slot, publication, sync_lsns = state.slot, state.publication, state.sync_lsns
+        self.applied_lsn = max(self.applied_lsn, state.confirmed)
         self.collector.set_info("slot", slot)
         backoff = self._backoff = Backoff(self.settings.retry.policy())
         budget = self._budget = WalBudgetWatcher(
@@ -160,46 +161,6 @@ class Follow:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             self._executor.shutdown(wait=True)
-
-    def _load_state(self) -> tuple[str, str, dict[tuple[str, str], Lsn]]:
-        with connect(self.dest) as dst:
-            store = StateStore(dst, self.settings.name)
-            store.ensure_schema()
-            row = store.load()
-            slot = self.settings.slot or (row.slot if row else self.settings.slot_name)
-            publication = self.settings.publication or (
-                row.publication if row else self.settings.publication_name
-            )
-            sync = (
-                {(t.schema, t.name): t.sync_lsn for t in store.tables() if t.sync_lsn is not None}
-                if row
-                else {}
-            )
-        with connect(self.source) as src:
-            status = slot_status(src, slot)
-            has_publication = src.execute(
-                "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
-            ).fetchone()
-        if status is None:
-            raise ReplicationError(
-                f"replication slot {slot!r} does not exist on the source",
-                hint="run `pgmigrator clone` first (it creates the slot), or pass the right --slot/--name",
-            )
-        if not has_publication:
-            raise ReplicationError(
-                f"publication {publication!r} does not exist on the source",
-                hint="create it (`pgmigrator clone` does) or pass the right --publication",
-            )
-        if status.active:
-            raise ReplicationError(
-                f"replication slot {slot!r} is in use by another consumer (walsender PID {status.active_pid})",
-                hint="stop the other `pgmigrator follow` (or subscriber) using this slot, or use another --name",
-            )
-        self.applied_lsn = max(self.applied_lsn, status.confirmed_flush or Lsn(0))
-        if row is not None:
-            with connect(self.dest) as dst:
-                StateStore(dst, self.settings.name).set_phase("streaming")
-        return slot, publication, {k: v for k, v in sync.items() if v is not None}
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

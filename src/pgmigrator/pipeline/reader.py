@@ -8,11 +8,12 @@ each XLogData payload and forwards the commands it emits, in order, to the appli
 - ``CommitBatch`` (commit the destination transaction at a source commit boundary).
 
 Many source transactions go into one destination transaction while there is a backlog (limits by
-rows and milliseconds); the follow loop calls :meth:`Reader.flush` as soon as no further message is
-waiting on the socket, so a caught-up stream commits each transaction at once (latency). (The
-walsender's XLogData ``wal_end`` is the record's own LSN in logical replication, not the server's
-WAL end, so it cannot tell whether a backlog exists.) A table copied under a later snapshot skips changes of transactions committed
-before its sync LSN (DESIGN.md rule 2). Streamed transactions are spilled to disk until they commit.
+rows and milliseconds); the follow loop calls :meth:`Reader.flush` as soon as the applier is free,
+so a caught-up stream commits each transaction at once (latency) and a backlog gathers while the
+applier works. (The walsender's XLogData ``wal_end`` is the record's own LSN in logical
+replication, not the server's WAL end, so it cannot tell whether a backlog exists.) A table
+copied under a later snapshot skips changes of transactions committed before its sync LSN
+(DESIGN.md rule 2). Streamed transactions are spilled to disk until they commit.
 
 Bidirectional replication (DESIGN.md rule 6): with an `OriginFilter`, a transaction whose pgoutput
 Origin message ('O', sent right after Begin or StreamStart) names one of our own replication
@@ -56,6 +57,7 @@ from pgmigrator.pipeline.commands import (
     CommitBatch,
     Sentinel,
 )
+from pgmigrator.pipeline.origins import OriginFilter
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.protocol import PgOutputDecoder, decode_message
 from pgmigrator.protocol.pgoutput import begin_fields, commit_fields, decode_row_change
@@ -67,31 +69,6 @@ if TYPE_CHECKING:
 _BEGIN_TAG, _COMMIT_TAG = ord("B"), ord("C")
 _int_new = int.__new__  # _int_new(Lsn, v): an `Lsn` from a UInt64 the wire gave, no range check
 _ROW_TAGS = frozenset(b"IUD")
-
-
-@dataclass
-class OriginFilter:
-    """Drop the transactions that carry one of ``origins`` (ours): nothing loops back.
-
-    PostgreSQL 15's pgoutput has no ``origin`` option (16+), so the filter runs here, on the
-    Origin message the server sends at the start of every transaction written under a
-    replication origin. Only the named origins are dropped: changes that other replication
-    (a native subscription, another tool) wrote into the source still flow.
-    """
-
-    origins: frozenset[str]
-    transactions: int = 0  # dropped so far
-    rows: int = 0  # changes inside them
-    last_lsn: Lsn = field(default_factory=lambda: Lsn(0))  # end of the last one dropped
-    streams: set[int] = field(default_factory=set)  # streamed transactions being dropped
-
-    def drops(self, origin: str) -> bool:
-        return origin in self.origins
-
-    def dropped(self, end_lsn: Lsn) -> None:
-        self.transactions += 1
-        if end_lsn > self.last_lsn:
-            self.last_lsn = end_lsn
 
 
 @dataclass
