@@ -297,8 +297,8 @@ def _machine_busy_s() -> float:
     return (user + nice + system + irq + softirq) / CLK_TCK
 
 
-def _bench_cpu_s(postmasters: set[int]) -> float:
-    """CPU used so far by this process, its reaped children and both clusters' server processes."""
+def server_cpu_s(postmasters: set[int]) -> float:
+    """CPU used so far by the clusters of ``postmasters``: every server process, exited ones too."""
     ticks = 0
     for entry in Path("/proc").iterdir():
         fields = _proc_fields(entry.name) if entry.name.isdigit() else None
@@ -308,17 +308,26 @@ def _bench_cpu_s(postmasters: set[int]) -> float:
             ticks += sum(int(v) for v in fields[11:15])
         elif int(fields[1]) in postmasters:
             ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK_TCK
+
+
+def postmaster_pid(cluster: Cluster) -> int:
+    return int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+
+
+def _bench_cpu_s(postmasters: set[int]) -> float:
+    """CPU used so far by this process, its reaped children and both clusters' server processes."""
     own = os.times()
-    return ticks / CLK_TCK + own.user + own.system + own.children_user + own.children_system
+    return (
+        server_cpu_s(postmasters) + own.user + own.system + own.children_user + own.children_system
+    )
 
 
 class LoadMeter:
     """How much of the machine's CPU went to processes outside the benchmark during a run."""
 
     def __init__(self, clusters: tuple[Cluster, ...]) -> None:
-        self.postmasters = {
-            int((c.datadir / "postmaster.pid").read_text().split()[0]) for c in clusters
-        }
+        self.postmasters = {postmaster_pid(c) for c in clusters}
         self.start = (time.monotonic(), _machine_busy_s(), _bench_cpu_s(self.postmasters))
 
     def other_pct(self) -> float:

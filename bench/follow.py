@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,9 +54,11 @@ from clone import (
     BenchError,
     LoadMeter,
     fmt,
+    postmaster_pid,
     precompile,
     run_checked,
     scalar,
+    server_cpu_s,
     wide_fill_sql,
     write_json,
 )
@@ -125,6 +128,9 @@ class Drain:
     rows_per_s: float | None = None
     other_cpu_pct: float | None = None
     client_cpu_s: float | None = None  # CPU of the consumer process (pgmigrator, pg_recvlogical)
+    source_cpu_s: float | None = None  # the source cluster's server processes (the walsender)
+    dest_cpu_s: float | None = None  # the destination's (the applier's backend, native's worker)
+    walsender_cpu_s: float | None = None  # the walsender serving this consumer's slot
     peak_rss_kb: int | None = None  # pgmigrator follow (and children): peak VmHWM
     startup_s: float | None = None  # pgmigrator: launch to its "streaming" log line
     reached_lsn: str | None = None  # origin progress / slot confirmed_flush afterwards
@@ -668,15 +674,62 @@ DRAINERS: dict[str, Callable[[Ctx, Workload, Drain], None]] = {
 }
 
 
+SLOTS = {"pgmigrator": PGM_ORIGIN, "native": NATIVE, "pg_recvlogical": RECV}
+
+
+class WalsenderProbe:
+    """CPU of the walsender(s) serving one slot, polled every 50 ms on a thread of its own.
+
+    The walsender starts when its consumer connects and exits when it leaves, so its last
+    reading before it went is kept (the CPU of its final 50 ms may be missed).
+    """
+
+    def __init__(self, source: Cluster, slot: str) -> None:
+        self.source, self.slot = source, slot
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="walsender-probe", daemon=True)
+
+    def __enter__(self) -> WalsenderProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def cpu_s(self) -> float:
+        return sum(self.seen.values())
+
+    def _run(self) -> None:
+        with self.source.connect(SOURCE_DB) as conn:
+            while not self._stop.is_set():
+                row = conn.execute(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
+                ).fetchone()
+                for pid in list(self.seen) + ([row[0]] if row and row[0] else []):
+                    if (cpu := proc_cpu_s(pid)) > 0:
+                        self.seen[pid] = cpu
+                self._stop.wait(0.05)
+
+
 def drain(ctx: Ctx, wl: Workload, tool: str) -> Drain:
     d = Drain(tool)
     settle(ctx)
     checkpoint(ctx.source, ctx.dest)
     meter = LoadMeter((ctx.source, ctx.dest))
+    servers = {postmaster_pid(ctx.source)}, {postmaster_pid(ctx.dest)}
+    before = [server_cpu_s(pids) for pids in servers]
+    sender = WalsenderProbe(ctx.source, SLOTS[tool])
     try:
-        DRAINERS[tool](ctx, wl, d)
+        with sender:
+            DRAINERS[tool](ctx, wl, d)
     except (BenchError, subprocess.SubprocessError, OSError, psycopg.Error) as exc:
         d.error = str(exc)
+    d.walsender_cpu_s = round(sender.cpu_s(), 2)
+    d.source_cpu_s, d.dest_cpu_s = (
+        round(server_cpu_s(pids) - cpu, 2) for pids, cpu in zip(servers, before, strict=True)
+    )
     d.other_cpu_pct = meter.other_pct()
     if d.seconds is not None:
         d.seconds = round(d.seconds, 2)
@@ -783,6 +836,13 @@ def label(wl: Workload, args: argparse.Namespace) -> str:
     ]
 
 
+def cpu_cells(d: Drain | None) -> str:
+    if d is None:
+        return "-"
+    cells = (d.client_cpu_s, d.walsender_cpu_s, d.source_cpu_s, d.dest_cpu_s)
+    return "/".join(fmt(v, ".1f") for v in cells)
+
+
 def print_report(
     workloads: list[Workload], summary: dict[str, Any], args: argparse.Namespace
 ) -> None:
@@ -811,6 +871,16 @@ def print_report(
             )
             + f"{fmt(pgm.startup_s if pgm else None, '.2f'):>15}"
         )
+    print(f"\n{'CPU s':<15}" + "".join(f"{t + ' c/w/s/d':>24}" for t in TOOLS))
+    for wl in workloads:
+        print(
+            f"{label(wl, args):<15}" + "".join(f"{cpu_cells(wl.drains.get(t)):>24}" for t in TOOLS)
+        )
+    print(
+        "(c/w/s/d: CPU of the consumer process / its walsender / the source's server processes"
+        " (walsender included) / the destination's;"
+        " native's consumer is its apply worker, in d)"
+    )
     print(
         f"\nnative/pgmigrator > 1: pgmigrator faster.  pgmigrator/pg_recvlogical target <= {TARGET_RECV_RATIO}: "
         + ", ".join(

@@ -16,7 +16,7 @@ from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.protocol.runs import InsertRun, expand
 from pgmigrator.source._rowpump import row_pump
 from pgmigrator.source.replication import ReplicationStream
-from tests.conftest import Pair
+from tests.conftest import Pair, wait_for
 
 WORKLOAD = [
     "CREATE TABLE t (id int PRIMARY KEY, v text, big text, n numeric)",
@@ -116,3 +116,42 @@ def test_c_row_pump_and_python_loop_read_the_same_changes(
     runs = [x for cmd in c if isinstance(cmd, Changes) for x in cmd.changes]
     runs = [x for x in runs if isinstance(x, InsertRun)]
     assert sum(r.rows for r in runs) >= 1100 and max(r.rows for r in runs) == 97
+
+
+def test_one_pump_takes_everything_the_kernel_holds(pair: Pair) -> None:
+    """A pump reads past libpq's first buffer (16 KB): a backlog goes in a few turns, not one per
+    16 KB, each of which would be a destination commit."""
+    with pair.src() as conn:
+        conn.autocommit = True
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        conn.execute("CREATE PUBLICATION pub FOR ALL TABLES")
+        start = Lsn.parse(
+            conn.execute(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot('s', 'pgoutput')"
+            ).fetchone()[0]  # type: ignore[index]
+        )
+        conn.execute("INSERT INTO t SELECT generate_series(1, 3000)")  # ~100 KB of Insert messages
+        end = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+
+    async def read() -> int:
+        reader = Reader([].append, {}, SpillStore(), BatchLimits())
+        stream = ReplicationStream(Target(pair.source, "source"), "s", "pub", streaming=False)
+        stream.open(start)
+        try:
+            with pair.src() as conn:  # everything sent: it is in our socket's receive queue
+                wait_for(
+                    lambda: conn.execute(
+                        "SELECT sent_lsn >= %s FROM pg_stat_replication", (end,)
+                    ).fetchone()[0],  # type: ignore[index]
+                    what="the walsender to send the transaction",
+                )
+            msg = await stream.next(timeout=10)
+            assert msg is not None
+            reader.feed(msg.data, msg.wal_end)
+            return 1 + stream.pump(reader.feed, 10**6, None)  # the Python loop: one per message
+        finally:
+            stream.close()
+
+    fed = asyncio.run(read())
+    # Begin, Relation, 3000 Inserts, Commit: a single 16 KB read holds about 500 of them
+    assert fed >= 3000

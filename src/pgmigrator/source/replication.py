@@ -39,6 +39,10 @@ log = get_logger("replication")
 _XLOG_TAG = ord("w")
 _WAL_END = struct.Struct("!Q").unpack_from
 _int_new = int.__new__  # an unpacked UInt64 is always a valid LSN: skip the range check
+#: Extra non-blocking reads a `pump` may make when libpq's buffer (16 KB to start) runs dry: it
+#: takes what the kernel holds at once (a turn of the follow loop per 16 KB made the catch-up of
+#: single-row transactions one destination commit per handful of transactions).
+REFILLS = 16
 
 
 class RowSink(Protocol):
@@ -138,10 +142,11 @@ class ReplicationStream:
         limit: int,
         rows: RowSink | None = None,
     ) -> int:
-        """Feed up to ``limit`` XLogData messages that libpq already holds, with no ``await`` each.
+        """Feed up to ``limit`` XLogData messages already received, with no ``await`` each.
 
         The backlog hot path: ``next`` costs an event-loop round per message; this reads what
-        is buffered in a tight loop (keepalives handled as usual) and returns how many it fed.
+        libpq and the kernel hold in a tight loop (keepalives handled as usual; up to `REFILLS`
+        non-blocking reads of the socket) and returns how many it fed.
         With ``rows`` and the C loop available, runs of row changes skip ``feed``: they are
         decoded from libpq's buffer straight into the list ``rows.fast_rows()`` names.
         """
@@ -150,6 +155,7 @@ class ReplicationStream:
         txn = self._txn
         fast = row_pump() if rows is not None and txn is not None else None
         fed = 0
+        refills = REFILLS
         try:
             while fed < limit:
                 target = None
@@ -162,11 +168,18 @@ class ReplicationStream:
                     fed += appended
                     if rest is None:
                         if appended < want and not txn.flush_due:
-                            break  # libpq holds no further complete message
+                            if not refills:
+                                break  # libpq holds no further complete message
+                            refills -= 1
+                            pgconn.consume_input()  # what the kernel holds meanwhile
                         continue
                     data: memoryview | bytes = rest
                 else:
                     size, data = pgconn.get_copy_data(1)
+                    if size == 0 and refills:
+                        refills -= 1
+                        pgconn.consume_input()
+                        size, data = pgconn.get_copy_data(1)
                     if size <= 0:
                         if size < 0:
                             raise self._stream_end()
