@@ -14,6 +14,7 @@ from pgmigrator.pipeline.commands import BatchLimits, Changes, Command, CommitBa
 from pgmigrator.pipeline.reader import Reader
 from pgmigrator.pipeline.spill import SpillStore
 from pgmigrator.protocol.runs import InsertRun, expand
+from pgmigrator.source import replication
 from pgmigrator.source._rowpump import row_pump
 from pgmigrator.source.replication import ReplicationStream
 from tests.conftest import Pair, wait_for
@@ -155,3 +156,49 @@ def test_one_pump_takes_everything_the_kernel_holds(pair: Pair) -> None:
     fed = asyncio.run(read())
     # Begin, Relation, 3000 Inserts, Commit: a single 16 KB read holds about 500 of them
     assert fed >= 3000
+
+
+def test_a_flush_position_that_moved_is_acknowledged_without_waiting_for_the_interval(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot's restart point follows only acknowledged positions: they go out within
+    FLUSH_REPORT_S (0 here), not every status_interval (10 s) or when the walsender asks."""
+    monkeypatch.setattr(replication, "FLUSH_REPORT_S", 0.0)
+    with pair.src() as conn:
+        conn.autocommit = True
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        conn.execute("CREATE PUBLICATION pub FOR ALL TABLES")
+        conn.execute("SELECT pg_create_logical_replication_slot('s', 'pgoutput')")
+        start = Lsn.parse(
+            conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots").fetchone()[0]  # type: ignore[index]
+        )
+        conn.execute("INSERT INTO t SELECT generate_series(1, 10)")
+
+        async def read_then_flush() -> Lsn:
+            stream = ReplicationStream(Target(pair.source, "source"), "s", "pub", streaming=False)
+            stream.open(start)
+            try:
+                msg = await stream.next(timeout=10)
+                assert msg is not None
+                stream.pump(lambda data, lsn: None, 10**6)
+                stream.send_status()  # a status update just went out...
+                stream.flushed = stream.received  # ...then the destination commits
+                stream.tick()
+                received = stream.received
+                wait_for(
+                    lambda: (
+                        Lsn.parse(
+                            conn.execute(
+                                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots"
+                            ).fetchone()[0]  # type: ignore[index]
+                        )
+                        >= received
+                    ),
+                    timeout=5,
+                    what="the slot to confirm the new flush position",
+                )
+                return received
+            finally:
+                stream.close()
+
+        assert asyncio.run(read_then_flush()) > start
