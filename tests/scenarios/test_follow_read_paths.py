@@ -202,3 +202,77 @@ def test_a_flush_position_that_moved_is_acknowledged_without_waiting_for_the_int
                 stream.close()
 
         assert asyncio.run(read_then_flush()) > start
+
+
+def test_settle_acknowledges_the_walsenders_position_when_nothing_is_unapplied(
+    pair: Pair,
+) -> None:
+    """A clean stop with nothing unapplied acknowledges everything the walsender decoded, not
+    just the last commit applied: the slot's restart point can only move to a running-
+    transactions record below an acknowledged position, and the last one (a checkpoint's here)
+    lies after the last commit, so without it the next start decodes the applied WAL again."""
+    with pair.src() as conn:
+        conn.autocommit = True
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (id int)")
+        conn.execute("CREATE PUBLICATION pub FOR TABLE t")
+        for slot in ("plain", "settled"):
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+
+        def lsn(query: str, *params: object) -> Lsn:
+            return Lsn.parse(conn.execute(query, params).fetchone()[0])  # type: ignore[index]
+
+        conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
+        last = lsn("SELECT pg_current_wal_lsn()::text")
+        conn.execute("INSERT INTO other VALUES (1)")  # WAL after it the stream never shows
+        conn.execute("CHECKPOINT")
+        end = lsn("SELECT pg_current_wal_lsn()::text")
+
+        async def apply_then_stop(slot: str) -> None:
+            stream = ReplicationStream(Target(pair.source, "source"), slot, "pub", streaming=False)
+            stream.open(Lsn(0))  # from the slot's confirmed position
+            applied = [Lsn(0)]
+
+            def feed(data: object, wal_end: Lsn) -> None:
+                applied[0] = max(applied[0], wal_end)
+
+            try:
+                while applied[0] < last:  # read the transaction (as if applied)
+                    msg = await stream.next(timeout=10)
+                    assert msg is not None
+                    feed(msg.data, msg.wal_end)
+                    stream.pump(feed, 10**6)
+                stream.flushed, stream.idle = applied[0], True
+                wait_for(
+                    lambda: (
+                        lsn(
+                            "SELECT sent_lsn::text FROM pg_stat_replication r"
+                            " JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE slot_name = %s",
+                            slot,
+                        )
+                        >= end
+                    ),
+                    what="the walsender to decode past the checkpoint",
+                )
+                if slot == "settled":
+                    await stream.settle()
+                stream.send_status()  # the final status update of every stop
+            finally:
+                stream.close()
+
+        for slot in ("plain", "settled"):
+            asyncio.run(apply_then_stop(slot))
+        wait_for(
+            lambda: (
+                not conn.execute("SELECT bool_or(active) FROM pg_replication_slots").fetchone()[0]
+            ),  # type: ignore[index]
+            what="the walsenders to exit",
+        )
+        slots = {
+            r[0]: (Lsn.parse(r[1]), Lsn.parse(r[2]))
+            for r in conn.execute(
+                "SELECT slot_name, confirmed_flush_lsn::text, restart_lsn::text FROM pg_replication_slots"
+            )
+        }
+    assert slots["plain"][0] == last  # what was applied
+    assert slots["settled"][0] >= end  # past the checkpoint: nothing unapplied lies before it
+    assert slots["settled"][1] >= slots["plain"][1]

@@ -218,6 +218,7 @@ class Follow:
                     await self._read_loop(stream, reader, runner, out, queue, apply_task)
             except BaseExceptionGroup as group_error:
                 raise first_error(group_error) from None
+            await stream.settle()  # nothing unapplied: the slot's restart point catches up
             stream.send_status()
         finally:
             self.collector.set_health("source", "down" if not self.stop_event.is_set() else "ok")
