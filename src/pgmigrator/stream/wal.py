@@ -215,6 +215,7 @@ class WalStream:
             drained = await self.bus.close(self.settings.stream.drain_timeout_s)
             self.stats.drained = drained
             self._advance(stream)
+            await stream.settle()  # everything delivered: the slot's restart point catches up
             stream.send_status()
             log.info("stopped", flushed_lsn=str(self.flushed), drained=drained)
         finally:
