@@ -131,7 +131,7 @@ def test_one_pump_takes_everything_the_kernel_holds(pair: Pair) -> None:
                 "SELECT lsn::text FROM pg_create_logical_replication_slot('s', 'pgoutput')"
             ).fetchone()[0]  # type: ignore[index]
         )
-        conn.execute("INSERT INTO t SELECT generate_series(1, 3000)")  # ~100 KB of Insert messages
+        conn.execute("INSERT INTO t SELECT generate_series(1, 2000)")  # ~100 KB of Insert messages
         end = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
 
     async def read() -> int:
@@ -142,7 +142,9 @@ def test_one_pump_takes_everything_the_kernel_holds(pair: Pair) -> None:
             with pair.src() as conn:  # everything sent: it is in our socket's receive queue
                 wait_for(
                     lambda: conn.execute(
-                        "SELECT sent_lsn >= %s FROM pg_stat_replication", (end,)
+                        "SELECT sent_lsn >= %s FROM pg_stat_replication WHERE pid ="
+                        " (SELECT active_pid FROM pg_replication_slots WHERE slot_name = 's')",
+                        (end,),
                     ).fetchone()[0],  # type: ignore[index]
                     what="the walsender to send the transaction",
                 )
@@ -154,8 +156,8 @@ def test_one_pump_takes_everything_the_kernel_holds(pair: Pair) -> None:
             stream.close()
 
     fed = asyncio.run(read())
-    # Begin, Relation, 3000 Inserts, Commit: a single 16 KB read holds about 500 of them
-    assert fed >= 3000
+    # Begin, Relation, 2000 Inserts, Commit: a single 16 KB read holds about 350 of them
+    assert fed >= 2000
 
 
 def test_a_flush_position_that_moved_is_acknowledged_without_waiting_for_the_interval(
@@ -170,7 +172,9 @@ def test_a_flush_position_that_moved_is_acknowledged_without_waiting_for_the_int
         conn.execute("CREATE PUBLICATION pub FOR ALL TABLES")
         conn.execute("SELECT pg_create_logical_replication_slot('s', 'pgoutput')")
         start = Lsn.parse(
-            conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots").fetchone()[0]  # type: ignore[index]
+            conn.execute(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 's'"
+            ).fetchone()[0]  # type: ignore[index]
         )
         conn.execute("INSERT INTO t SELECT generate_series(1, 10)")
 
@@ -178,9 +182,9 @@ def test_a_flush_position_that_moved_is_acknowledged_without_waiting_for_the_int
             stream = ReplicationStream(Target(pair.source, "source"), "s", "pub", streaming=False)
             stream.open(start)
             try:
-                msg = await stream.next(timeout=10)
-                assert msg is not None
-                stream.pump(lambda data, lsn: None, 10**6)
+                while stream.received <= start:  # the Begin alone may still sit at start
+                    assert await stream.next(timeout=10) is not None
+                    stream.pump(lambda data, lsn: None, 10**6)
                 stream.send_status()  # a status update just went out...
                 stream.flushed = stream.received  # ...then the destination commits
                 stream.tick()
@@ -190,6 +194,7 @@ def test_a_flush_position_that_moved_is_acknowledged_without_waiting_for_the_int
                         Lsn.parse(
                             conn.execute(
                                 "SELECT confirmed_flush_lsn::text FROM pg_replication_slots"
+                                " WHERE slot_name = 's'"
                             ).fetchone()[0]  # type: ignore[index]
                         )
                         >= received
@@ -222,12 +227,11 @@ def test_settle_acknowledges_the_walsenders_position_when_nothing_is_unapplied(
             return Lsn.parse(conn.execute(query, params).fetchone()[0])  # type: ignore[index]
 
         conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
-        last = lsn("SELECT pg_current_wal_lsn()::text")
         conn.execute("INSERT INTO other VALUES (1)")  # WAL after it the stream never shows
         conn.execute("CHECKPOINT")
         end = lsn("SELECT pg_current_wal_lsn()::text")
 
-        async def apply_then_stop(slot: str) -> None:
+        async def apply_then_stop(slot: str) -> Lsn:
             stream = ReplicationStream(Target(pair.source, "source"), slot, "pub", streaming=False)
             stream.open(Lsn(0))  # from the slot's confirmed position
             applied = [Lsn(0)]
@@ -235,12 +239,11 @@ def test_settle_acknowledges_the_walsenders_position_when_nothing_is_unapplied(
             def feed(data: object, wal_end: Lsn) -> None:
                 applied[0] = max(applied[0], wal_end)
 
-            try:
-                while applied[0] < last:  # read the transaction (as if applied)
-                    msg = await stream.next(timeout=10)
-                    assert msg is not None
+            try:  # read the transaction (as if applied) until nothing more comes for a second
+                while (msg := await stream.next(timeout=1.0)) is not None:
                     feed(msg.data, msg.wal_end)
                     stream.pump(feed, 10**6)
+                assert applied[0] > Lsn(0)
                 stream.flushed, stream.idle = applied[0], True
                 wait_for(
                     lambda: (
@@ -258,12 +261,16 @@ def test_settle_acknowledges_the_walsenders_position_when_nothing_is_unapplied(
                 stream.send_status()  # the final status update of every stop
             finally:
                 stream.close()
+            return applied[0]
 
-        for slot in ("plain", "settled"):
-            asyncio.run(apply_then_stop(slot))
+        last = asyncio.run(apply_then_stop("plain"))
+        asyncio.run(apply_then_stop("settled"))
         wait_for(
             lambda: (
-                not conn.execute("SELECT bool_or(active) FROM pg_replication_slots").fetchone()[0]
+                not conn.execute(
+                    "SELECT bool_or(active) FROM pg_replication_slots"
+                    " WHERE slot_name IN ('plain', 'settled')"
+                ).fetchone()[0]
             ),  # type: ignore[index]
             what="the walsenders to exit",
         )
@@ -271,6 +278,7 @@ def test_settle_acknowledges_the_walsenders_position_when_nothing_is_unapplied(
             r[0]: (Lsn.parse(r[1]), Lsn.parse(r[2]))
             for r in conn.execute(
                 "SELECT slot_name, confirmed_flush_lsn::text, restart_lsn::text FROM pg_replication_slots"
+                " WHERE slot_name IN ('plain', 'settled')"
             )
         }
     assert slots["plain"][0] == last  # what was applied
