@@ -119,18 +119,22 @@ def test_c_row_pump_and_python_loop_read_the_same_changes(
     assert sum(r.rows for r in runs) >= 1100 and max(r.rows for r in runs) == 97
 
 
+def _table_and_slot(conn: Any) -> Lsn:
+    """Table ``t``, publication ``pub`` and slot ``s`` (autocommit); returns the slot's start."""
+    conn.autocommit = True
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    conn.execute("CREATE PUBLICATION pub FOR ALL TABLES")
+    row = conn.execute(
+        "SELECT lsn::text FROM pg_create_logical_replication_slot('s', 'pgoutput')"
+    ).fetchone()
+    return Lsn.parse(row[0])
+
+
 def test_one_pump_takes_everything_the_kernel_holds(pair: Pair) -> None:
     """A pump reads past libpq's first buffer (16 KB): a backlog goes in a few turns, not one per
     16 KB, each of which would be a destination commit."""
     with pair.src() as conn:
-        conn.autocommit = True
-        conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
-        conn.execute("CREATE PUBLICATION pub FOR ALL TABLES")
-        start = Lsn.parse(
-            conn.execute(
-                "SELECT lsn::text FROM pg_create_logical_replication_slot('s', 'pgoutput')"
-            ).fetchone()[0]  # type: ignore[index]
-        )
+        start = _table_and_slot(conn)
         conn.execute("INSERT INTO t SELECT generate_series(1, 2000)")  # ~100 KB of Insert messages
         end = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
 
@@ -167,15 +171,7 @@ def test_a_flush_position_that_moved_is_acknowledged_without_waiting_for_the_int
     FLUSH_REPORT_S (0 here), not every status_interval (10 s) or when the walsender asks."""
     monkeypatch.setattr(replication, "FLUSH_REPORT_S", 0.0)
     with pair.src() as conn:
-        conn.autocommit = True
-        conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
-        conn.execute("CREATE PUBLICATION pub FOR ALL TABLES")
-        conn.execute("SELECT pg_create_logical_replication_slot('s', 'pgoutput')")
-        start = Lsn.parse(
-            conn.execute(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 's'"
-            ).fetchone()[0]  # type: ignore[index]
-        )
+        start = _table_and_slot(conn)
         conn.execute("INSERT INTO t SELECT generate_series(1, 10)")
 
         async def read_then_flush() -> Lsn:
