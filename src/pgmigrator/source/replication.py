@@ -160,7 +160,7 @@ class ReplicationStream:
         txn = self._txn
         fast = row_pump() if rows is not None and txn is not None else None
         fed = 0
-        refills = REFILLS
+        refills, dry = REFILLS, False  # dry: the last refill brought no complete message
         try:
             while fed < limit:
                 target = None
@@ -171,24 +171,26 @@ class ReplicationStream:
                     want = min(target[1], limit - fed)
                     appended, rest = self._pump_rows(fast, rows, txn, target[0], want)
                     fed += appended
+                    dry = dry and not appended
                     if rest is None:
                         if appended < want and not txn.flush_due:
-                            if not refills:
-                                break  # libpq holds no further complete message
-                            refills -= 1
+                            if dry or not refills:
+                                break  # no further complete message, here or in the kernel
+                            refills, dry = refills - 1, True
                             pgconn.consume_input()  # what the kernel holds meanwhile
                         continue
                     data: memoryview | bytes = rest
                 else:
                     size, data = pgconn.get_copy_data(1)
-                    if size == 0 and refills:
-                        refills -= 1
+                    if size < 0:
+                        raise self._stream_end()
+                    if size == 0:  # as above
+                        if dry or not refills:
+                            break
+                        refills, dry = refills - 1, True
                         pgconn.consume_input()
-                        size, data = pgconn.get_copy_data(1)
-                    if size <= 0:
-                        if size < 0:
-                            raise self._stream_end()
-                        break
+                        continue
+                dry = False
                 fed += self._handle(data, feed)
         except psycopg.Error as exc:
             raise RetryableReplicationError(f"replication connection lost: {exc}") from exc
@@ -290,7 +292,7 @@ class ReplicationStream:
         restart point past the WAL already applied, so the next start does not decode it again
         (bench/follow.py's single-row catch-up after a 300k-row one: its walsender 6.0 -> 3.9 s
         of CPU, the drain 6.9 -> 4.8 s). Gives up at once if a change arrives (it is not
-        applied: nothing moves past it).
+        applied: nothing moves past it). The caller's final status update carries the position.
         """
         if not self.idle or self.conn is None:
             return
@@ -301,7 +303,6 @@ class ReplicationStream:
             if await self.next(timeout=min(left, 0.05)) is not None:
                 self.idle = False
                 return
-        self.send_status()
 
     def wake(self) -> None:
         """Make a `next` that is waiting for the socket return (None if nothing came) at once."""
