@@ -19,13 +19,12 @@ tables first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgmigrator.aio import wait_for
+from pgmigrator.aio import wait_event
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError
 from pgmigrator.events import Begin, Commit, Delete, Insert, Relation, Truncate, Update
@@ -111,8 +110,7 @@ class LakeStream:
                     self.collector.record_error(exc.message, component="lake")
                     self.collector.set_health("source", "down", exc.message)
                 log.warning("stream interrupted, reconnecting", error=exc.message)
-                with contextlib.suppress(TimeoutError):
-                    await wait_for(self.stop_event.wait(), delay)
+                await wait_event(self.stop_event, delay)
                 delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
         return self.stats
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from pgmigrator.aio import wait_for
+from pgmigrator.aio import wait_event
 from pgmigrator.errors import ConfigError, StateError
 from pgmigrator.metrics.collector import Collector
 from pgmigrator.metrics.format import STALE_AFTER_S, parse_iso
@@ -259,8 +259,7 @@ class StatePersister:
     async def _run(self) -> None:
         while not self._stop.is_set():
             await self.write_now()
-            with contextlib.suppress(TimeoutError):
-                await wait_for(self._stop.wait(), self.interval)
+            await wait_event(self._stop, self.interval)
 
     async def __aenter__(self) -> StatePersister:
         self.start()

@@ -22,13 +22,12 @@ time is later than the source changes made during the copy) are never conflicts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from psycopg import sql
 
-from pgmigrator.aio import wait_for
+from pgmigrator.aio import wait_event
 from pgmigrator.config import Settings
 from pgmigrator.destination.conflicts import Conflict, ConflictMode, ConflictPolicy
 from pgmigrator.dsn import Target
@@ -349,8 +348,7 @@ class Bidirectional:
     async def _report(self, plan: Plan) -> None:
         while not self._stop.is_set():
             self._publish(plan)
-            with contextlib.suppress(TimeoutError):
-                await wait_for(self._stop.wait(), 2.0)
+            await wait_event(self._stop, 2.0)
         self._publish(plan)
 
     def _publish(self, plan: Plan) -> None:

@@ -9,12 +9,11 @@ illegal request is refused with the reason, and the collector shows the run stat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from pgmigrator.aio import wait_for
+from pgmigrator.aio import wait_event
 from pgmigrator.log import get_logger
 from pgmigrator.pipeline.lifecycle import Lifecycle
 
@@ -95,8 +94,7 @@ class RunGate:
         try:
             while self.paused and not self.stop_event.is_set():
                 tick()
-                with contextlib.suppress(TimeoutError):
-                    await wait_for(self.resumed.wait(), 1.0)
+                await wait_event(self.resumed, 1.0)
         finally:
             self.held.clear()
 

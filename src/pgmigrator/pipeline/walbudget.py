@@ -21,7 +21,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from pgmigrator.aio import wait_for
+from pgmigrator.aio import wait_event
 from pgmigrator.config import WalBudgetSettings
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError
@@ -141,8 +141,7 @@ class WalBudgetWatcher:
         try:
             while not stop.is_set():
                 await asyncio.to_thread(self._tick)
-                with contextlib.suppress(TimeoutError):
-                    await wait_for(stop.wait(), interval)
+                await wait_event(stop, interval)
         finally:
             await asyncio.to_thread(self.close)
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pgmigrator.aio import wait_for
+from pgmigrator.aio import wait_event
 from pgmigrator.errors import PgMigratorError, RetryableSinkError, SinkError, is_retryable
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import ZERO, Lsn
@@ -142,8 +142,7 @@ class SinkWorker:
             if remaining <= 0:
                 return
             self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await wait_for(self._wakeup.wait(), remaining)
+            await wait_event(self._wakeup, remaining)
 
     def _take(self) -> tuple[Sequence[Event], Lsn | None, int]:
         events, mark, nbytes = self._items.popleft()
@@ -219,8 +218,7 @@ class SinkWorker:
         log.warning(
             "sink failed, retrying", sink=self.name, error=error.message, retry_in_s=round(delay, 2)
         )
-        with contextlib.suppress(TimeoutError):  # a detach cuts the wait short
-            await wait_for(self._detach.wait(), delay * random.uniform(0.5, 1.0))
+        await wait_event(self._detach, delay * random.uniform(0.5, 1.0))  # a detach cuts it short
         self.bus.collector.sink_counter(self.name, retried=events)
         return min(delay * 2, self.policy.retry_max_s)
 

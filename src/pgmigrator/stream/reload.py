@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pgmigrator import config as configmod
-from pgmigrator.aio import wait_for
+from pgmigrator.aio import wait_event
 from pgmigrator.errors import ConfigError
 from pgmigrator.log import get_logger
 
@@ -120,8 +120,7 @@ class ReloadWatcher:
         watch = asyncio.create_task(self._watch_file(stop)) if self.config_file else None
         try:
             while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await wait_for(self._trigger.wait(), 1.0)
+                await wait_event(self._trigger, 1.0)
                 if self._trigger.is_set():
                     self._trigger.clear()
                     await self.reload()

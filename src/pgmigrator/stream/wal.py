@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from pgmigrator.aio import wait_for
+from pgmigrator.aio import wait_event
 from pgmigrator.config import Settings
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, RetryableReplicationError
@@ -183,8 +183,7 @@ class WalStream:
                 log.warning(
                     "connection lost, reconnecting", error=exc.message, retry_in_s=round(delay, 1)
                 )
-                with contextlib.suppress(TimeoutError):
-                    await wait_for(self.stop_event.wait(), delay)
+                await wait_event(self.stop_event, delay)
                 delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
 
     async def _session(self, prepared: Prepared) -> None:
