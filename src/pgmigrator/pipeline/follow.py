@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from pgmigrator.aio import first_error, wait_for
+from pgmigrator.aio import first_error, wait_event
 from pgmigrator.config import Settings
 from pgmigrator.destination.conflicts import ConflictPolicy
 from pgmigrator.destination.postgres import PostgresApplier
@@ -167,8 +168,7 @@ class Follow:
             self._executor.shutdown(wait=True)
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await wait_for(self.stop_event.wait(), seconds)
+        await wait_event(self.stop_event, seconds)
 
     async def _session(
         self, slot: str, publication: str, sync_lsns: dict[tuple[str, str], Lsn]
@@ -310,12 +310,20 @@ class Follow:
         """
         if not commands:
             return
+        with self._applying(stream) as done:
+            try:
+                runner.run(commands, done)
+            finally:
+                commands.clear()
+
+    @contextlib.contextmanager
+    def _applying(self, stream: ReplicationStream) -> Iterator[list[Done]]:
+        """A group in flight: what it reports done is recorded, even when it fails part way."""
         self._inflight = 1
         done: list[Done] = []
         try:
-            runner.run(commands, done)
+            yield done
         finally:
-            commands.clear()
             for item in done:
                 self._record(item, stream)
             self._inflight = 0
@@ -359,14 +367,8 @@ class Follow:
                 if is_small(group):  # caught up: the round trip blocks the loop, no hop
                     self._apply_here(runner, group, stream)
                 else:  # a backlog: the read loop decodes the next chunks meanwhile
-                    self._inflight = 1
-                    done: list[Done] = []
-                    try:
+                    with self._applying(stream) as done:
                         await loop.run_in_executor(self._executor, runner.run, group, done)
-                    finally:
-                        for item in done:
-                            self._record(item, stream)
-                        self._inflight = 0
                 if queue.empty():
                     stream.wake()  # the read loop may commit what it gathered meanwhile
             await loop.run_in_executor(self._executor, runner.rollback)
