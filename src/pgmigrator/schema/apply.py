@@ -67,7 +67,7 @@ class PostDataBuilder:
         self.early = dict(early or {})
         self.analyze = analyze
         self.fk_by_index = set(fk_by_index or ())
-        self.gucs = {"maintenance_work_mem": "256MB", **(gucs or {})}
+        self.gucs = dict(gucs or {})  # the clone passes copy.index_* (clone.build_gucs)
         self.submitted: set[int] = set()
         self._local = threading.local()
         self._conns: list[Conn] = []
