@@ -131,6 +131,9 @@ class Drain:
     source_cpu_s: float | None = None  # the source cluster's server processes (the walsender)
     dest_cpu_s: float | None = None  # the destination's (the applier's backend, native's worker)
     walsender_cpu_s: float | None = None  # the walsender serving this consumer's slot
+    walsender_sys_s: float | None = None  # ... of which kernel time
+    walsender_waits: int | None = None  # ... its voluntary context switches (times it slept)
+    tcp_segments: int | None = None  # TCP segments sent on the machine during the drain
     peak_rss_kb: int | None = None  # pgmigrator follow (and children): peak VmHWM
     startup_s: float | None = None  # pgmigrator: launch to its "streaming" log line
     reached_lsn: str | None = None  # origin progress / slot confirmed_flush afterwards
@@ -511,6 +514,35 @@ def proc_cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def proc_sys_s(pid: int) -> float:
+    """Kernel CPU seconds of a process so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def tcp_segments() -> int:
+    """TCP segments sent so far in this network namespace (``Tcp: OutSegs``, /proc/net/snmp)."""
+    lines = Path("/proc/net/snmp").read_text().splitlines()
+    for head, vals in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("Tcp:"):
+            return int(dict(zip(head.split(), vals.split(), strict=False))["OutSegs"])
+    return 0
+
+
+def proc_waits(pid: int) -> int:
+    """Voluntary context switches of a process so far: how often it went to sleep."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next(
+        (int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_")), 0
+    )
+
+
 def start_follow(ctx: Ctx, err: IO[str]) -> subprocess.Popen[str]:
     """``pgmigrator follow`` on the benchmark's clusters, its log to ``err``."""
     return subprocess.Popen(
@@ -570,6 +602,9 @@ def drain_pgmigrator(ctx: Ctx, wl: Workload, d: Drain) -> None:
             d.seconds = time.perf_counter() - t0
             probe.poll()
             d.client_cpu_s = round(probe.cpu_s(), 2)
+            d.notes.append(
+                f"consumer: {proc_sys_s(proc.pid):.2f} s kernel, {proc_waits(proc.pid):,} sleeps"
+            )
             d.peak_rss_kb = sum(probe.peaks.values())
         finally:
             out = stop_follow(proc, log)
@@ -686,7 +721,7 @@ class WalsenderProbe:
 
     def __init__(self, source: Cluster, slot: str) -> None:
         self.source, self.slot = source, slot
-        self.seen: dict[int, float] = {}
+        self.seen: dict[int, tuple[float, float, int]] = {}  # pid: (cpu s, sys s, sleeps)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="walsender-probe", daemon=True)
 
@@ -699,7 +734,13 @@ class WalsenderProbe:
         self._thread.join()
 
     def cpu_s(self) -> float:
-        return sum(self.seen.values())
+        return sum(v[0] for v in self.seen.values())
+
+    def sys_s(self) -> float:
+        return sum(v[1] for v in self.seen.values())
+
+    def waits(self) -> int:
+        return sum(v[2] for v in self.seen.values())
 
     def _run(self) -> None:
         with self.source.connect(SOURCE_DB) as conn:
@@ -709,7 +750,7 @@ class WalsenderProbe:
                 ).fetchone()
                 for pid in list(self.seen) + ([row[0]] if row and row[0] else []):
                     if (cpu := proc_cpu_s(pid)) > 0:
-                        self.seen[pid] = cpu
+                        self.seen[pid] = (cpu, proc_sys_s(pid), proc_waits(pid))
                 self._stop.wait(0.05)
 
 
@@ -721,12 +762,15 @@ def drain(ctx: Ctx, wl: Workload, tool: str) -> Drain:
     servers = {postmaster_pid(ctx.source)}, {postmaster_pid(ctx.dest)}
     before = [server_cpu_s(pids) for pids in servers]
     sender = WalsenderProbe(ctx.source, SLOTS[tool])
+    segments = tcp_segments()
     try:
         with sender:
             DRAINERS[tool](ctx, wl, d)
     except (BenchError, subprocess.SubprocessError, OSError, psycopg.Error) as exc:
         d.error = str(exc)
     d.walsender_cpu_s = round(sender.cpu_s(), 2)
+    d.tcp_segments = tcp_segments() - segments
+    d.walsender_sys_s, d.walsender_waits = round(sender.sys_s(), 2), sender.waits()
     d.source_cpu_s, d.dest_cpu_s = (
         round(server_cpu_s(pids) - cpu, 2) for pids, cpu in zip(servers, before, strict=True)
     )
@@ -843,6 +887,14 @@ def cpu_cells(d: Drain | None) -> str:
     return "/".join(fmt(v, ".1f") for v in cells)
 
 
+def walsender_cells(d: Drain | None) -> str:
+    if d is None:
+        return "-"
+    return "/".join(
+        (fmt(d.walsender_sys_s, ".2f"), fmt(d.walsender_waits, ","), fmt(d.tcp_segments, ","))
+    )
+
+
 def print_report(
     workloads: list[Workload], summary: dict[str, Any], args: argparse.Namespace
 ) -> None:
@@ -876,10 +928,16 @@ def print_report(
         print(
             f"{label(wl, args):<15}" + "".join(f"{cpu_cells(wl.drains.get(t)):>24}" for t in TOOLS)
         )
+    print(f"\n{'walsender':<15}" + "".join(f"{t + ' sys/sleeps/segs':>28}" for t in TOOLS))
+    for wl in workloads:
+        print(
+            f"{label(wl, args):<15}"
+            + "".join(f"{walsender_cells(wl.drains.get(t)):>28}" for t in TOOLS)
+        )
     print(
         "(c/w/s/d: CPU of the consumer process / its walsender / the source's server processes"
         " (walsender included) / the destination's;"
-        " native's consumer is its apply worker, in d)"
+        " native's consumer is its apply worker, in d; walsender: its kernel CPU s, how often it slept, TCP segments sent on the machine)"
     )
     print(
         f"\nnative/pgmigrator > 1: pgmigrator faster.  pgmigrator/pg_recvlogical target <= {TARGET_RECV_RATIO}: "
