@@ -26,12 +26,13 @@ from typing import LiteralString, cast
 import psycopg
 from psycopg import sql
 
-from pgmigrator.destination import _sql, _writer, conflicts
+from pgmigrator.destination import _writer, conflicts
+from pgmigrator.destination._session import apply_error, open_session
 from pgmigrator.destination._table import Table, describe, same_layout
 from pgmigrator.destination.compact import NetEffect, Step, compact, may_collide
 from pgmigrator.destination.conflicts import ConflictPolicy
 from pgmigrator.dsn import Target
-from pgmigrator.errors import ApplyError, PgMigratorError, RetryableApplyError
+from pgmigrator.errors import ApplyError, RetryableApplyError
 from pgmigrator.events import (
     Delete,
     Insert,
@@ -43,7 +44,7 @@ from pgmigrator.events import (
 )
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
-from pgmigrator.pg import Conn, connect, translate
+from pgmigrator.pg import Conn
 from pgmigrator.protocol.runs import InsertRun, expand
 
 log = get_logger("apply")
@@ -56,10 +57,6 @@ _COMMIT = b"SELECT pg_replication_origin_xact_setup('%s'::pg_lsn, '%s'::timestam
 #: A transaction that wrote nothing commits without a commit record, and so without moving the
 #: origin: an XID makes it write one (a source transaction holding only a logical message).
 _WRITE_NOTHING = b"SELECT pg_current_xact_id(); "
-_SESSION = (
-    "SET session_replication_role = replica; SET synchronous_commit = off; "
-    "SET enable_mergejoin = off; SET enable_hashjoin = off"
-)
 _SAVEPOINT = "pgm_apply"
 Change = Insert | Update | Delete
 Item = Change | InsertRun  # a run: inserts the replication stream's C loop kept undecoded
@@ -118,39 +115,9 @@ class PostgresApplier:
     def start(self) -> Lsn:
         """(Re)connect, set up the session and origin; return the LSN to resume from."""
         self.close()
-        try:
-            conn = connect(self._target, autocommit=True)
-        except PgMigratorError as exc:
-            cls = RetryableApplyError if exc.retryable else ApplyError
-            raise cls(exc.message, hint=exc.hint) from exc
-        self._conn = conn
-        conn.adapters.register_dumper(bytes, _sql.TextBytesDumper)
-        try:
-            conn.execute(_SESSION)
-            lsn = self._setup_origin(conn)
-        except psycopg.Error as exc:
-            self.close()
-            if getattr(exc, "sqlstate", None) == "55006":  # object in use
-                raise RetryableApplyError(
-                    f"replication origin {self._origin!r} is in use by another session",
-                    hint="another applier runs with this origin, or a previous session is still "
-                    "exiting: retry shortly",
-                ) from exc
-            raise self._error(exc, f"setting up replication origin {self._origin!r}") from exc
+        self._conn, self._origin_id, lsn = open_session(self._target, self._origin)
         log.info("applier ready", origin=self._origin, resume_lsn=str(lsn))
         return lsn
-
-    def _setup_origin(self, conn: Conn) -> Lsn:
-        name = (self._origin,)
-        row = conn.execute("SELECT pg_replication_origin_oid(%s)", name).fetchone()
-        if row is None or row[0] is None:
-            row = conn.execute("SELECT pg_replication_origin_create(%s)", name).fetchone()
-        self._origin_id = int(row[0]) if row else 0
-        conn.execute("SELECT pg_replication_origin_session_setup(%s)", name)
-        # Resume from the destination's own record, never from one kept by this process (after
-        # kill -9 the destination may hold one batch more than the process logged).
-        row = conn.execute("SELECT pg_replication_origin_progress(%s, true)::text", name).fetchone()
-        return Lsn.parse(row[0] if row else None)
 
     def close(self) -> None:
         """Drop the connection (an open transaction is rolled back by the server)."""
@@ -483,7 +450,5 @@ class PostgresApplier:
             raise ApplyError("no open destination transaction: call begin() first")
 
     def _error(self, exc: BaseException, doing: str) -> ApplyError:
-        err = translate(exc, self._target, doing)
         broken = self._conn is not None and self._conn.broken
-        cls = RetryableApplyError if err.retryable or broken else ApplyError
-        return cls(err.message, hint=err.hint)
+        return apply_error(exc, self._target, doing, broken=broken)
