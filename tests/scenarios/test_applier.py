@@ -356,6 +356,37 @@ def test_small_writes_go_with_the_commit_and_fail_clearly(
         assert durable(pair, applier) == Lsn(100)
 
 
+def test_statement_shapes_are_prepared_once_a_session(pair: Pair, applier: PostgresApplier) -> None:
+    """Small writes run as EXECUTE of a statement prepared once per shape; a prepared statement
+    outlives a failed transaction, and a batch that failed before its PREPARE ran leaves no name
+    behind for a later batch to EXECUTE."""
+    with pair.dst() as dst:
+        dst.execute("CREATE TABLE t (id int PRIMARY KEY, a text, b int CHECK (b < 100))")
+        dst.execute("CREATE TABLE other (id int PRIMARY KEY, a text, b int)")
+        dst.execute("INSERT INTO other VALUES (5, 'o', 5)")
+        applier.start()
+        applier.relation(T)
+        applier.relation(relation(2, "other", "id,a,b"))
+        for i in range(3):
+            apply_txn(applier, [Insert(1, row(i, "a", i))], lsn=100 + i)
+        session = applier._conn  # the applier's own session: prepared statements are per session
+        assert session is not None
+        assert rows(session, "SELECT name, parameter_types::text FROM pg_prepared_statements") == [
+            ("pgm_1", "{integer,text,integer}")
+        ]
+
+        applier.begin()  # t's insert fails; the delete from other, a new shape, comes after it
+        applier.apply([Insert(1, row(10, "x", 500)), Delete(2, row(5, None, None), "K")])
+        with pytest.raises(ApplyError, match="t_b_check"):
+            applier.commit(Lsn(200), 0)
+        applier.rollback()
+
+        apply_txn(applier, [Insert(1, row(20, "z", 1)), Delete(2, row(5, None, None), "K")], 300)
+        assert rows(dst, "SELECT id FROM t ORDER BY id") == [(0,), (1,), (2,), (20,)]
+        assert rows(dst, "SELECT count(*) FROM other") == [(0,)]
+        assert durable(pair, applier) == Lsn(300)
+
+
 def test_terminated_backend_is_retryable(pair: Pair, applier: PostgresApplier) -> None:
     with pair.dst() as dst:
         dst.execute("CREATE TABLE t (id int PRIMARY KEY, a text, b int)")

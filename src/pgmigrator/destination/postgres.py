@@ -91,6 +91,7 @@ class PostgresApplier:
         self._open_copy: _writer.OpenCopy | None = None  # inserts still streaming into a table
         self._deferred: _writer.Deferred | None = None  # small writes waiting for the commit
         self._templates: dict[bytes, list[bytes]] = {}  # the deferred statements, split
+        self._prepared = _writer.Prepared()  # ... and those the session has prepared
         self._in_txn = False
         self._rows_applied = 0
         self._doing = ""
@@ -116,6 +117,7 @@ class PostgresApplier:
         """(Re)connect, set up the session and origin; return the LSN to resume from."""
         self.close()
         self._conn, self._origin_id, lsn = open_session(self._target, self._origin)
+        self._prepared = _writer.Prepared()
         log.info("applier ready", origin=self._origin, resume_lsn=str(lsn))
         return lsn
 
@@ -154,7 +156,7 @@ class PostgresApplier:
         if self._in_txn:
             raise ApplyError("begin() called inside an open destination transaction")
         if self._conflicts is None:  # (a conflict check needs every write now)
-            self._deferred = _writer.Deferred(self._need_conn(), self._templates)
+            self._deferred = _writer.Deferred(self._need_conn(), self._templates, self._prepared)
             self._deferred.append(b"BEGIN")
         else:
             self._run("BEGIN", doing="opening a transaction")
