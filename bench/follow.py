@@ -712,6 +712,17 @@ DRAINERS: dict[str, Callable[[Ctx, Workload, Drain], None]] = {
 SLOTS = {"pgmigrator": PGM_ORIGIN, "native": NATIVE, "pg_recvlogical": RECV}
 
 
+def slot_redecode_mib(ctx: Ctx, slot: str) -> float:
+    """WAL between the slot's restart point and its confirmed position: decoded again, unsent."""
+    with ctx.source.connect(SOURCE_DB) as conn:
+        row = conn.execute(
+            "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)"
+            " FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+    return float(row[0] or 0) / 2**20 if row else 0.0
+
+
 class WalsenderProbe:
     """CPU of the walsender(s) serving one slot, polled every 50 ms on a thread of its own.
 
@@ -762,6 +773,7 @@ def drain(ctx: Ctx, wl: Workload, tool: str) -> Drain:
     servers = {postmaster_pid(ctx.source)}, {postmaster_pid(ctx.dest)}
     before = [server_cpu_s(pids) for pids in servers]
     sender = WalsenderProbe(ctx.source, SLOTS[tool])
+    d.notes.append(f"slot: {slot_redecode_mib(ctx, SLOTS[tool]):.0f} MiB of WAL decoded again")
     segments = tcp_segments()
     try:
         with sender:
