@@ -193,7 +193,9 @@ def cached(t: Table, key: tuple[Any, ...], build: Callable[..., Any], *args: Any
     return found
 
 
-def _chunks(rows: Sequence[TupleData], width: int) -> list[Sequence[TupleData]]:
+def _chunks(rows: Sequence[TupleData], width: int) -> Sequence[Sequence[TupleData]]:
+    if len(rows) <= 1:  # (most calls: a caught-up follower's single-row steps)
+        return (rows,) if rows else ()
     size = max(1, min(VALUES_ROWS, 65535 // max(width, 1)))
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
