@@ -53,10 +53,10 @@ log = get_logger("apply")
 #: Measured crossover on the 2-core dev box (mixed updates and inserts): COPY + staging costs
 #: about 1 ms a batch more, VALUES parameters about 15 us a row more.
 SMALL_BATCH = 48
-_COMMIT = b"SELECT pg_replication_origin_xact_setup('%s'::pg_lsn, '%s'::timestamptz); COMMIT"
+_ORIGIN_SETUP = b"SELECT pg_replication_origin_xact_setup(%s::pg_lsn, %s::timestamptz)"
 #: A transaction that wrote nothing commits without a commit record, and so without moving the
 #: origin: an XID makes it write one (a source transaction holding only a logical message).
-_WRITE_NOTHING = b"SELECT pg_current_xact_id(); "
+_WRITE_NOTHING = b"SELECT pg_current_xact_id()"
 _SAVEPOINT = "pgm_apply"
 Change = Insert | Update | Delete
 Item = Change | InsertRun  # a run: inserts the replication stream's C loop kept undecoded
@@ -166,21 +166,22 @@ class PostgresApplier:
         """Record ``end_lsn`` as the origin's progress and commit it with the rows."""
         self._need_txn()
         conn = self._need_conn(flush=False)
-        stmt = _COMMIT % (  # both rendered from integers: nothing to quote
-            str(end_lsn).encode(),
-            pg_timestamp_to_datetime(commit_time_us).isoformat().encode(),
-        )
-        if not self._txn_rows:
-            stmt = _WRITE_NOTHING + stmt
+        at = pg_timestamp_to_datetime(commit_time_us).isoformat().encode()
+        setup = (str(end_lsn).encode(), at)  # both rendered from integers: nothing to quote
+        head = [] if self._txn_rows else [_WRITE_NOTHING]
         deferred, doing = self._deferred, f"committing up to LSN {end_lsn}"
         try:
             if deferred is not None:  # the writes still waiting, then the commit: one round trip
                 if deferred.tables:
                     doing = f"applying changes to {', '.join(sorted(deferred.tables))} and {doing}"
-                deferred.append(stmt)
+                for stmt in head:
+                    deferred.append(stmt)
+                deferred.execute(_ORIGIN_SETUP, setup)  # prepared, like the writes
+                deferred.append(b"COMMIT")
                 deferred.flush(conn)
-            else:
-                conn.execute(stmt)  # no parameters: one simple-protocol round trip for both
+            else:  # no parameters: one simple-protocol round trip for all
+                inline = _ORIGIN_SETUP % tuple(b"'%s'" % v for v in setup)
+                conn.execute(b"; ".join([*head, inline, b"COMMIT"]))
         except psycopg.Error as exc:
             self._staged -= self._staged_in_txn
             self._end_txn()
