@@ -358,12 +358,11 @@ def test_small_writes_go_with_the_commit_and_fail_clearly(
 
 def test_statement_shapes_are_prepared_once_a_session(pair: Pair, applier: PostgresApplier) -> None:
     """Small writes run as EXECUTE of a statement prepared once per shape; a prepared statement
-    outlives a failed transaction, and a batch that failed before its PREPARE ran leaves no name
-    behind for a later batch to EXECUTE."""
+    outlives a failed transaction, and a PREPARE that failed leaves no name behind for a later
+    batch to EXECUTE."""
     with pair.dst() as dst:
         dst.execute("CREATE TABLE t (id int PRIMARY KEY, a text, b int CHECK (b < 100))")
         dst.execute("CREATE TABLE other (id int PRIMARY KEY, a text, b int)")
-        dst.execute("INSERT INTO other VALUES (5, 'o', 5)")
         applier.start()
         applier.relation(T)
         applier.relation(relation(2, "other", "id,a,b"))
@@ -376,12 +375,22 @@ def test_statement_shapes_are_prepared_once_a_session(pair: Pair, applier: Postg
             ("pgm_1", "{integer,text,integer}"),  # the insert
             ("pgm_2", '{pg_lsn,"timestamp with time zone"}'),  # the origin's advance
         ]
+        kept = rows(session, "SELECT statement FROM pg_prepared_statements WHERE name = 'pgm_1'")
+        assert "EXECUTE" not in kept[0][0]  # the server keeps the PREPARE's query, not a batch
 
-        applier.begin()  # t's insert fails; the delete from other, a new shape, comes after it
-        applier.apply([Insert(1, row(10, "x", 500)), Delete(2, row(5, None, None), "K")])
+        applier.begin()  # the insert breaks t's check: the transaction fails after its PREPAREs
+        applier.apply([Insert(1, row(10, "x", 500))])
         with pytest.raises(ApplyError, match="t_b_check"):
             applier.commit(Lsn(200), 0)
         applier.rollback()
+        dst.execute("ALTER TABLE other RENAME TO other_away")  # the delete's PREPARE will fail
+        applier.begin()
+        applier.apply([Delete(2, row(5, None, None), "K")])
+        with pytest.raises(ApplyError, match="other"):
+            applier.commit(Lsn(200), 0)
+        applier.rollback()
+        dst.execute("ALTER TABLE other_away RENAME TO other")
+        dst.execute("INSERT INTO other VALUES (5, 'o', 5)")
 
         apply_txn(applier, [Insert(1, row(20, "z", 1)), Delete(2, row(5, None, None), "K")], 300)
         assert rows(dst, "SELECT id FROM t ORDER BY id") == [(0,), (1,), (2,), (20,)]

@@ -51,10 +51,9 @@ MAX_PREPARED = 512
 class Prepared:
     """The statements a destination session has prepared, by template: ``names[query]``.
 
-    A name enters only once the batch holding its PREPARE ran without error (PREPARE is not
-    undone by a ROLLBACK, and a batch that failed may have stopped before it); names are never
-    reused within the session, so one whose PREPARE was lost cannot clash. A new session starts
-    with a new `Prepared`.
+    A name enters once its PREPARE ran without error (a PREPARE is not undone by a ROLLBACK, so
+    a transaction that fails later keeps it); names are never reused within the session, so one
+    whose PREPARE failed cannot clash. A new session starts with a new `Prepared`.
     """
 
     def __init__(self) -> None:
@@ -78,8 +77,8 @@ class Deferred:
     placeholders once and kept; psycopg's ``ClientCursor.mogrify`` did the same work anew for
     every statement (a quarter of a caught-up follower's CPU).
 
-    With a `Prepared`, each statement shape is prepared (``PREPARE ... AS`` with ``$n``, in the
-    batch that first uses it) and then sent as ``EXECUTE name(values)``: the destination parses
+    With a `Prepared`, each statement shape is prepared (``PREPARE ... AS`` with ``$n``, just
+    before the batch that first uses it) and then sent as ``EXECUTE name(values)``: the destination parses
     and plans a shape once a session instead of once a row (its per-transaction CPU, and so the
     follower's latency under load, drops).
     """
@@ -91,6 +90,7 @@ class Deferred:
         self._templates = templates  # the applier's: kept across transactions
         self._prepared = prepared
         self._new: dict[bytes, bytes] = {}  # prepared by the statements not sent yet
+        self._prepares: list[bytes] = []  # ... their PREPAREs
         self.statements: list[bytes] = []
         self.tables: set[str] = set()  # for the error message, if the flush fails
 
@@ -124,7 +124,7 @@ class Deferred:
             for n, part in enumerate(parts[1:], 1):
                 numbered.append(b"$%d" % n)
                 numbered.append(part)
-            self.statements.append(b"PREPARE %s AS %s" % (name, b"".join(numbered)))
+            self._prepares.append(b"PREPARE %s AS %s" % (name, b"".join(numbered)))
         return name
 
     def append(self, statement: bytes) -> None:
@@ -132,13 +132,20 @@ class Deferred:
         self.statements.append(statement)
 
     def flush(self, conn: Conn) -> None:
-        """Send what waits, as one query (the caller turns an error into a precise one)."""
+        """Send what waits, as one query (the caller turns an error into a precise one).
+
+        New shapes' PREPAREs go first, as a query of their own: the server keeps a copy of the
+        whole query a PREPARE came in, which for a batch would be all of its rows' values.
+        """
         statements, self.statements = self.statements, []
+        prepares, self._prepares = self._prepares, []
         new, self._new = self._new, {}
+        if prepares:
+            run_simple(conn, b"; ".join(prepares))
+            if self._prepared is not None:
+                self._prepared.names.update(new)  # (after an error none of them is trusted)
         if statements:
             run_simple(conn, b"; ".join(statements))
-        if self._prepared is not None:
-            self._prepared.names.update(new)  # (after an error none of them is trusted)
 
 
 def run_simple(conn: Conn, query: bytes) -> None:
