@@ -95,6 +95,19 @@ def shaped(changes: list[Any], form: str) -> list[Any]:
 
 
 T = relation(1, "t", "id,a,b")
+OTHER = relation(2, "other", "id,a,b")
+
+
+def two_tables(dst: psycopg.Connection[Any], ap: PostgresApplier, t_check: str = "") -> None:
+    """Tables ``t`` (``b`` under ``t_check``, when given) and ``other`` on the destination, the
+    applier started and both relations registered."""
+    dst.execute(f"CREATE TABLE t (id int PRIMARY KEY, a text, b int {t_check})")
+    dst.execute("CREATE TABLE other (id int PRIMARY KEY, a text, b int)")
+    ap.start()
+    ap.relation(T)
+    ap.relation(OTHER)
+
+
 ODD = "tab\there, back\\slash, new\nline, cr\r, \\N, ünïcode"
 
 
@@ -296,11 +309,7 @@ def test_inserts_stream_across_chunks_and_fail_whole(
 ) -> None:
     """A run of inserts stays in one open COPY across apply() calls; its error fails the batch."""
     with pair.dst() as dst:
-        dst.execute("CREATE TABLE t (id int PRIMARY KEY, a text, b int)")
-        dst.execute("CREATE TABLE other (id int PRIMARY KEY, a text, b int)")
-        applier.start()
-        applier.relation(T)
-        applier.relation(relation(2, "other", "id,a,b"))
+        two_tables(dst, applier)
         applier.begin()
         for chunk in range(3):  # three chunks into t, one into other, t again: ordered and whole
             applier.apply(
@@ -361,11 +370,7 @@ def test_statement_shapes_are_prepared_once_a_session(pair: Pair, applier: Postg
     outlives a failed transaction, and a PREPARE that failed leaves no name behind for a later
     batch to EXECUTE."""
     with pair.dst() as dst:
-        dst.execute("CREATE TABLE t (id int PRIMARY KEY, a text, b int CHECK (b < 100))")
-        dst.execute("CREATE TABLE other (id int PRIMARY KEY, a text, b int)")
-        applier.start()
-        applier.relation(T)
-        applier.relation(relation(2, "other", "id,a,b"))
+        two_tables(dst, applier, "CHECK (b < 100)")
         for i in range(3):
             apply_txn(applier, [Insert(1, row(i, "a", i))], lsn=100 + i)
         session = applier._conn  # the applier's own session: prepared statements are per session
