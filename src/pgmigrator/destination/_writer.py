@@ -89,8 +89,7 @@ class Deferred:
         self._quote = pq.Escaping(conn.pgconn).escape_literal
         self._templates = templates  # the applier's: kept across transactions
         self._prepared = prepared
-        self._new: dict[bytes, bytes] = {}  # prepared by the statements not sent yet
-        self._prepares: list[bytes] = []  # ... their PREPAREs
+        self._new: dict[bytes, bytes] = {}  # shapes the statements not sent yet prepare
         self.statements: list[bytes] = []
         self.tables: set[str] = set()  # for the error message, if the flush fails
 
@@ -102,7 +101,7 @@ class Deferred:
             raise ValueError(f"{len(parts) - 1} placeholders but {len(params)} values")
         quote = self._quote
         values = [b"NULL" if value is None else quote(value) for value in params]
-        name = self._name(query, parts) if values else None
+        name = self._name(query) if values else None
         if name is not None:
             self.statements.append(b"EXECUTE %s(%s)" % (name, b", ".join(values)))
             return
@@ -112,19 +111,14 @@ class Deferred:
             out.append(part)
         self.statements.append(b"".join(out))
 
-    def _name(self, query: bytes, parts: list[bytes]) -> bytes | None:
-        """The prepared statement for ``query``, its PREPARE queued first when it is new."""
+    def _name(self, query: bytes) -> bytes | None:
+        """The prepared statement for ``query`` (a new one is prepared by the next `flush`)."""
         prepared = self._prepared
         if prepared is None:
             return None
         name = prepared.names.get(query) or self._new.get(query)
         if name is None and len(prepared.names) + len(self._new) < MAX_PREPARED:
             name = self._new[query] = prepared.new_name()
-            numbered = [parts[0]]
-            for n, part in enumerate(parts[1:], 1):
-                numbered.append(b"$%d" % n)
-                numbered.append(part)
-            self._prepares.append(b"PREPARE %s AS %s" % (name, b"".join(numbered)))
         return name
 
     def append(self, statement: bytes) -> None:
@@ -138,14 +132,23 @@ class Deferred:
         whole query a PREPARE came in, which for a batch would be all of its rows' values.
         """
         statements, self.statements = self.statements, []
-        prepares, self._prepares = self._prepares, []
         new, self._new = self._new, {}
-        if prepares:
+        if new:
+            prepares = (_prepare(name, self._templates[query]) for query, name in new.items())
             run_simple(conn, b"; ".join(prepares))
             if self._prepared is not None:
                 self._prepared.names.update(new)  # (after an error none of them is trusted)
         if statements:
             run_simple(conn, b"; ".join(statements))
+
+
+def _prepare(name: bytes, parts: list[bytes]) -> bytes:
+    """``PREPARE name AS`` the statement split into ``parts``, ``$1``, ``$2``... between them."""
+    numbered = [parts[0]]
+    for n, part in enumerate(parts[1:], 1):
+        numbered.append(b"$%d" % n)
+        numbered.append(part)
+    return b"PREPARE %s AS %s" % (name, b"".join(numbered))
 
 
 def run_simple(conn: Conn, query: bytes) -> None:
