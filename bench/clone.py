@@ -281,7 +281,7 @@ def verify(bench: Bench, db: str, full: bool) -> dict[str, int]:
 # --- other load on the machine ------------------------------------------------------------------
 
 
-def _proc_fields(pid: str) -> list[str] | None:
+def proc_fields(pid: str) -> list[str] | None:
     """Fields of /proc/PID/stat from ``state`` on (index 1 = ppid, 11..14 = utime stime cutime cstime)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
@@ -301,7 +301,7 @@ def server_cpu_s(postmasters: set[int]) -> float:
     """CPU used so far by the clusters of ``postmasters``: every server process, exited ones too."""
     ticks = 0
     for entry in Path("/proc").iterdir():
-        fields = _proc_fields(entry.name) if entry.name.isdigit() else None
+        fields = proc_fields(entry.name) if entry.name.isdigit() else None
         if fields is None:
             continue
         if int(entry.name) in postmasters:  # cutime/cstime hold the backends that already exited

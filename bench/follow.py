@@ -46,6 +46,7 @@ from typing import IO, Any
 
 import psycopg
 from clone import (
+    CLK_TCK,
     NOISY_PCT,
     PGMIGRATOR,
     ROOT,
@@ -56,6 +57,7 @@ from clone import (
     fmt,
     postmaster_pid,
     precompile,
+    proc_fields,
     run_checked,
     scalar,
     server_cpu_s,
@@ -503,24 +505,17 @@ class TreeProbe:
         return proc_cpu_s(self.pid)
 
 
+def proc_times(pid: int | None) -> tuple[float, float]:
+    """(user + system, system) CPU seconds of a process so far ((0, 0) when it is gone)."""
+    fields = proc_fields(str(pid)) if pid is not None else None
+    if fields is None:
+        return 0.0, 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
 def proc_cpu_s(pid: int | None) -> float:
     """User + system CPU seconds of a process so far (0 when it is gone)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_sys_s(pid: int) -> float:
-    """Kernel CPU seconds of a process so far (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    return proc_times(pid)[0]
 
 
 def tcp_segments() -> int:
@@ -603,7 +598,7 @@ def drain_pgmigrator(ctx: Ctx, wl: Workload, d: Drain) -> None:
             probe.poll()
             d.client_cpu_s = round(probe.cpu_s(), 2)
             d.notes.append(
-                f"consumer: {proc_sys_s(proc.pid):.2f} s kernel, {proc_waits(proc.pid):,} sleeps"
+                f"consumer: {proc_times(proc.pid)[1]:.2f} s kernel, {proc_waits(proc.pid):,} sleeps"
             )
             d.peak_rss_kb = sum(probe.peaks.values())
         finally:
@@ -760,8 +755,9 @@ class WalsenderProbe:
                     "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
                 ).fetchone()
                 for pid in list(self.seen) + ([row[0]] if row and row[0] else []):
-                    if (cpu := proc_cpu_s(pid)) > 0:
-                        self.seen[pid] = (cpu, proc_sys_s(pid), proc_waits(pid))
+                    cpu, kernel = proc_times(pid)
+                    if cpu > 0:
+                        self.seen[pid] = (cpu, kernel, proc_waits(pid))
                 self._stop.wait(0.05)
 
 
