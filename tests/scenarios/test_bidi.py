@@ -227,6 +227,39 @@ def test_kill_9_mid_stream_then_restart_resumes_both_directions(
     _stop(again)
 
 
+def test_recopy_refused_while_the_reverse_slot_exists(
+    pair: Pair, procs: list[subprocess.Popen[str]]
+) -> None:
+    """resync and clone --resume would TRUNCATE and re-copy on the destination, which the
+    reverse slot carries back to the source: both refuse, and the hint's way round works."""
+    _stop(_clone_and_follow(pair, procs))  # the reverse slot stays, the follower stopped
+    dsns = ("--source", pair.source, "--dest", pair.dest)
+    filenode = "SELECT pg_relation_filenode('note')"  # a TRUNCATE gives the table a new one
+    with pair.dst() as conn:
+        before = conn.execute(filenode).fetchone()
+    res = pgmigrator("resync", "public.note", *dsns)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "pipeline 'default' replicates both ways" in res.stderr
+    assert "pg_drop_replication_slot('pgmigrator_default_rev')" in res.stderr  # the hint
+    with pair.dst() as conn:  # as if a copy had been interrupted: clone --resume re-copies
+        conn.execute("UPDATE pgmigrator.tables SET state = 'copying' WHERE table_name = 'note'")
+    res = pgmigrator("clone", "--resume", *dsns)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "`pgmigrator clone --resume` would empty and re-copy" in res.stderr
+    with pair.dst() as conn:
+        assert conn.execute(filenode).fetchone() == before  # nothing was touched
+        conn.execute("SELECT pg_drop_replication_slot('pgmigrator_default_rev')")
+    res = pgmigrator("clone", "--resume", *dsns)  # the hint's way: without the reverse slot
+    assert res.returncode == 0, res.stdout + res.stderr
+    proc = start_pgmigrator("follow", "--bidirectional", *dsns)  # a new reverse slot
+    procs.append(proc)
+    _wait_both_streaming(pair, proc)
+    with pair.dst() as conn:
+        conn.execute("INSERT INTO note (id, body) VALUES (20001, 'written on the destination')")
+    wait_for(lambda: _converged(pair), timeout=60, interval=0.2, what="convergence")
+    _stop(proc)
+
+
 def _txns(out: str, direction: str) -> str:
     part = out.split(direction + " ", 1)[1]
     return part.split(" ", 1)[0]

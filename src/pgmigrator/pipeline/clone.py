@@ -26,6 +26,7 @@ from pgmigrator.errors import PreflightError, StateError
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect, server_major
+from pgmigrator.pipeline.bidi_guard import refuse_recopy
 from pgmigrator.pipeline.copyrun import CopyRun
 from pgmigrator.pipeline.progress import Progress
 from pgmigrator.pipeline.sequences import refresh_matviews, sync_sequences
@@ -205,6 +206,7 @@ class Clone:
         log.info("resuming clone", to_copy=len(todo), already_copied=len(done))
         if not todo:
             return CloneResult(slot_name, None, [], done)
+        refuse_recopy(dst, self.settings.name, "`pgmigrator clone --resume`")
         self.progress.set_phase("copy")
         session = ReplicationSession(self.source)
         try:

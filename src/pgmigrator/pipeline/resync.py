@@ -37,6 +37,7 @@ from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect, translate
 from pgmigrator.pipeline import plan
+from pgmigrator.pipeline.bidi_guard import refuse_recopy
 from pgmigrator.pipeline.copyworker import ChunkTask, Worker
 from pgmigrator.retry import RetryPolicy
 from pgmigrator.source import catalog
@@ -100,6 +101,7 @@ class Resync:
         with connect(self.source) as src, connect(self.dest) as dst:
             store = StateStore(dst, self.settings.name)
             row = store.require()
+            refuse_recopy(dst, self.settings.name, "`pgmigrator resync`")
             if slot_status(src, row.slot) is None:
                 raise StateError(
                     f"the slot {row.slot!r} of pipeline {self.settings.name!r} is gone from the source",
