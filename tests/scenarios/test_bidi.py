@@ -337,6 +337,33 @@ def test_conflict_with_policy_error_stops_naming_the_row(
     assert "1 conflict(s)" in out
 
 
+def test_update_of_a_row_deleted_on_the_other_side_is_a_conflict(
+    pair: Pair, procs: list[subprocess.Popen[str]]
+) -> None:
+    """The source updates row 7 while the destination deletes it: detected, not silent."""
+    proc = _clone_and_follow(pair, procs)
+    _conflict_setup(
+        pair, "DELETE FROM acc WHERE id = 7", "UPDATE acc SET v = 'source', n = 1 WHERE id = 7"
+    )
+    proc.wait(timeout=60)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 1, err
+    assert "conflict on public.acc (id=7): the row is not here" in err, err
+    assert "UPDATE" in err and '"source"' in err, err  # the incoming version
+    again = start_pgmigrator(
+        "follow", "--bidirectional", "--conflict", "last-writer-wins",
+        "--source", pair.source, "--dest", pair.dest,
+    )  # fmt: skip
+    procs.append(again)
+    _wait_both_streaming(pair, again)
+    # the deletion was the later write: it reaches the source, and the update stays skipped
+    wait_for(lambda: _converged(pair), timeout=60, interval=0.2, what="convergence")
+    assert _row7(pair) == [None, None]
+    out, err = _stop(again)
+    assert "1 conflict(s)" in out
+    assert 'local="(the row is not here: deleted on this side)"' in err  # logged, with the key
+
+
 def _row7(pair: Pair) -> list[tuple[object, ...]]:
     rows = []
     for connect in (pair.src, pair.dst):

@@ -9,8 +9,10 @@ from psycopg import sql
 from pgmigrator.destination._table import Table
 from pgmigrator.destination.conflicts import (
     Conflict,
+    ConflictPolicy,
     _array,
     _resolve,
+    _winner,
     expand_times,
 )
 from pgmigrator.events import Column, Delete, Insert, Relation, TupleData, Update
@@ -81,3 +83,16 @@ def test_conflict_message_names_table_key_and_both_versions() -> None:
     ).describe()
     assert text.startswith("conflict on public.acc (id=7)")
     assert '{"id":7,"v":"here"}' in text and "UPDATE {...}" in text
+
+
+def test_an_update_of_a_row_deleted_here_says_so_and_keeps_the_deletion() -> None:
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    text = Conflict(
+        "public.acc", {"id": "7"}, "", None, "local", 'UPDATE {"id":"7"}', when, None
+    ).describe()
+    assert text.startswith("conflict on public.acc (id=7): the row is not here")
+    assert 'UPDATE {"id":"7"}' in text
+    assert _winner(ConflictPolicy("last-writer-wins"), None, 10) == "local"
+    assert _winner(ConflictPolicy("error"), None, 10) is None
+    assert _winner(ConflictPolicy("last-writer-wins"), 11, 10) == "local"
+    assert _winner(ConflictPolicy("last-writer-wins"), 9, 10) == "incoming"

@@ -3,7 +3,9 @@
 A *conflict* is an incoming UPDATE or DELETE whose target row (found by its key) holds a version
 committed on this side by a transaction with another replication origin than this applier's (a
 local write, usually) later than the incoming change was committed on the other side; or an
-incoming INSERT whose key holds such a version, whatever its time. Only versions committed after
+incoming INSERT whose key holds such a version, whatever its time; or an incoming UPDATE whose row
+is not here at all (deleted on this side while the other side updated it: PostgreSQL keeps no
+trace of the deletion, so its time is unknown). Only versions committed after
 bidirectional replication started count (``since``: rows written before, such as the clone's own
 copy, are never conflicts). Commit times come from ``pg_xact_commit_timestamp_origin(xmin)``
 (``track_commit_timestamp = on``); an applied transaction keeps its *source* commit time
@@ -12,7 +14,9 @@ copy, are never conflicts). Commit times come from ``pg_xact_commit_timestamp_or
 Policies: ``error`` stops the applier with a message naming the table, the key and both row
 versions; ``last-writer-wins`` keeps the version with the later commit time: the incoming
 changes to that key are skipped when the local version is newer, applied otherwise (an INSERT
-then replaces the row). Every row the batch touches is locked (``FOR UPDATE``) by the check, so
+then replaces the row); an UPDATE of a row deleted here is reported and applies to nothing (the
+deletion stays here; the other side keeps the row when its update was the later write, and the
+log names the key to reconcile). Every row the batch touches is locked (``FOR UPDATE``) by the check, so
 that a local write cannot slip in between the check and the apply; a row inserted here after the
 check makes the apply fail with a unique violation, which the applier turns into a retry of the
 batch (the check then sees the row). Tables without a key (REPLICA IDENTITY FULL) are not
@@ -46,6 +50,7 @@ log = get_logger("conflicts")
 ConflictMode = Literal["error", "last-writer-wins"]
 
 Change = Insert | Update | Delete
+_GONE = "(the row is not here: deleted on this side)"
 _SHOWN = 400  # characters of a row version shown in messages and logs
 _US = sql.SQL(
     "((extract(epoch FROM c.timestamp) * 1000000)::int8 - 946684800000000)"
@@ -65,8 +70,8 @@ class ConflictPolicy:
 class Conflict:
     table: str
     key: dict[str, str | None]
-    local: str  # the local row version, as JSON
-    local_time: datetime
+    local: str  # the local row version, as JSON (`_GONE` when the row is not here)
+    local_time: datetime | None  # None: the row is not here (deleted on this side)
     local_origin: str  # "local" or the replication origin's name
     incoming: str  # "UPDATE {...}", "INSERT {...}" or "DELETE"
     incoming_time: datetime
@@ -74,11 +79,15 @@ class Conflict:
 
     def describe(self) -> str:
         key = ", ".join(f"{k}={v}" for k, v in self.key.items())
+        here = (
+            "the row is not here (deleted on this side meanwhile)"
+            if self.local_time is None
+            else f"the row here was changed at {self.local_time.isoformat()}"
+            f" ({self.local_origin}): {self.local}"
+        )
         return (
-            f"conflict on {self.table} ({key}): the row here was changed at "
-            f"{self.local_time.isoformat()} ({self.local_origin}): {self.local}; the incoming "
-            f"change was committed on the other side at {self.incoming_time.isoformat()}: "
-            f"{self.incoming}"
+            f"conflict on {self.table} ({key}): {here}; the incoming change was committed on"
+            f" the other side at {self.incoming_time.isoformat()}: {self.incoming}"
         )
 
 
@@ -88,6 +97,7 @@ class _Key:
     last: int  # ... and of the last one
     change: Change  # the last change, for messages
     insert: bool  # the first change is an INSERT: any existing local row conflicts
+    update: bool  # the first change is an UPDATE: a missing local row conflicts
 
 
 def check_batch(
@@ -138,7 +148,7 @@ def check(
     rows = cur.execute(_query(t), _params(t, ordered, keys, own_origin, policy)).fetchall()
     if not rows:
         return list(changes)
-    names = _origin_names(cur, {row[2] for row in rows})
+    names = _origin_names(cur, {row[2] for row in rows if row[2] is not None})
     skip: set[tuple[bytes | None, ...]] = set()
     replace: set[tuple[bytes | None, ...]] = set()
     for ordinal, local_us, roident, local in rows:
@@ -149,10 +159,11 @@ def check(
             raise ApplyError(
                 conflict.describe(),
                 hint="the follower will stop here on every restart: run it once with "
-                "--conflict last-writer-wins (bidi.conflict) to keep the newer version, then "
-                "correct the row by hand if the other version was right",
+                "--conflict last-writer-wins (bidi.conflict) to keep the newer version (a "
+                "deletion here stays), then correct the row by hand if the other version was right",
             )
-        (skip if conflict.winner == "local" else replace).add(k)
+        if local_us is not None:  # (an UPDATE of a missing row applies to nothing anyway)
+            (skip if conflict.winner == "local" else replace).add(k)
     return _resolve(t, changes, skip, replace)
 
 
@@ -165,7 +176,7 @@ def _keys(
         k = _key(t, change)
         found = keys.get(k)
         if found is None:
-            keys[k] = _Key(at, at, change, isinstance(change, Insert))
+            keys[k] = _Key(at, at, change, isinstance(change, Insert), isinstance(change, Update))
         else:
             found.last, found.change = at, change
     return keys
@@ -176,15 +187,16 @@ def _conflict(
     k: tuple[bytes | None, ...],
     found: _Key,
     policy: ConflictPolicy,
-    local_us: int,
+    local_us: int | None,
     local_origin: str,
-    local: str,
+    local: str | None,
 ) -> Conflict:
+    """The conflict on key ``k``; ``local_us`` None: its row is not here (an UPDATE's)."""
     return Conflict(
         table=t.name,
         key={t.relation.columns[i].name: _text(v) for i, v in zip(t.key, k, strict=True)},
-        local=_shorten(local),
-        local_time=pg_timestamp_to_datetime(local_us),
+        local=_GONE if local is None else _shorten(local),
+        local_time=None if local_us is None else pg_timestamp_to_datetime(local_us),
         local_origin=local_origin,
         incoming=_incoming(t, found.change),
         incoming_time=pg_timestamp_to_datetime(found.first),
@@ -203,10 +215,12 @@ def concurrent_insert(table: str, exc: Exception) -> RetryableApplyError:
 
 
 def _winner(
-    policy: ConflictPolicy, local_us: int, last_us: int
+    policy: ConflictPolicy, local_us: int | None, last_us: int
 ) -> Literal["local", "incoming"] | None:
     if policy.mode == "error":
         return None
+    if local_us is None:  # the deletion here stays: its time is unknown
+        return "local"
     return "local" if local_us > last_us else "incoming"
 
 
@@ -216,7 +230,7 @@ def _report(policy: ConflictPolicy, conflict: Conflict) -> None:
         table=conflict.table,
         key=conflict.key,
         local=conflict.local,
-        local_time=conflict.local_time.isoformat(),
+        local_time=conflict.local_time.isoformat() if conflict.local_time else None,
         local_origin=conflict.local_origin,
         incoming=conflict.incoming,
         incoming_time=conflict.incoming_time.isoformat(),
@@ -275,15 +289,18 @@ def _query(t: Table) -> bytes:
         sql.SQL("d.{} = s.{}").format(t.pcolumns[i], k) for i, k in zip(t.key, knames, strict=True)
     )
     # Every matching row is locked, not only the conflicting ones: a row that does not conflict
-    # yet could be changed here between this check and the apply.
+    # yet could be changed here between this check and the apply. The keys an UPDATE comes
+    # first for and that match no row come back with NULLs: rows deleted here.
     stmt = sql.SQL(
-        "WITH locked AS MATERIALIZED (SELECT s.ord, s.t, s.ins, d.xmin AS x,"
-        " row_to_json(d)::text AS r"
-        " FROM unnest({arrays}, %s::int8[], %s::bool[]) WITH ORDINALITY AS s({knames}, t, ins, ord)"
-        " JOIN {table} AS d ON {join} FOR UPDATE OF d)"
+        "WITH s AS (SELECT * FROM unnest({arrays}, %s::int8[], %s::bool[], %s::bool[])"
+        " WITH ORDINALITY AS s({knames}, t, ins, upd, ord)),"
+        " locked AS MATERIALIZED (SELECT s.ord, s.t, s.ins, d.xmin AS x,"
+        " row_to_json(d)::text AS r FROM s JOIN {table} AS d ON {join} FOR UPDATE OF d)"
         " SELECT l.ord, {us}, c.roident, l.r FROM locked AS l"
         " CROSS JOIN LATERAL pg_xact_commit_timestamp_origin(l.x) AS c"
         " WHERE c.roident <> %s::oid AND {us} > %s::int8 AND ({us} > l.t OR l.ins)"
+        " UNION ALL SELECT s.ord, NULL::int8, NULL::oid, NULL::text FROM s"
+        " WHERE s.upd AND NOT EXISTS (SELECT FROM locked AS l WHERE l.ord = s.ord)"
     ).format(
         us=_US,
         arrays=arrays,
@@ -308,6 +325,7 @@ def _params(
     ]  # array literals built here: psycopg's list adaptation costs far more per value
     params.append(b"{" + b",".join(b"%d" % keys[k].first for k in ordered) + b"}")
     params.append(b"{" + b",".join(b"t" if keys[k].insert else b"f" for k in ordered) + b"}")
+    params.append(b"{" + b",".join(b"t" if keys[k].update else b"f" for k in ordered) + b"}")
     params += [own_origin, policy.since_us]
     return params
 
