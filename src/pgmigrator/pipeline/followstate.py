@@ -14,7 +14,7 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import ReplicationError
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import connect
-from pgmigrator.source.slots import slot_status
+from pgmigrator.source.slots import slot_lost_error, slot_status
 from pgmigrator.store.state import StateStore
 
 
@@ -51,6 +51,8 @@ def load_state(settings: Settings, source: Target, dest: Target) -> FollowState:
             f"replication slot {slot!r} does not exist on the source",
             hint="run `pgmigrator clone` first (it creates the slot), or pass the right --slot/--name",
         )
+    if status.lost:
+        raise slot_lost_error(slot)
     if not has_publication:
         raise ReplicationError(
             f"publication {publication!r} does not exist on the source",

@@ -7,6 +7,8 @@ on its own connection and reports it three ways: the collector's ``slot_retained
 (served as the Prometheus gauge ``slot_retained_wal_bytes``), the collector's ``slot`` health
 (``ok``, ``degraded`` above ``warn_mb``, ``down`` above ``max_mb``: ``/readyz`` then fails), and
 a log line each time the level changes (a warning above the budget, an error above the maximum).
+The server's own limit counts too: a slot past ``max_slot_wal_keep_size`` (``wal_status``
+unreserved, lost at the next checkpoint) is at least ``degraded``, an invalidated one ``down``.
 
 Heartbeats: an idle slot already advances through keepalives (the stream confirms the
 walsender's position when nothing of ours is pending), but with ``heartbeat_s`` set the watcher
@@ -30,7 +32,7 @@ from pgmigrator.metrics import Collector
 from pgmigrator.metrics.collector import HealthStatus
 from pgmigrator.metrics.format import format_bytes
 from pgmigrator.pg import Conn, connect
-from pgmigrator.source.slots import slot_status
+from pgmigrator.source.slots import slot_lost_error, slot_status
 
 log = get_logger("walbudget")
 MB = 1024 * 1024
@@ -67,6 +69,7 @@ class WalBudgetWatcher:
         self.heartbeats = 0
         self._conn: Conn | None = None
         self._last_heartbeat = time.monotonic()
+        self._lost = False  # the server invalidated the slot (logged once)
         self.on_level: Callable[[HealthStatus], None] | None = None  # called after every check
 
     def check(self) -> HealthStatus:
@@ -78,10 +81,24 @@ class WalBudgetWatcher:
         detail = describe(level, self.retained, self.budget)
         if status is None:
             level, detail = "down", f"slot {self.slot!r} is gone from the source"
+        elif status.lost:
+            level, detail = "down", f"slot {self.slot!r} was invalidated (max_slot_wal_keep_size)"
+        elif status.wal_status == "unreserved" and level == "ok":
+            level = "degraded"
+            detail = f"{detail}, past max_slot_wal_keep_size: the next checkpoint may invalidate it"
         self.collector.set_info("slot_retained_bytes", self.retained)
         self.collector.set_health("slot", level, detail)
-        if level != self.status:
+        lost = status is not None and status.lost
+        if lost and not self._lost:
+            log.error(
+                "slot invalidated by the source",
+                slot=self.slot,
+                detail=detail,
+                hint=slot_lost_error(self.slot).hint,
+            )
+        elif level != self.status and not lost:
             self._log_change(level, detail)
+        self._lost = lost
         self.status = level
         if self.on_level is not None:
             self.on_level(level)

@@ -32,6 +32,7 @@ from pgmigrator.protocol import (
     parse_copy_data,
 )
 from pgmigrator.source._rowpump import RowPump, new_txn_state, row_pump
+from pgmigrator.source.slots import slot_lost_error
 
 if TYPE_CHECKING:
     from pgmigrator.protocol._speedups import TxnState
@@ -406,6 +407,8 @@ def _result_error(res: pq.abc.PGresult, slot: str, publication: str) -> Replicat
             f"publication {publication!r} does not exist on the source",
             hint="create it (`pgmigrator clone` does) or pass the right --publication",
         )
+    if state == "55000" and "slot has been invalidated" in text:  # (max_slot_wal_keep_size)
+        return slot_lost_error(slot)
     if state[:2] in ("57", "08"):
         return RetryableReplicationError(f"source: {text}")
     return ReplicationError(f"source replication error: {text} (SQLSTATE {state})")

@@ -39,6 +39,24 @@ class SlotStatus:
     confirmed_flush: Lsn | None
     restart_lsn: Lsn | None
     retained_bytes: int | None
+    wal_status: str | None = None  # reserved, extended, unreserved (about to lose WAL) or lost
+
+    @property
+    def lost(self) -> bool:
+        """The server invalidated the slot: the WAL it needed is gone (max_slot_wal_keep_size)."""
+        return self.wal_status == "lost"
+
+
+def slot_lost_error(slot: str) -> ReplicationError:
+    """The slot was invalidated: its changes cannot be streamed any more (not retryable)."""
+    return ReplicationError(
+        f"replication slot {slot!r} was invalidated by the source: it held back more WAL than"
+        " max_slot_wal_keep_size allows, and the WAL it still needed was removed",
+        hint="the changes since its last confirmed position are gone for this pipeline: drop"
+        " it (`pgmigrator cleanup`) and start over (`clone` again for a migration; `stream`"
+        " creates a new slot); raise max_slot_wal_keep_size, or watch slot_retained_wal_bytes,"
+        " so that a stalled consumer does not lose its slot again",
+    )
 
 
 class ReplicationSession:
@@ -95,14 +113,15 @@ def _slot_error(name: str, res: pq.abc.PGresult, target: Target) -> ReplicationE
 def slot_status(conn: Conn, name: str) -> SlotStatus | None:
     row = conn.execute(
         "SELECT slot_name, plugin, active, active_pid, confirmed_flush_lsn::text, restart_lsn::text,"
-        " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = %s",
+        " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, wal_status"
+        " FROM pg_replication_slots WHERE slot_name = %s",
         (name,),
     ).fetchone()
     if row is None:
         return None
     flush = Lsn.parse(row[4]) if row[4] else None
     restart = Lsn.parse(row[5]) if row[5] else None
-    return SlotStatus(row[0], row[1], row[2], row[3], flush, restart, row[6])
+    return SlotStatus(row[0], row[1], row[2], row[3], flush, restart, row[6], row[7])
 
 
 def drop_slot(conn: Conn, name: str) -> bool:

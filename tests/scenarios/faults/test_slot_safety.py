@@ -7,6 +7,7 @@ source database must not pin WAL while other databases on the same server write.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 
@@ -127,3 +128,57 @@ def test_idle_source_slot_keeps_advancing(
         what="the idle slot's confirmed_flush_lsn to move past the other writes",
     )
     assert proc.poll() is None
+
+
+def _slot_wal_status(pair: Pair) -> str | None:
+    with pair.src() as conn:
+        row = conn.execute(
+            "SELECT wal_status FROM pg_replication_slots WHERE database = current_database()"
+        ).fetchone()
+    return row[0] if row else None
+
+
+def test_slot_invalidated_by_max_slot_wal_keep_size_stops_with_what_to_do(
+    pair: Pair, procs: list[subprocess.Popen[str]]
+) -> None:
+    """A paused follower's slot falls past max_slot_wal_keep_size and the server invalidates it:
+    the WAL watcher reports it at once; resumed, the follower stops (no endless reconnects) with
+    what to do, and a restart says the same thing up front."""
+    load(pair, rows=10)
+    assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
+    proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest, env=BUDGET_ENV)
+    procs.append(proc)
+    wait_streaming(pair, proc)
+    converge(pair, "before")
+    proc.send_signal(signal.SIGUSR1)  # pause: the slot holds its position from here
+    with pair.source_cluster.connect() as admin:
+        admin.autocommit = True
+        admin.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        admin.execute("SELECT pg_reload_conf()")
+        try:
+
+            def invalidated() -> bool:  # WAL in the slot's database, segments switched, removed
+                with pair.src() as conn:
+                    conn.execute(
+                        "INSERT INTO acct SELECT g, 1 FROM generate_series(10001, 12000) g"
+                    )
+                    conn.execute("DELETE FROM acct WHERE id > 10000")
+                admin.execute("SELECT pg_switch_wal()")
+                admin.execute("CHECKPOINT")
+                return _slot_wal_status(pair) == "lost"
+
+            wait_for(
+                invalidated, timeout=60, interval=0.2, what="the server to invalidate the slot"
+            )
+            proc.send_signal(signal.SIGUSR1)  # resume: its walsender is gone, the reconnect refused
+            proc.wait(timeout=60)
+            err = proc.stderr.read() if proc.stderr else ""
+            assert proc.returncode == 1, err
+            assert "slot invalidated by the source" in err  # the watcher, while paused
+            assert "replication slot 'pgmigrator_default' was invalidated by the source" in err
+            assert "pgmigrator cleanup" in err and "Traceback" not in err
+            res = pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
+            assert res.returncode == 1 and "was invalidated by the source" in res.stderr
+        finally:
+            admin.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            admin.execute("SELECT pg_reload_conf()")
