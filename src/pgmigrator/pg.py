@@ -6,9 +6,11 @@ wrong password or a missing database gives one clear message naming the server (
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from pgmigrator.dsn import Target
 from pgmigrator.errors import (
@@ -25,6 +27,26 @@ SESSION_SETTINGS = (
     "SET application_name = 'pgmigrator'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; "
     "SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET bytea_output = 'hex'"
 )
+
+#: Timeouts a role or database may set for every session (managed servers often do), off for
+#: pgmigrator's own: a COPY longer than ``statement_timeout``, an applier transaction open while
+#: the next chunk is read, the exported snapshot's session idle while the workers import it.
+#: ``idle_session_timeout`` is PostgreSQL 14+.
+TIMEOUTS_OFF = ("statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout")
+
+
+def timeouts_off_sql(server_version: int) -> str:
+    """The SET statements that turn `TIMEOUTS_OFF` off on a server of this version."""
+    names = TIMEOUTS_OFF if server_version >= 140000 else TIMEOUTS_OFF[:2]
+    return "; ".join(f"SET {name} = 0" for name in names)
+
+
+def replication_options(dsn: str) -> str:
+    """libpq ``options`` of a replication connection (PostgreSQL 14+, where SET is not for every
+    command): the DSN's own (or ``PGOPTIONS``), then `TIMEOUTS_OFF` off."""
+    own = conninfo_to_dict(dsn).get("options") or os.environ.get("PGOPTIONS", "")
+    ours = " ".join(f"-c {name}=0" for name in TIMEOUTS_OFF)
+    return f"{own} {ours}".strip()
 
 
 def translate(exc: BaseException, target: Target, doing: str) -> PgMigratorError:
@@ -66,7 +88,11 @@ def translate(exc: BaseException, target: Target, doing: str) -> PgMigratorError
 def connect(
     target: Target, *, autocommit: bool = True, replication: bool = False, settings: bool = True
 ) -> Conn:
-    """Connect to ``target``; raise a translated error (never a bare psycopg one)."""
+    """Connect to ``target``; raise a translated error (never a bare psycopg one).
+
+    Every session gets `TIMEOUTS_OFF` off, and unless ``settings`` is False the output settings
+    the copy and the decoders rely on (`SESSION_SETTINGS`).
+    """
     kwargs: dict[str, Any] = {
         "autocommit": autocommit,
         "connect_timeout": 10,
@@ -75,10 +101,12 @@ def connect(
     }
     if replication:
         kwargs["replication"] = "database"
+        kwargs["options"] = replication_options(target.dsn)
     try:
         conn = psycopg.connect(target.dsn, **kwargs)
-        if settings and not replication:
-            conn.execute(SESSION_SETTINGS)
+        if not replication:
+            off = timeouts_off_sql(conn.info.server_version)
+            conn.execute((f"{SESSION_SETTINGS}; {off}" if settings else off).encode())
             if not autocommit:
                 conn.commit()
         return conn

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pgmigrator import dsn as dsnlib
 from pgmigrator.errors import RetryableSinkError, SinkError, is_retryable
 from pgmigrator.log import get_logger
+from pgmigrator.pg import timeouts_off_sql
 from pgmigrator.sinks._backoff import BackoffOptions, fold_flat
 from pgmigrator.sinks.base import Event, SinkContext, register
 
@@ -152,6 +153,7 @@ class PgTableSink:
         )
 
     async def _prepare(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        await conn.execute(timeouts_off_sql(conn.info.server_version).encode())
         schema, table = sql.Identifier(self._schema), sql.Identifier(self._schema, self._table)
         if self.opts.create:
             cur = await conn.execute(

@@ -21,7 +21,7 @@ from psycopg import sql
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, is_retryable
 from pgmigrator.log import get_logger
-from pgmigrator.pg import translate
+from pgmigrator.pg import timeouts_off_sql, translate
 
 log = get_logger("listen")
 
@@ -56,6 +56,7 @@ class Listener:
         except psycopg.Error as exc:
             raise translate(exc, self.target, "connecting to LISTEN") from exc
         try:
+            await conn.execute(timeouts_off_sql(conn.info.server_version).encode())  # idle for long
             for channel in self.channels:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         except psycopg.Error as exc:

@@ -27,7 +27,7 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, SinkError
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
-from pgmigrator.pg import translate
+from pgmigrator.pg import timeouts_off_sql, translate
 from pgmigrator.sinks.base import Event, Sink
 
 log = get_logger("dlq")
@@ -121,6 +121,7 @@ class DeadLetterQueue:
                 conn = await psycopg.AsyncConnection.connect(
                     self.target.dsn, autocommit=True, application_name="pgmigrator-dlq"
                 )
+                await conn.execute(timeouts_off_sql(conn.info.server_version).encode())
                 await conn.execute(_DDL)
             except psycopg.Error as exc:
                 raise translate(exc, self.target, "opening the dead-letter queue") from exc
