@@ -146,8 +146,12 @@ class Collector(Publishing):
         name: str,
         rows_copied: int | None = None,
         bytes_copied: int | None = None,
-    ) -> None:
-        """The COPY finished: state ``copied``, 100 %; final counts feed the totals if higher."""
+    ) -> dict[str, Any]:
+        """The COPY finished: state ``copied``, 100 %; final counts feed the totals if higher.
+
+        Returns the table's entry as `snapshot` shows it (without building the whole snapshot,
+        which with thousands of tables made every table's end cost as much as all of them).
+        """
         with self._lock:
             t = self._table(schema, name)
             if rows_copied is not None or bytes_copied is not None:
@@ -158,6 +162,7 @@ class Collector(Publishing):
             now = self._clock()
             t.started = now if t.started is None else t.started
             t.state, t.finished, t.error = "copied", now, None
+            return t.to_dict(now, self._wall_of)
 
     def table_streaming(self, schema: str, name: str) -> None:
         """The table now receives live changes."""
@@ -320,11 +325,7 @@ class Collector(Publishing):
         """A consistent, JSON-ready picture of everything; see the package docs for the shape."""
         with self._lock:
             now, wall = self._clock(), self._wall()
-
-            def wall_of(mono: float) -> str:
-                # anchored at creation, so a moment reads the same in every snapshot
-                return iso_utc(self._created_wall + (mono - self._created))
-
+            wall_of = self._wall_of
             tables = [t.to_dict(now, wall_of) for t in self._tables.values()]
             snap: dict[str, Any] = {
                 "version": SNAPSHOT_VERSION,
@@ -357,6 +358,10 @@ class Collector(Publishing):
         return snap
 
     # -- internals (the lock is held by the caller) ----------------------------------------------
+
+    def _wall_of(self, mono: float) -> str:
+        # anchored at creation, so a moment reads the same in every snapshot
+        return iso_utc(self._created_wall + (mono - self._created))
 
     def _table(self, schema: str, name: str) -> _Table:
         t = self._tables.get((schema, name))

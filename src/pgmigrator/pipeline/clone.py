@@ -113,7 +113,8 @@ class Clone:
             raise PreflightError(
                 "no table selected on the source", hint="check --tables / --exclude"
             )
-        self._excluded = [t for t in everything if t not in tables]
+        chosen = {(t.schema, t.name) for t in tables}
+        self._excluded = [t for t in everything if (t.schema, t.name) not in chosen]
         return tables
 
     def _fresh(
@@ -202,7 +203,8 @@ class Clone:
             if t.has_data
             and getattr(states.get((t.schema, t.name)), "state", None) not in ("copied", "ready")
         ]
-        done = [t.qualified for t in tables if t.has_data and t not in todo]
+        left = {(t.schema, t.name) for t in todo}
+        done = [t.qualified for t in tables if t.has_data and (t.schema, t.name) not in left]
         log.info("resuming clone", to_copy=len(todo), already_copied=len(done))
         if not todo:
             return CloneResult(slot_name, None, [], done)

@@ -170,7 +170,8 @@ class CopyRun:
         reported: dict[
             tuple[str, str, int], int
         ] = {}  # bytes already reported per chunk (a retry restarts it)
-        while any(n > 0 for n in pending.values()):
+        left = sum(1 for n in pending.values() if n > 0)  # tables with chunks still out
+        while left:
             msg = self._next(float("inf"))
             kind = msg[0]
             if kind == "progress":
@@ -184,6 +185,7 @@ class CopyRun:
                 self.progress.advance(key, msg[2], max(0, msg[3] - reported.pop(msg[1], 0)))
                 pending[key] -= 1
                 if pending[key] == 0:
+                    left -= 1
                     store.table_copied(*key)
                     if self.on_table_copied is not None:
                         self.on_table_copied(*key)
@@ -201,6 +203,7 @@ class CopyRun:
                 key = msg[1][:2]
                 name = by_key[key].qualified
                 failed[name] = msg[2]
+                left -= pending[key] > 0
                 pending[key] = 0
                 store.set_table_state(key[0], key[1], "errored", msg[2])
                 self.progress.table_errored(key, msg[2])

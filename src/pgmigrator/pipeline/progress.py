@@ -46,20 +46,17 @@ class Progress:
         self.maybe_render()
 
     def table_done(self, key: Key) -> None:
-        self.collector.table_done(*key)
-        table = next(
-            (t for t in self.collector.snapshot()["tables"] if (t["schema"], t["name"]) == key),
-            None,
+        table = self.collector.table_done(*key)
+        log.info(
+            "table copied",
+            table=f"{key[0]}.{key[1]}",
+            rows=table["rows_copied"],
+            bytes=table["bytes_copied"],
+            seconds=table["elapsed_s"],
         )
-        if table is not None:
-            log.info(
-                "table copied",
-                table=f"{key[0]}.{key[1]}",
-                rows=table["rows_copied"],
-                bytes=table["bytes_copied"],
-                seconds=table["elapsed_s"],
-            )
-        self.maybe_render(force=self.live)
+        # a live view shows a finished table at once, but is drawn at most every 0.1 s: each
+        # drawing reads every table
+        self.maybe_render(force=self.live and time.monotonic() - self._last_render >= 0.1)
 
     def table_errored(self, key: Key, error: str) -> None:
         self.collector.table_errored(*key, error)
