@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pgmigrator import sample
+from pgmigrator.dsn import Target
+from pgmigrator.pipeline.verify import verify
 from tests.conftest import Pair, pgmigrator
 
 
@@ -133,6 +135,32 @@ def test_verify_reports_differences(pair: Pair) -> None:
         and by_table["public.t"]["detail"] == "same row count, different contents"
     )
     assert by_table["public.u"]["status"] == "differs" and by_table["public.u"]["dest_rows"] == 9
+
+
+def test_verify_checks_large_tables_in_key_ranges_and_names_the_one_that_differs(
+    pair: Pair,
+) -> None:
+    with pair.src() as conn:
+        conn.execute(
+            "CREATE TABLE big (id bigint PRIMARY KEY, v text);"
+            "INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 4000) g; ANALYZE big;"
+            "CREATE TABLE keyless (v text); INSERT INTO keyless SELECT 'k' FROM generate_series(1, 4000);"
+            "ANALYZE keyless"
+        )
+    assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
+    src, dst = Target(pair.source, "source"), Target(pair.dest, "destination")
+    checks = {c.table: c for c in verify(src, dst, chunk_rows=1000, sample=True)}
+    assert checks["public.big"].status == checks["public.keyless"].status == "ok"
+    with pair.dst() as conn:
+        conn.execute("UPDATE big SET v = 'changed' WHERE id = 2500")
+        conn.execute("INSERT INTO big VALUES (9999, 'beyond the source keys')")
+        conn.execute("DELETE FROM keyless WHERE ctid = '(0,1)'")
+    checks = {c.table: c for c in verify(src, dst, chunk_rows=1000)}
+    big = checks["public.big"]
+    assert (big.status, big.source_rows, big.dest_rows) == ("differs", 4000, 4001)
+    # four ranges of 1000 keys: the changed row's and the open-ended last one
+    assert big.detail == "row count 4000 vs 4001 (id in [2001, 3001), id >= 3001)", big.detail
+    assert checks["public.keyless"].detail == "row count 4000 vs 3999"  # whole: no key to split by
 
 
 def test_status_reads_the_state_file_after_the_run(pair: Pair, tmp_path) -> None:  # type: ignore[no-untyped-def]

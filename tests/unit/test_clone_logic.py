@@ -11,6 +11,7 @@ from pgmigrator import config
 from pgmigrator.dsn import Target, redact
 from pgmigrator.errors import ConfigError
 from pgmigrator.pipeline.plan import block_ranges
+from pgmigrator.pipeline.verify import key_ranges
 from pgmigrator.schema.dump import split, waves
 from pgmigrator.source.catalog import TableInfo, matches, select, unmatched_patterns
 
@@ -144,3 +145,13 @@ def test_invalid_config_names_each_field(tmp_path: Path) -> None:
 def test_require_names_flag_and_env() -> None:
     with pytest.raises(ConfigError, match="--source"):
         config.load(None).require("source")
+
+
+def test_verify_key_ranges_cover_every_key_once_with_open_ends() -> None:
+    assert key_ranges(1, 100, 4) == [(None, 26), (26, 51), (51, 76), (76, None)]
+    assert key_ranges(5, 5, 3) == [(None, None)]  # one key: one range, the whole table
+    assert key_ranges(-10, 9, 2) == [(None, 0), (0, None)]
+    ranges = key_ranges(0, 1000, 7)
+    for key in range(-5, 1006):  # every key (inside or outside the bounds) in exactly one range
+        hits = [r for r in ranges if (r[0] is None or key >= r[0]) and (r[1] is None or key < r[1])]
+        assert len(hits) == 1, key
