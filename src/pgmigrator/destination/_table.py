@@ -110,14 +110,18 @@ def describe(cur: Any, rel: Relation) -> Table:
             hint="create it on the destination (same schema and name as on the source), "
             "then restart `follow`",
         )
-    dest = {row[0]: row for row in cur.execute(_COLUMNS, (found[0],)).fetchall()}
+    conn = cur.connection
+    with conn.pipeline():  # the three lookups in one round trip (thousands of tables add up)
+        queries = [conn.cursor().execute(q, (found[0],)) for q in (_COLUMNS, _INDEXED, _UNIQUE)]
+    columns, indexes, unique = (q.fetchall() for q in queries)
+    dest = {row[0]: row for row in columns}
     _check_drift(name, rel, dest)
     cols = [dest[c.name] for c in rel.columns]
     full = rel.replica_identity == "f"
     key = () if full else tuple(i for i, c in enumerate(rel.columns) if c.is_key)
-    indexed = {row[0] for row in cur.execute(_INDEXED, (found[0],)).fetchall()}
+    indexed = {row[0] for row in indexes}
     key_names = {rel.columns[i].name for i in key}
-    uniques = [set(row[0]) for row in cur.execute(_UNIQUE, (found[0],)).fetchall()]
+    uniques = [set(row[0]) for row in unique]
     return Table(
         oid=rel.oid,
         name=name,

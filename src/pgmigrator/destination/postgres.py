@@ -136,7 +136,7 @@ class PostgresApplier:
         known = self._tables.get(rel.oid)
         if known is not None and same_layout(known.relation, rel):
             return
-        conn = self._need_conn()
+        conn = self._need_conn(flush=False)  # catalog reads only: queued writes stay queued
         try:
             table = describe(conn.cursor(), rel)
         except psycopg.Error as exc:
