@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -142,3 +143,31 @@ def test_wal_level_not_logical(replica_level_cluster: devcluster.Cluster, pair: 
     res = pgmigrator("preflight", "--source", source, "--dest", pair.dest, "--json")
     assert res.returncode == 1
     assert '"name": "wal_level"' in res.stdout and '"status": "blocker"' in res.stdout
+
+
+def test_preflight_flags_a_destination_encoding_or_collation_that_differs(pair: Pair) -> None:
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        conn.execute("INSERT INTO t VALUES (1, 'Grüße, 東京')")
+    name = f"{pair.dbname}_latin1"
+    with pair.dest_cluster.connect() as conn:
+        conn.execute(
+            f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'"
+            " TEMPLATE template0"
+        )
+    try:
+        res = pgmigrator(
+            "preflight", "--source", pair.source, "--dest", pair.dest_cluster.dsn(name), "--json"
+        )
+        assert res.returncode == 1, res.stdout + res.stderr
+        checks = {c["name"]: c for c in json.loads(res.stdout)}
+        assert checks["encoding"]["status"] == "blocker", checks["encoding"]
+        assert "destination LATIN1" in checks["encoding"]["detail"]
+        assert "ENCODING 'UTF8'" in checks["encoding"]["hint"]
+        assert "destination C/C" in checks["collation"]["detail"]  # a warning when they differ
+        res = pgmigrator("preflight", "--source", pair.source, "--dest", pair.dest, "--json")
+        checks = {c["name"]: c for c in json.loads(res.stdout)}
+        assert checks["encoding"]["status"] == "ok", checks["encoding"]  # same encoding
+    finally:
+        with pair.dest_cluster.connect() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")

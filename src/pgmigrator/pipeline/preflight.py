@@ -251,7 +251,44 @@ def dest_checks(src: Conn | None, dst: Conn) -> list[Check]:
             else f"{len(used)} extension(s) available on both sides",
             "install the extension packages on the destination server" if lacking else "",
         )
+        _locale_checks(src, dst, add)
     return out
+
+
+_LOCALE = (
+    "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database"
+    " WHERE datname = current_database()"
+)
+
+
+def _locale_checks(src: Conn, dst: Conn, add: _Add) -> None:
+    """The databases' encodings and collations: what the copy can carry, and what sorts alike."""
+    (s_enc, s_coll, s_ctype), (d_enc, d_coll, d_ctype) = (
+        c.execute(_LOCALE).fetchone() or ("?", "?", "?") for c in (src, dst)
+    )
+    if s_enc == d_enc or (d_enc == "UTF8" and s_enc != "SQL_ASCII"):
+        add("encoding", OK, f"source {s_enc}, destination {d_enc}")
+    else:
+        add(
+            "encoding",
+            BLOCKER,
+            f"source {s_enc}, destination {d_enc}: text the destination's encoding cannot hold"
+            + (" (SQL_ASCII stores any bytes)" if s_enc == "SQL_ASCII" else "")
+            + " fails to copy",
+            f"create the destination database with ENCODING '{s_enc}'"
+            + (" (or UTF8)" if s_enc != "SQL_ASCII" else "")
+            + " (CREATE DATABASE ... TEMPLATE template0)",
+        )
+    same = (s_coll, s_ctype) == (d_coll, d_ctype)
+    add(
+        "collation",
+        OK if same else WARNING,
+        f"source {s_coll}/{s_ctype}, destination {d_coll}/{d_ctype}",
+        ""
+        if same
+        else "text sorts and compares differently on the two sides (ORDER BY results, range"
+        " queries); create the destination database with the same LC_COLLATE and LC_CTYPE",
+    )
 
 
 def run(
