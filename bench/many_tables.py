@@ -119,11 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     precompile()
-    work = Path(tempfile.mkdtemp(prefix="pgm-bench-many-"))
-    try:
-        out = run(args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="pgm-bench-many-", ignore_cleanup_errors=True) as work:
+        out = run(args, Path(work))
     per = 1000 / args.tables
     for key, value in out.items():
         print(f"{key:<18}{value:>8.2f} s  ({value * per:6.2f} ms a table)")
