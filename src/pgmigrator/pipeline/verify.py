@@ -184,7 +184,7 @@ class _Sessions:
     def run(self, target: Target, query: sql.Composed) -> tuple[int, int]:
         conns: dict[str, Conn] = self._local.__dict__.setdefault("conns", {})
         conn = conns.get(target.dsn)
-        if conn is None or conn.closed:
+        if conn is None or conn.closed or conn.broken:
             conn = conns[target.dsn] = connect(target)
             with self._lock:
                 self._all.append(conn)
