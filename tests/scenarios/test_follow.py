@@ -161,6 +161,13 @@ def test_follow_bad_input(pair: Pair, follower: list[subprocess.Popen[str]]) -> 
     assert res.returncode == 1 and "public.t" in res.stderr and "v" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
 
+    with pair.src() as conn:  # as after a failover to a standby (PG < 17): the slot is gone
+        conn.execute("SELECT pg_drop_replication_slot('pgmigrator_default')")
+    res = pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
+    assert res.returncode == 1, res.stderr
+    assert "slot 'pgmigrator_default' of pipeline 'default' is gone from the source" in res.stderr
+    assert "failed over" in res.stderr and "pgmigrator cleanup" in res.stderr
+
 
 def test_a_transaction_with_nothing_to_apply_still_moves_the_origin(
     pair: Pair, follower: list[subprocess.Popen[str]]

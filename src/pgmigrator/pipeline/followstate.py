@@ -46,6 +46,13 @@ def load_state(settings: Settings, source: Target, dest: Target) -> FollowState:
         has_publication = src.execute(
             "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
         ).fetchone()
+    if status is None and row is not None and row.slot == slot:  # it existed: now it is gone
+        raise ReplicationError(
+            f"replication slot {slot!r} of pipeline {settings.name!r} is gone from the source",
+            hint="it was dropped, or the source failed over to a standby (before PostgreSQL 17"
+            " logical slots do not follow a failover): the changes since the last applied"
+            " position are lost for this pipeline; `pgmigrator cleanup`, then clone again",
+        )
     if status is None:
         raise ReplicationError(
             f"replication slot {slot!r} does not exist on the source",

@@ -392,10 +392,12 @@ def _quote_literal(value: str) -> str:
 def _result_error(res: pq.abc.PGresult, slot: str, publication: str) -> ReplicationError:
     state = (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
     text = (res.error_message or b"").decode(errors="replace").strip()
-    if state == "42704" and "slot" in text:
+    if state == "42704" and "slot" in text:  # (checked or created before streaming started)
         return ReplicationError(
-            f"replication slot {slot!r} does not exist on the source",
-            hint="run `pgmigrator clone` first (it creates the slot), or pass the right --slot/--name",
+            f"replication slot {slot!r} is gone from the source",
+            hint="it was dropped, or the source failed over to a standby (before PostgreSQL 17"
+            " logical slots do not follow a failover): the changes since the last applied"
+            " position are lost; `pgmigrator cleanup`, then start over",
         )
     if state == "55006":  # retryable: after a reconnect, our own old walsender may still be exiting
         return RetryableReplicationError(  # (follow refuses a slot in use up front, at start)
