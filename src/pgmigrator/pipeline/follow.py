@@ -136,6 +136,7 @@ class Follow:
         budget = self._budget = WalBudgetWatcher(
             self.source, slot, self.settings.wal_budget, self.collector
         )
+        budget.on_lost = self.request_stop  # invalidated: stop now, even while paused
         watcher = asyncio.create_task(budget.run(self.stop_event))
         try:
             while not self.stop_event.is_set():
@@ -146,8 +147,10 @@ class Follow:
                             load_sync_lsns, self.dest, self.settings.name
                         )
                     await self._session(slot, publication, sync_lsns)
+                    budget.raise_if_lost()
                     return self.stats
                 except PgMigratorError as exc:
+                    budget.raise_if_lost()
                     if not exc.retryable:
                         raise
                     delay = backoff.failed(time.monotonic() - started)
@@ -161,6 +164,7 @@ class Follow:
                         retry_in_s=round(delay, 1),
                     )
                     await self._sleep(delay)
+            budget.raise_if_lost()
             return self.stats
         finally:
             watcher.cancel()

@@ -70,6 +70,7 @@ class WalBudgetWatcher:
         self._conn: Conn | None = None
         self._last_heartbeat = time.monotonic()
         self._lost = False  # the server invalidated the slot (logged once)
+        self.on_lost: Callable[[], None] | None = None  # called (from a thread) when it is
         self.on_level: Callable[[HealthStatus], None] | None = None  # called after every check
 
     def check(self) -> HealthStatus:
@@ -89,20 +90,27 @@ class WalBudgetWatcher:
         self.collector.set_info("slot_retained_bytes", self.retained)
         self.collector.set_health("slot", level, detail)
         lost = status is not None and status.lost
-        if lost and not self._lost:
+        newly, self._lost = lost and not self._lost, lost  # (set before on_lost reads it)
+        if newly:
             log.error(
                 "slot invalidated by the source",
                 slot=self.slot,
                 detail=detail,
                 hint=slot_lost_error(self.slot).hint,
             )
+            if self.on_lost is not None:
+                self.on_lost()
         elif level != self.status and not lost:
             self._log_change(level, detail)
-        self._lost = lost
         self.status = level
         if self.on_level is not None:
             self.on_level(level)
         return level
+
+    def raise_if_lost(self) -> None:
+        """`slot_lost_error` once a check found the slot invalidated: its stream has a gap."""
+        if self._lost:
+            raise slot_lost_error(self.slot)
 
     def _log_change(self, level: HealthStatus, detail: str) -> None:
         if level == "ok":

@@ -14,6 +14,10 @@ import subprocess
 import httpx
 import pytest
 
+from pgmigrator.dsn import Target
+from pgmigrator.errors import ReplicationError
+from pgmigrator.lsn import Lsn
+from pgmigrator.source.replication import ReplicationStream
 from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for, wait_streaming
 from tests.scenarios.faults.helpers import converge, load
 
@@ -142,8 +146,8 @@ def test_slot_invalidated_by_max_slot_wal_keep_size_stops_with_what_to_do(
     pair: Pair, procs: list[subprocess.Popen[str]]
 ) -> None:
     """A paused follower's slot falls past max_slot_wal_keep_size and the server invalidates it:
-    the WAL watcher reports it at once; resumed, the follower stops (no endless reconnects) with
-    what to do, and a restart says the same thing up front."""
+    the WAL watcher reports it and stops the follower (exit 1, what to do); a restart, and a
+    reconnect's START_REPLICATION, say the same instead of retrying forever."""
     load(pair, rows=10)
     assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
     proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest, env=BUDGET_ENV)
@@ -170,15 +174,20 @@ def test_slot_invalidated_by_max_slot_wal_keep_size_stops_with_what_to_do(
             wait_for(
                 invalidated, timeout=60, interval=0.2, what="the server to invalidate the slot"
             )
-            proc.send_signal(signal.SIGUSR1)  # resume: its walsender is gone, the reconnect refused
-            proc.wait(timeout=60)
+            proc.wait(timeout=60)  # still paused: the watcher saw it and stopped the follower
             err = proc.stderr.read() if proc.stderr else ""
             assert proc.returncode == 1, err
-            assert "slot invalidated by the source" in err  # the watcher, while paused
+            assert "slot invalidated by the source" in err  # logged by the watcher
             assert "replication slot 'pgmigrator_default' was invalidated by the source" in err
             assert "pgmigrator cleanup" in err and "Traceback" not in err
             res = pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
             assert res.returncode == 1 and "was invalidated by the source" in res.stderr
+            stream = ReplicationStream(  # a reconnect's START_REPLICATION says the same
+                Target(pair.source, "source"), "pgmigrator_default", "pgmigrator_default"
+            )
+            with pytest.raises(ReplicationError, match="was invalidated by the source") as refused:
+                stream.open(Lsn(0))
+            assert not refused.value.retryable
         finally:
             admin.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
             admin.execute("SELECT pg_reload_conf()")
