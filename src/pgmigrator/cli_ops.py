@@ -21,24 +21,31 @@ from pgmigrator.cli import common_options, handle_errors, load_settings
     show_default=True,
     help="seconds to wait for a running follower to reconnect",
 )
+@click.option(
+    "--add",
+    is_flag=True,
+    help="also take tables the pipeline does not hold yet (created on both sides since the clone)",
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @handle_errors
 def resync(
     config_file: Path | None,
     tables: tuple[str, ...],
     follower_timeout: float,
+    add: bool,
     as_json: bool,
     **flags: Any,
 ) -> None:
     """Copy TABLE(s) again under a fresh snapshot while the pipeline keeps streaming.
 
     TABLE is schema.table (globs allowed). A running follower reconnects once and skips the
-    table's changes up to the new copy; an errored table is retried this way.
+    table's changes up to the new copy; an errored table is retried this way. With --add, a
+    table created since the clone (on the destination too) joins the publication and is copied.
     """
     from pgmigrator.pipeline.resync import Resync
 
     settings = load_settings(config_file, **flags)
-    done = Resync(settings, tables, follower_timeout).run()
+    done = Resync(settings, tables, follower_timeout, add=add).run()
     if as_json:
         rows = [
             {

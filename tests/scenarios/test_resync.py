@@ -141,3 +141,50 @@ def test_resync_bad_input(pair: Pair) -> None:
     res = pgmigrator("resync", "--source", pair.source, "--dest", pair.dest)
     assert res.returncode == 2 and "Missing argument" in res.stderr
     assert "Traceback" not in res.stderr and "pgm-secret" not in res.stdout + res.stderr
+
+
+def test_resync_add_takes_a_table_created_since_the_clone_while_following(
+    pair: Pair, procs: list[subprocess.Popen[str]]
+) -> None:
+    load(pair)
+    assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
+    proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
+    procs.append(proc)
+    wait_streaming(pair, proc)
+    ddl = "CREATE TABLE later (id int PRIMARY KEY, v text)"
+    with pair.src() as conn:  # a table the application created during the migration
+        conn.execute(ddl)
+        conn.execute("INSERT INTO later SELECT g, 'before' FROM generate_series(1, 500) g")
+    dsns = ("--source", pair.source, "--dest", pair.dest)
+    res = pgmigrator("resync", *dsns, "public.later")
+    assert res.returncode == 1 and "not part of pipeline 'default'" in res.stderr
+    assert "--add" in res.stderr  # the hint
+    res = pgmigrator("resync", *dsns, "--add", "public.later")
+    assert res.returncode == 1 and "not on the destination: public.later" in res.stderr
+    with pair.dst() as conn:
+        conn.execute(ddl)
+    stop = threading.Event()
+
+    def writes() -> None:  # its rows keep changing while it joins the pipeline
+        with pair.src() as conn:
+            i = 0
+            while not stop.is_set() or i < 50:
+                i += 1
+                conn.execute("UPDATE later SET v = %s WHERE id = %s", (f"w{i}", i % 500 + 1))
+                conn.execute("INSERT INTO later VALUES (%s, 'new')", (1000 + i,))
+
+    writer = threading.Thread(target=writes)
+    writer.start()
+    try:
+        res = pgmigrator("resync", *dsns, "--add", "--json", "public.later")
+    finally:
+        stop.set()
+        writer.join(60)
+    assert res.returncode == 0, res.stderr
+    [done] = json.loads(res.stdout)
+    assert done["table"] == "public.later" and done["rows"] >= 500
+    assert _table_row(pair, "later")[0] == "copied"
+    converge(pair, "added")  # verify covers it: every row, including the ones written meanwhile
+    with pair.dst() as conn:
+        assert conn.execute("SELECT count(*) FROM later WHERE v = 'new'").fetchone()[0] >= 50
+    assert proc.poll() is None

@@ -18,6 +18,9 @@ With a follower running, the order of operations is what keeps it exact:
 5. empty the table, COPY it from the snapshot, mark it copied, commit: the follower goes on.
 
 Without a follower, step 4 is skipped and the next ``follow`` reads ``X`` at start.
+
+With ``add``, tables the pipeline does not hold yet (created on both sides since the clone) join
+it first: they are added to the publication before step 2, so their changes after ``X`` stream.
 """
 
 from __future__ import annotations
@@ -76,9 +79,15 @@ class _Discard:
 
 class Resync:
     def __init__(
-        self, settings: Settings, patterns: Sequence[str], follower_timeout_s: float = 60.0
+        self,
+        settings: Settings,
+        patterns: Sequence[str],
+        follower_timeout_s: float = 60.0,
+        *,
+        add: bool = False,
     ) -> None:
         settings.require("source", "dest")
+        self.add = add  # tables the pipeline does not hold yet join it (`_add_tables`)
         if not patterns:
             raise PreflightError("name at least one table to resync", hint="e.g. public.orders")
         self.settings = settings
@@ -115,13 +124,17 @@ class Resync:
                     hint="name tables as schema.table (globs allowed, e.g. 'sales.*')",
                 )
             known = {(t.schema, t.name) for t in store.tables()}
-        chosen = [t for t in catalog.select(everything, self.patterns, []) if t.has_data]
-        outside = [t.qualified for t in chosen if (t.schema, t.name) not in known]
-        if outside:
-            raise PreflightError(
-                f"not part of pipeline {self.settings.name!r}: {', '.join(outside)}",
-                hint="only tables the clone copied can be resynced (check --name)",
-            )
+            chosen = [t for t in catalog.select(everything, self.patterns, []) if t.has_data]
+            outside = [t for t in chosen if (t.schema, t.name) not in known]
+            if outside and not self.add:
+                raise PreflightError(
+                    f"not part of pipeline {self.settings.name!r}:"
+                    f" {', '.join(t.qualified for t in outside)}",
+                    hint="only tables the clone copied can be resynced (check --name); to add"
+                    " a table created since, create it on the destination and pass --add",
+                )
+            if outside:
+                _add_tables(src, dst, row.publication, outside)
         if not chosen:
             raise PreflightError("the named tables hold no rows of their own (partitioned roots)")
         return row.slot, chosen
@@ -233,6 +246,44 @@ class Resync:
                         hint="start `pgmigrator follow` again, then re-run the resync",
                     )
                 time.sleep(0.05)
+
+
+def _add_tables(src: Conn, dst: Conn, publication: str, tables: list[TableInfo]) -> None:
+    """Tables new to the pipeline: they must exist on the destination; the publication gets them.
+
+    The publication changes before the copy's snapshot is taken: the table's changes after that
+    snapshot are in the stream, and those before it are in the copy.
+    """
+    absent = [
+        t.qualified
+        for t in tables
+        if dst.execute("SELECT to_regclass(%s)", (t.ident.as_string(dst),)).fetchone() == (None,)
+    ]
+    if absent:
+        raise PreflightError(
+            f"not on the destination: {', '.join(absent)}",
+            hint="create them there first, with their indexes and constraints (e.g. `pg_dump"
+            " --schema-only -t TABLE` from the source into the destination), then run again",
+        )
+    published = {
+        (str(r[0]), str(r[1]))
+        for r in src.execute(
+            "SELECT n.nspname, c.relname FROM pg_publication_rel r"
+            " JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = %s",
+            (publication,),
+        ).fetchall()
+    }
+    roots = sorted({(t.root_schema, t.root_name) for t in tables} - published)
+    for schema, name in roots:  # (a new partition of a published root is published already)
+        src.execute(
+            sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                sql.Identifier(publication), sql.Identifier(schema, name)
+            )
+        )
+        log.info(
+            "table added to the publication", table=f"{schema}.{name}", publication=publication
+        )
 
 
 def _lock_table(conn: Conn, table: TableInfo, dest: Target) -> None:
