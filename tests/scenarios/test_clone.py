@@ -20,6 +20,9 @@ def test_clone_every_type_then_verify(pair: Pair) -> None:
     assert res.returncode == 0, res.stderr
     assert "clone complete" in res.stdout
     assert "pgm-secret" not in res.stdout + res.stderr  # the password is never printed
+    # no_key has neither a key nor REPLICA IDENTITY FULL: published, the source refuses its updates
+    [warned] = [ln for ln in res.stderr.splitlines() if "the source now refuses UPDATE" in ln]
+    assert "public.no_key" in warned and "public.full_identity" not in warned
 
     res = pgmigrator("verify", "--source", pair.source, "--dest", pair.dest)
     assert res.returncode == 0, res.stdout + res.stderr

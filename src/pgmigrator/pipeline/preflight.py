@@ -165,10 +165,14 @@ def _table_checks(src: Conn, include: Sequence[str], exclude: Sequence[str]) -> 
     add(
         "replica identity",
         WARNING if no_ri else OK,
-        f"no primary key or replica identity (UPDATE/DELETE cannot be replicated): {', '.join(no_ri[:10])}"
+        f"no primary key or replica identity: {', '.join(no_ri[:10])}; once they are"
+        " published (clone) the source refuses UPDATE and DELETE on them"
         if no_ri
         else "every table has a usable replica identity",
-        "add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL" if no_ri else "",
+        "add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL, before the clone"
+        " (or --exclude them)"
+        if no_ri
+        else "",
     )
     unlogged = [t.qualified for t in tables if t.persistence == "u"]
     if unlogged:

@@ -151,6 +151,14 @@ def ensure_publication(conn: Conn, name: str, tables: Sequence[TableInfo]) -> No
             sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), table_list)
         )
     log.info("publication ready", publication=name, tables=len(roots))
+    no_identity = [t.qualified for t in tables if t.has_data and not t.replicable_updates]
+    if no_identity:
+        log.warning(
+            "published tables without a replica identity: the source now refuses UPDATE and"
+            " DELETE on them",
+            tables=", ".join(no_identity[:10]) + (" ..." if len(no_identity) > 10 else ""),
+            hint="give them a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL",
+        )
 
 
 def drop_publication(conn: Conn, name: str) -> bool:
