@@ -9,8 +9,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for, wait_streaming
+from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for
 from tests.scenarios.faults.helpers import (
+    clone_and_follow,
     converge,
     load,
     marker,
@@ -78,11 +79,7 @@ def _follower_held_back(pair: Pair) -> Iterator[None]:
 def test_resync_a_damaged_table_while_following_under_writes(
     pair: Pair, procs: list[subprocess.Popen[str]]
 ) -> None:
-    load(pair)
-    assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
-    proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
-    procs.append(proc)
-    wait_streaming(pair, proc)
+    proc = clone_and_follow(pair, procs)
     with pair.dst() as conn:  # the damage: rows lost and rows changed behind the pipeline's back
         conn.execute("DELETE FROM acct WHERE id % 7 = 0")
         conn.execute("UPDATE acct SET note = 'corrupt' WHERE id % 11 = 0")
@@ -146,11 +143,7 @@ def test_resync_bad_input(pair: Pair) -> None:
 def test_resync_add_takes_a_table_created_since_the_clone_while_following(
     pair: Pair, procs: list[subprocess.Popen[str]]
 ) -> None:
-    load(pair)
-    assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
-    proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
-    procs.append(proc)
-    wait_streaming(pair, proc)
+    proc = clone_and_follow(pair, procs)
     ddl = "CREATE TABLE later (id int PRIMARY KEY, v text)"
     with pair.src() as conn:  # a table the application created during the migration
         conn.execute(ddl)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import psycopg
 
-from tests.conftest import Pair, pgmigrator, wait_for
+from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for, wait_streaming
 
 
 def load(pair: Pair, rows: int = 2000) -> None:
@@ -33,6 +33,19 @@ def load(pair: Pair, rows: int = 2000) -> None:
             "INSERT INTO acct SELECT g, 0, md5(g::text) FROM generate_series(1, %s) g", (rows,)
         )
         conn.execute("INSERT INTO no_key SELECT g, 'seed' FROM generate_series(1, 200) g")
+
+
+def clone_and_follow(
+    pair: Pair, procs: list[subprocess.Popen[str]], streaming: bool = True
+) -> subprocess.Popen[str]:
+    """`load`, clone, then start ``follow`` (registered in ``procs``; awaited streaming)."""
+    load(pair)
+    assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
+    proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
+    procs.append(proc)
+    if streaming:
+        wait_streaming(pair, proc)
+    return proc
 
 
 def write_some(pair: Pair, n: int, tag: str) -> None:

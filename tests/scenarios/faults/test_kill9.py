@@ -15,7 +15,15 @@ from pathlib import Path
 
 from pgmigrator import sample
 from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for, wait_streaming
-from tests.scenarios.faults.helpers import converge, kill9, load, marker, wait_marker, write_some
+from tests.scenarios.faults.helpers import (
+    clone_and_follow,
+    converge,
+    kill9,
+    load,
+    marker,
+    wait_marker,
+    write_some,
+)
 
 
 def _phase(pair: Pair) -> str | None:
@@ -140,10 +148,7 @@ def test_kill9_during_copy_then_resume(pair: Pair, procs: list[subprocess.Popen[
 def test_kill9_while_streaming_then_follow_resumes_exactly(
     pair: Pair, procs: list[subprocess.Popen[str]]
 ) -> None:
-    load(pair)
-    assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
-    proc = start_pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
-    procs.append(proc)
+    proc = clone_and_follow(pair, procs, streaming=False)
     write_some(pair, 200, "k9")
 
     def some_applied() -> bool:
