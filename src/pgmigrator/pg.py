@@ -42,8 +42,8 @@ def timeouts_off_sql(server_version: int) -> str:
 
 
 def replication_options(dsn: str) -> str:
-    """libpq ``options`` of a replication connection (PostgreSQL 14+, where SET is not for every
-    command): the DSN's own (or ``PGOPTIONS``), then `TIMEOUTS_OFF` off."""
+    """libpq ``options`` of a replication connection, which takes its settings when it connects
+    (sources are PostgreSQL 14+): the DSN's own (or ``PGOPTIONS``), then `TIMEOUTS_OFF` off."""
     own = conninfo_to_dict(dsn).get("options") or os.environ.get("PGOPTIONS", "")
     ours = " ".join(f"-c {name}=0" for name in TIMEOUTS_OFF)
     return f"{own} {ours}".strip()

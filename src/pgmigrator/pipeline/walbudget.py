@@ -70,7 +70,7 @@ class WalBudgetWatcher:
         self._conn: Conn | None = None
         self._last_heartbeat = time.monotonic()
         self._lost = False  # the server invalidated the slot (logged once)
-        self.on_lost: Callable[[], None] | None = None  # called (from a thread) when it is
+        self.on_lost: Callable[[], None] | None = None  # called, from the polling thread, once lost
         self.on_level: Callable[[HealthStatus], None] | None = None  # called after every check
 
     def check(self) -> HealthStatus:
