@@ -38,7 +38,12 @@ from pgmigrator.pg import Conn, connect
 from pgmigrator.pipeline.bidi_settings import BidiSettings
 from pgmigrator.pipeline.follow import Follow, FollowStats
 from pgmigrator.pipeline.origins import OriginFilter
-from pgmigrator.source.slots import drop_publication, drop_slot, slot_status
+from pgmigrator.source.slots import (
+    drop_publication,
+    drop_slot,
+    published_tables,
+    slot_status,
+)
 from pgmigrator.store.state import StateStore
 
 log = get_logger("bidi")
@@ -109,7 +114,7 @@ def prepare(settings: Settings) -> Plan:
         publication, slot = _forward_names(settings, dst)
         rev = reverse_settings(settings, slot, publication)
         _require_cloned(settings, dst)
-        tables = _published_tables(src, publication)
+        tables = published_tables(src, publication)
         if not tables:
             raise ReplicationError(
                 f"publication {publication!r} on the source publishes no table",
@@ -164,17 +169,6 @@ def _require_cloned(settings: Settings, dst: Conn) -> None:
             hint="finish it (`pgmigrator clone --resume`) before following both ways: the "
             "reverse slot must start after the copy, or the copy would be sent back",
         )
-
-
-def _published_tables(src: Conn, publication: str) -> list[tuple[str, str]]:
-    rows = src.execute(
-        "SELECT n.nspname, c.relname FROM pg_publication p"
-        " JOIN pg_publication_rel r ON r.prpubid = p.oid"
-        " JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE p.pubname = %s ORDER BY 1, 2",
-        (publication,),
-    ).fetchall()
-    return [(str(r[0]), str(r[1])) for r in rows]
 
 
 def _ensure_publication(dst: Conn, name: str, tables: list[tuple[str, str]]) -> bool:

@@ -35,7 +35,12 @@ from pgmigrator.schema.dump import Script, dump_section, find_pg_dump, split
 from pgmigrator.schema.early import fk_checks_by_index, plan_by_table
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
-from pgmigrator.source.slots import ReplicationSession, ensure_publication, slot_status
+from pgmigrator.source.slots import (
+    ReplicationSession,
+    ensure_publication,
+    slot_gone_error,
+    slot_status,
+)
 from pgmigrator.store.state import StateStore
 
 log = get_logger("clone")
@@ -192,10 +197,7 @@ class Clone:
         self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], slot_name: str
     ) -> CloneResult:
         if slot_status(src, slot_name) is None:
-            raise StateError(
-                f"the slot {slot_name!r} of pipeline {self.settings.name!r} is gone from the source",
-                hint="changes since the clone started are lost: `pgmigrator cleanup`, then clone again with --drop-if-exists",
-            )
+            raise slot_gone_error(slot_name, self.settings.name)
         states = {(r.schema, r.name): r for r in store.tables()}
         todo = [
             t

@@ -14,7 +14,7 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import ReplicationError
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import connect
-from pgmigrator.source.slots import slot_lost_error, slot_status
+from pgmigrator.source.slots import slot_gone_error, slot_lost_error, slot_status
 from pgmigrator.store.state import StateStore
 
 
@@ -47,12 +47,7 @@ def load_state(settings: Settings, source: Target, dest: Target) -> FollowState:
             "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
         ).fetchone()
     if status is None and row is not None and row.slot == slot:  # it existed: now it is gone
-        raise ReplicationError(
-            f"replication slot {slot!r} of pipeline {settings.name!r} is gone from the source",
-            hint="it was dropped, or the source failed over to a standby (before PostgreSQL 17"
-            " logical slots do not follow a failover): the changes since the last applied"
-            " position are lost for this pipeline; `pgmigrator cleanup`, then clone again",
-        )
+        raise slot_gone_error(slot, settings.name)
     if status is None:
         raise ReplicationError(
             f"replication slot {slot!r} does not exist on the source",

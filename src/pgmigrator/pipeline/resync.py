@@ -35,7 +35,7 @@ from psycopg import sql
 
 from pgmigrator.config import Settings
 from pgmigrator.dsn import Target
-from pgmigrator.errors import PgMigratorError, PreflightError, StateError
+from pgmigrator.errors import PgMigratorError, PreflightError
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect, translate
@@ -45,7 +45,12 @@ from pgmigrator.pipeline.copyworker import ChunkTask, Worker
 from pgmigrator.retry import RetryPolicy
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
-from pgmigrator.source.slots import ReplicationSession, slot_status
+from pgmigrator.source.slots import (
+    ReplicationSession,
+    publish_more,
+    slot_gone_error,
+    slot_status,
+)
 from pgmigrator.store.state import StateStore
 
 log = get_logger("resync")
@@ -112,10 +117,7 @@ class Resync:
             row = store.require()
             refuse_recopy(dst, self.settings.name, "`pgmigrator resync`")
             if slot_status(src, row.slot) is None:
-                raise StateError(
-                    f"the slot {row.slot!r} of pipeline {self.settings.name!r} is gone from the source",
-                    hint="changes since the clone started are lost: `pgmigrator cleanup`, then clone again",
-                )
+                raise slot_gone_error(row.slot, self.settings.name)
             everything = catalog.list_tables(src)
             missing = catalog.unmatched_patterns(everything, self.patterns)
             if missing:
@@ -265,25 +267,7 @@ def _add_tables(src: Conn, dst: Conn, publication: str, tables: list[TableInfo])
             hint="create them there first, with their indexes and constraints (e.g. `pg_dump"
             " --schema-only -t TABLE` from the source into the destination), then run again",
         )
-    published = {
-        (str(r[0]), str(r[1]))
-        for r in src.execute(
-            "SELECT n.nspname, c.relname FROM pg_publication_rel r"
-            " JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = %s",
-            (publication,),
-        ).fetchall()
-    }
-    roots = sorted({(t.root_schema, t.root_name) for t in tables} - published)
-    for schema, name in roots:  # (a new partition of a published root is published already)
-        src.execute(
-            sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                sql.Identifier(publication), sql.Identifier(schema, name)
-            )
-        )
-        log.info(
-            "table added to the publication", table=f"{schema}.{name}", publication=publication
-        )
+    publish_more(src, publication, tables)
 
 
 def _lock_table(conn: Conn, table: TableInfo, dest: Target) -> None:

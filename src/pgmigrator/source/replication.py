@@ -32,7 +32,7 @@ from pgmigrator.protocol import (
     parse_copy_data,
 )
 from pgmigrator.source._rowpump import RowPump, new_txn_state, row_pump
-from pgmigrator.source.slots import slot_lost_error
+from pgmigrator.source.slots import slot_gone_error, slot_lost_error
 
 if TYPE_CHECKING:
     from pgmigrator.protocol._speedups import TxnState
@@ -393,12 +393,7 @@ def _result_error(res: pq.abc.PGresult, slot: str, publication: str) -> Replicat
     state = (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
     text = (res.error_message or b"").decode(errors="replace").strip()
     if state == "42704" and "slot" in text:  # (checked or created before streaming started)
-        return ReplicationError(
-            f"replication slot {slot!r} is gone from the source",
-            hint="it was dropped, or the source failed over to a standby (before PostgreSQL 17"
-            " logical slots do not follow a failover): the changes since the last applied"
-            " position are lost; `pgmigrator cleanup`, then start over",
-        )
+        return slot_gone_error(slot)
     if state == "55006":  # retryable: after a reconnect, our own old walsender may still be exiting
         return RetryableReplicationError(  # (follow refuses a slot in use up front, at start)
             f"replication slot {slot!r} is in use by another consumer: {text}",

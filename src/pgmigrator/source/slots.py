@@ -59,6 +59,18 @@ def slot_lost_error(slot: str) -> ReplicationError:
     )
 
 
+def slot_gone_error(slot: str, pipeline: str | None = None) -> ReplicationError:
+    """The slot a pipeline had is no longer on the source: its changes since then are lost."""
+    of = "" if pipeline is None else f" of pipeline {pipeline!r}"
+    return ReplicationError(
+        f"replication slot {slot!r}{of} is gone from the source",
+        hint="it was dropped, or the source failed over to a standby (before PostgreSQL 17"
+        " logical slots do not follow a failover): the changes since the last applied"
+        " position are lost for this pipeline; `pgmigrator cleanup`, then clone again (with"
+        " --drop-if-exists: the copied tables are still on the destination)",
+    )
+
+
 class ReplicationSession:
     """A replication connection used to create a slot and hold its exported snapshot."""
 
@@ -159,6 +171,30 @@ def ensure_publication(conn: Conn, name: str, tables: Sequence[TableInfo]) -> No
             tables=", ".join(no_identity[:10]) + (" ..." if len(no_identity) > 10 else ""),
             hint="give them a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL",
         )
+
+
+def published_tables(conn: Conn, publication: str) -> list[tuple[str, str]]:
+    """The tables named in ``publication`` (partitioned roots, not their leaves), sorted."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_publication p"
+        " JOIN pg_publication_rel r ON r.prpubid = p.oid"
+        " JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE p.pubname = %s ORDER BY 1, 2",
+        (publication,),
+    ).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def publish_more(conn: Conn, name: str, tables: Sequence[TableInfo]) -> None:
+    """Add ``tables`` to publication ``name`` (their roots; one published already stays as is)."""
+    roots = {(t.root_schema, t.root_name) for t in tables} - set(published_tables(conn, name))
+    for schema, table in sorted(roots):
+        conn.execute(
+            sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                sql.Identifier(name), sql.Identifier(schema, table)
+            )
+        )
+        log.info("table added to the publication", table=f"{schema}.{table}", publication=name)
 
 
 def drop_publication(conn: Conn, name: str) -> bool:
