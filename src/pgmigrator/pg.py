@@ -7,6 +7,8 @@ wrong password or a missing database gives one clear message naming the server (
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -116,3 +118,39 @@ def connect(
 
 def server_major(conn: Conn) -> int:
     return int(conn.info.server_version) // 10000
+
+
+class ThreadConnections:
+    """One connection to ``target`` per thread, made on the thread's first `get` (``setup`` then
+    runs on it) and reused by everything that thread runs; a closed or broken one is replaced.
+    `close` (or leaving the ``with`` block) closes them all."""
+
+    def __init__(self, target: Target, setup: Callable[[Conn], object] | None = None) -> None:
+        self.target = target
+        self._setup = setup
+        self._local = threading.local()
+        self._all: list[Conn] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Conn:
+        conn: Conn | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = connect(self.target)
+            with self._lock:
+                self._all.append(conn)  # (closed by `close` even if its set-up fails)
+            if self._setup is not None:
+                self._setup(conn)
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+
+    def __enter__(self) -> ThreadConnections:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -11,7 +11,6 @@ in parallel, and a difference names its ranges.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -20,7 +19,7 @@ from psycopg import sql
 
 from pgmigrator.dsn import Target
 from pgmigrator.log import get_logger
-from pgmigrator.pg import Conn, connect
+from pgmigrator.pg import Conn, ThreadConnections, connect
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
 
@@ -158,12 +157,16 @@ def verify(
             shared.append(cols)
             if cols is not None:
                 parts += _parts(src, job, table, cols, sample, chunk_rows)
-    with _Sessions() as sessions, ThreadPoolExecutor(max_workers=2 * max(1, workers)) as pool:
+    with (
+        ThreadConnections(source) as on_source,
+        ThreadConnections(dest) as on_dest,
+        ThreadPoolExecutor(max_workers=2 * max(1, workers)) as pool,
+    ):
         done = [
             (
                 part,
-                pool.submit(sessions.run, source, part.query),
-                pool.submit(sessions.run, dest, part.query),
+                pool.submit(_sums, on_source, part.query),
+                pool.submit(_sums, on_dest, part.query),
             )
             for part in parts
         ]
@@ -173,31 +176,11 @@ def verify(
     return [_check(t, shared[i], results.get(i, [])) for i, t in enumerate(tables)]
 
 
-class _Sessions:
-    """One connection per thread and server, reused by every query that thread runs."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._all: list[Conn] = []
-        self._lock = threading.Lock()
-
-    def run(self, target: Target, query: sql.Composed) -> tuple[int, int]:
-        conns: dict[str, Conn] = self._local.__dict__.setdefault("conns", {})
-        conn = conns.get(target.dsn)
-        if conn is None or conn.closed or conn.broken:
-            conn = conns[target.dsn] = connect(target)
-            with self._lock:
-                self._all.append(conn)
-        row = conn.execute(query).fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1])
-
-    def __enter__(self) -> _Sessions:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for conn in self._all:
-            conn.close()
+def _sums(sessions: ThreadConnections, query: sql.Composed) -> tuple[int, int]:
+    """(count, checksum) of ``query`` on this thread's connection to its server."""
+    row = sessions.get().execute(query).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 def _outcome(future: Future[tuple[int, int]]) -> tuple[int, int] | str:

@@ -20,7 +20,7 @@ from psycopg import sql
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, SchemaError
 from pgmigrator.log import get_logger
-from pgmigrator.pg import Conn, connect, translate
+from pgmigrator.pg import Conn, ThreadConnections, translate
 from pgmigrator.schema.dump import Script, waves
 from pgmigrator.schema.early import Step, TablePlan
 from pgmigrator.store.state import post_data_done_sql
@@ -69,8 +69,7 @@ class PostDataBuilder:
         self.fk_by_index = set(fk_by_index or ())
         self.gucs = dict(gucs or {})  # the clone passes copy.index_* (clone.build_gucs)
         self.submitted: set[int] = set()
-        self._local = threading.local()
-        self._conns: list[Conn] = []
+        self._sessions = ThreadConnections(dest, self._set_up)
         self._futures: list[Future[None]] = []
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="post-data")
 
@@ -125,9 +124,7 @@ class PostDataBuilder:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        for conn in self._conns:
-            conn.close()
-        self._conns.clear()
+        self._sessions.close()
 
     def _finish_table(self, steps: list[Step], table: tuple[str, str]) -> None:
         for step in steps:
@@ -144,16 +141,13 @@ class PostDataBuilder:
         _run_step(self._conn(), step, self.pipeline, self.dest, probe)
 
     def _conn(self) -> Conn:
-        conn: Conn | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect(self.dest)
-            for name, value in self.gucs.items():
-                conn.execute("SELECT set_config(%s, %s, false)", (name, value))
-            if self.script.preamble.strip():
-                conn.execute(self.script.preamble)
-            self._local.conn = conn
-            self._conns.append(conn)
-        return conn
+        return self._sessions.get()
+
+    def _set_up(self, conn: Conn) -> None:
+        for name, value in self.gucs.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        if self.script.preamble.strip():
+            conn.execute(self.script.preamble)
 
 
 def _analyze(conn: Conn, table: tuple[str, str]) -> None:
