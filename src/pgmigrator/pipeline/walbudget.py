@@ -80,16 +80,16 @@ class WalBudgetWatcher:
         self.retained = None if status is None else status.retained_bytes
         level = classify(self.retained, self.budget.warn_mb * MB, self.budget.max_mb * MB)
         detail = describe(level, self.retained, self.budget)
+        lost = status is not None and status.lost
         if status is None:
             level, detail = "down", f"slot {self.slot!r} is gone from the source"
-        elif status.lost:
+        elif lost:
             level, detail = "down", f"slot {self.slot!r} was invalidated (max_slot_wal_keep_size)"
         elif status.wal_status == "unreserved" and level == "ok":
             level = "degraded"
             detail = f"{detail}, past max_slot_wal_keep_size: the next checkpoint may invalidate it"
         self.collector.set_info("slot_retained_bytes", self.retained)
         self.collector.set_health("slot", level, detail)
-        lost = status is not None and status.lost
         newly, self._lost = lost and not self._lost, lost  # (set before on_lost reads it)
         if newly:
             log.error(
