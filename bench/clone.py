@@ -370,7 +370,9 @@ def run_pgmigrator(bench: Bench, db: str, workers: int, res: RunResult) -> None:
     t0 = time.perf_counter()
     try:
         out = run_checked(
-            [*PGMIGRATOR, "clone", *common, "--workers", str(workers)], bench.env, log
+            [*PGMIGRATOR, "clone", *common, "--workers", str(workers), "--keyless-tables", "full"],
+            bench.env,
+            log,
         )
         res.total_s = time.perf_counter() - t0
     finally:  # drop the slot and publication even when the clone failed

@@ -287,7 +287,7 @@ def setup_pgmigrator(ctx: Ctx) -> None:
     """``pgmigrator clone`` into a fresh database: creates slot and publication pgmigrator_bench."""
     ctx.dest.create_database(PGM_DB)
     run_checked(
-        [*PGMIGRATOR, "clone", *pgm_args(ctx), "--workers", "2"],
+        [*PGMIGRATOR, "clone", *pgm_args(ctx), "--workers", "2", "--keyless-tables", "full"],
         ctx.env,
         ctx.work / "pgmigrator-clone.log",
     )

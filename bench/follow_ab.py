@@ -53,7 +53,18 @@ def setup(src: devcluster.Cluster, dst: devcluster.Cluster) -> tuple[str, str]:
         conn.execute(f"CREATE SEQUENCE public.{WIDE_SEQ} START 100000000")
     source, dest = src.dsn("bench"), dst.dsn("bench")
     res = subprocess.run(
-        [PY, "-m", "pgmigrator", "clone", "--source", source, "--dest", dest],
+        [
+            PY,
+            "-m",
+            "pgmigrator",
+            "clone",
+            "--source",
+            source,
+            "--dest",
+            dest,
+            "--keyless-tables",
+            "full",
+        ],
         capture_output=True,
         text=True,
     )

@@ -51,6 +51,17 @@ def common_options(fn: F) -> F:
     return fn
 
 
+def keyless_option(fn: F) -> F:
+    """``--keyless-tables``: what publishing does with tables that have no replica identity."""
+    return click.option(
+        "--keyless-tables",
+        type=click.Choice(["refuse", "full"]),
+        help="tables with neither a primary key nor a replica identity: refuse them (default;"
+        " published, the source would refuse their UPDATE and DELETE), or set REPLICA IDENTITY"
+        " FULL on them on the source",
+    )(fn)
+
+
 def load_settings(config_file: Path | None, **flags: Any) -> configmod.Settings:
     settings = configmod.load(config_file, **flags)
     setup_logging(settings.log_level, settings.log_format)
@@ -93,6 +104,7 @@ def main() -> None:
 @common_options
 @click.option("--tables", multiple=True, help="include pattern schema.table (glob), repeatable")
 @click.option("--exclude", multiple=True, help="exclude pattern schema.table (glob), repeatable")
+@keyless_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @handle_errors
 def preflight(
@@ -114,6 +126,7 @@ def preflight(
         Target(settings.dest or "", "destination"),
         settings.tables,
         settings.exclude,
+        settings.keyless_tables,
     )
     if as_json:
         click.echo(orjson.dumps([c.to_dict() for c in checks], option=orjson.OPT_INDENT_2).decode())
@@ -137,6 +150,7 @@ def preflight(
     is_flag=True,
     help="drop and recreate destination objects that already exist",
 )
+@keyless_option
 @click.option(
     "--follow", "then_follow", is_flag=True, help="after the copy, stream changes until interrupted"
 )

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
-from pgmigrator.cli import _collector, common_options, handle_errors, load_settings
+from pgmigrator.cli import (
+    _collector,
+    common_options,
+    handle_errors,
+    keyless_option,
+    load_settings,
+)
 from pgmigrator.cli_observe import state_file
 from pgmigrator.errors import PgMigratorError
 from pgmigrator.lake.settings import LakeSettings
@@ -40,6 +46,7 @@ if TYPE_CHECKING:  # pyiceberg and pyarrow load only when the command runs
 @click.option("--flush-interval", type=float, help="seconds between lake commits (default 5)")
 @click.option("--max-rows", type=int, help="rows buffered before a lake commit (default 100000)")
 @click.option("--reset", is_flag=True, help="drop the lake tables, slot and publication first")
+@keyless_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @handle_errors
 def lake(
@@ -84,6 +91,7 @@ def lake(
         slot=slot or settings.slot,
         publication=publication or settings.publication,
         collector=collector,
+        keyless=settings.keyless_tables,
     )
     with state_file(settings, collector):  # `pgmigrator status --name NAME` reads it
         try:

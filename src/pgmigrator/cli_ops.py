@@ -8,7 +8,7 @@ from typing import Any
 import click
 import orjson
 
-from pgmigrator.cli import common_options, handle_errors, load_settings
+from pgmigrator.cli import common_options, handle_errors, keyless_option, load_settings
 
 
 @click.command()
@@ -26,6 +26,7 @@ from pgmigrator.cli import common_options, handle_errors, load_settings
     is_flag=True,
     help="also take tables the pipeline does not hold yet (created on both sides since the clone)",
 )
+@keyless_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @handle_errors
 def resync(

@@ -19,7 +19,13 @@ from typing import Any
 import click
 
 from pgmigrator import config as configmod
-from pgmigrator.cli import _collector, common_options, handle_errors, load_settings
+from pgmigrator.cli import (
+    _collector,
+    common_options,
+    handle_errors,
+    keyless_option,
+    load_settings,
+)
 from pgmigrator.cli_observe import serving_api, state_file
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError, PgMigratorError
@@ -151,6 +157,7 @@ def _flags(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--slot", help="replication slot (default pgmigrator_<name>)")
 @click.option("--publication", help="publication (default pgmigrator_<name>)")
 @click.option("--create", is_flag=True, help="create the publication and slot when missing")
+@keyless_option
 @click.option(
     "--snapshot", is_flag=True, help="with a new slot: existing rows first, as op r events"
 )

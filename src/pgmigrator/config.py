@@ -186,6 +186,12 @@ class Settings(BaseSettings):
     exclude: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="exclude patterns schema.table (glob)"
     )
+    keyless_tables: Literal["refuse", "full"] = Field(
+        "refuse",
+        description="selected tables with neither a primary key nor a replica identity: refuse"
+        " them (publishing them would make the source refuse their UPDATE and DELETE), or set"
+        " REPLICA IDENTITY FULL on them on the source",
+    )
     # `copy` shadows BaseModel.copy, hence the alias; an alias is read from the environment
     # without the prefix, so PGMIGRATOR_COPY__... is listed as well.
     copy_: CopySettings = Field(

@@ -49,7 +49,9 @@ def run_demo(base: Path, scale: int, keep: bool, live_seconds: int = 10) -> None
             conn.execute("CREATE TABLE demo_marker (id int PRIMARY KEY)")
         click.echo("\n== preflight ==")
         click.echo(
-            preflight.render(preflight.run(Target(source, "source"), Target(dest, "destination")))
+            preflight.render(
+                preflight.run(Target(source, "source"), Target(dest, "destination"), keyless="full")
+            )
         )
         click.echo("\n== clone ==")
         settings = load(
@@ -57,6 +59,7 @@ def run_demo(base: Path, scale: int, keep: bool, live_seconds: int = 10) -> None
             source=source,
             dest=dest,
             name="demo",
+            keyless_tables="full",  # the sample's no_key table: REPLICA IDENTITY FULL, not refused
             state_dir=base / "state",
             api={"addr": "127.0.0.1:0", "token": "demo"},
         )

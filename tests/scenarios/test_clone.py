@@ -16,13 +16,16 @@ def test_clone_every_type_then_verify(pair: Pair) -> None:
     with pair.src() as conn:
         sample.load(conn, rows=3000)
 
-    res = pgmigrator("clone", "--source", pair.source, "--dest", pair.dest, "--workers", "2")
+    res = pgmigrator(
+        "clone", "--source", pair.source, "--dest", pair.dest, "--workers", "2",
+        "--keyless-tables", "full",
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "clone complete" in res.stdout
     assert "pgm-secret" not in res.stdout + res.stderr  # the password is never printed
-    # no_key has neither a key nor REPLICA IDENTITY FULL: published, the source refuses its updates
-    [warned] = [ln for ln in res.stderr.splitlines() if "the source now refuses UPDATE" in ln]
-    assert "public.no_key" in warned and "public.full_identity" not in warned
+    # no_key has neither a key nor a replica identity: made FULL (refusals: test_clone_bad_input)
+    [warned] = [ln for ln in res.stderr.splitlines() if "replica identity set to FULL" in ln]
+    assert "public.no_key" in warned
 
     res = pgmigrator("verify", "--source", pair.source, "--dest", pair.dest)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -150,7 +153,10 @@ def test_verify_checks_large_tables_in_key_ranges_and_names_the_one_that_differs
             "CREATE TABLE keyless (v text); INSERT INTO keyless SELECT 'k' FROM generate_series(1, 4000);"
             "ANALYZE keyless"
         )
-    assert pgmigrator("clone", "--source", pair.source, "--dest", pair.dest).returncode == 0
+    res = pgmigrator(
+        "clone", "--source", pair.source, "--dest", pair.dest, "--keyless-tables", "full"
+    )
+    assert res.returncode == 0, res.stderr
     src, dst = Target(pair.source, "source"), Target(pair.dest, "destination")
     checks = {c.table: c for c in verify(src, dst, chunk_rows=1000, sample=True)}
     assert checks["public.big"].status == checks["public.keyless"].status == "ok"

@@ -9,9 +9,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from pgmigrator import devcluster
+from pgmigrator.errors import PreflightError
+from pgmigrator.source import catalog, slots
 from tests.conftest import Pair, pgmigrator
 
 
@@ -171,3 +174,61 @@ def test_preflight_flags_a_destination_encoding_or_collation_that_differs(pair: 
     finally:
         with pair.dest_cluster.connect() as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+def _identity(conn: psycopg.Connection, table: str) -> str:
+    return str(
+        conn.execute(
+            "SELECT relreplident FROM pg_class WHERE oid = %s::regclass", (table,)
+        ).fetchone()[0]  # type: ignore[index]
+    )
+
+
+def test_table_without_replica_identity_is_refused_unless_made_full(pair: Pair) -> None:
+    _one_table(pair)
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE logs (at int, msg text); INSERT INTO logs VALUES (1, 'a')")
+    res = pgmigrator("preflight", "--source", pair.source, "--dest", pair.dest, "--json")
+    assert res.returncode == 1
+    check = {c["name"]: c for c in json.loads(res.stdout)}["replica identity"]
+    assert check["status"] == "blocker" and "public.logs" in check["detail"], check
+    _assert_clean_failure(
+        pgmigrator("clone", "--source", pair.source, "--dest", pair.dest),
+        "public.logs",
+        "refuse UPDATE and DELETE",
+        "--keyless-tables full",
+    )
+    with pair.src() as conn:  # refused before anything was created; the source still updates it
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM pg_publication").fetchone()[0] == 0
+        conn.execute("UPDATE logs SET msg = 'b'")
+        assert _identity(conn, "logs") == "d"
+    with pair.dst() as conn:
+        assert conn.execute("SELECT to_regclass('public.t')").fetchone()[0] is None
+
+    args = ("--source", pair.source, "--dest", pair.dest, "--keyless-tables", "full")
+    assert pgmigrator("preflight", *args).returncode == 0
+    res = pgmigrator("clone", *args)
+    assert res.returncode == 0, res.stderr
+    [said] = [ln for ln in res.stderr.splitlines() if "replica identity set to FULL" in ln]
+    assert "public.logs" in said
+    with pair.src() as src, pair.dst() as dst:
+        assert _identity(src, "logs") == _identity(dst, "logs") == "f"  # the dump carried it
+        assert _identity(src, "t") == "d"  # a keyed table is left alone
+        src.execute("UPDATE logs SET msg = 'c'")  # published and still writable
+
+
+def test_replica_identity_change_waits_for_its_lock_at_most_the_timeout(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE logs (at int, msg text); INSERT INTO logs VALUES (1, 'a')")
+    monkeypatch.setattr(slots, "KEYLESS_LOCK_TIMEOUT", "200ms")
+    with pair.src() as holder, pair.src() as conn:
+        tables = catalog.list_tables(conn)
+        holder.execute("BEGIN; SELECT * FROM logs")  # a reader in a long transaction
+        with pytest.raises(PreflightError, match=r"could not lock public\.logs within 200ms"):
+            slots.prepare_keyless(conn, tables, "full")
+        holder.execute("ROLLBACK")
+        slots.prepare_keyless(conn, tables, "full")
+        assert _identity(conn, "logs") == "f"

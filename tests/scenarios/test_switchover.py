@@ -22,8 +22,10 @@ def following(pair: Pair) -> Iterator[subprocess.Popen[str]]:
         conn.execute("CREATE TABLE items (id bigserial PRIMARY KEY, v text)")
         conn.execute("INSERT INTO items (v) SELECT 'x' FROM generate_series(1, 1000)")
     pair.source_cluster.pgbench(pair.dbname, "-i", "-q", "-s", "1")
-    proc = start_pgmigrator("clone", "--follow", "--source", pair.source, "--dest", pair.dest)
-
+    proc = start_pgmigrator(
+        "clone", "--follow", "--source", pair.source, "--dest", pair.dest,
+        "--keyless-tables", "full",  # pgbench_history has no key
+    )  # fmt: skip
     wait_streaming(pair, proc)
     yield proc
     if proc.poll() is None:

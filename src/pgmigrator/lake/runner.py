@@ -73,6 +73,7 @@ class LakePipeline:
         slot: str | None = None,
         publication: str | None = None,
         collector: Any = None,
+        keyless: str = "refuse",
     ) -> None:
         if settings.warehouse is None:
             raise LakeError("no warehouse given", hint="pass --warehouse PATH (a local folder)")
@@ -85,6 +86,7 @@ class LakePipeline:
         self.lake = IcebergLake(settings.warehouse, settings.catalog)
         self.stream: LakeStream | None = None
         self.collector = collector  # pgmigrator.metrics.Collector, or None
+        self.keyless = keyless  # tables without a replica identity: refuse, or make them FULL
         if collector is not None:
             collector.update_info({"slot": self.slot, "warehouse": str(settings.warehouse)})
 
@@ -100,7 +102,7 @@ class LakePipeline:
                 self.collector.set_phase("copy" if status is None else "ready")
             if status is None:
                 self._check_empty(tables)
-                ensure_publication(src, self.publication, tables)
+                ensure_publication(src, self.publication, tables, self.keyless)
                 result.consistent_lsn, result.copied = self._copy(tables)
             else:
                 self._check_copied(tables)

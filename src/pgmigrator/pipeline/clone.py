@@ -126,7 +126,9 @@ class Clone:
         self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], pg_dump: Path
     ) -> CloneResult:
         _check_destination(dst, tables, self.options.drop_if_exists)
-        ensure_publication(src, self.settings.publication_name, tables)
+        ensure_publication(
+            src, self.settings.publication_name, tables, self.settings.keyless_tables
+        )
         self.progress.set_phase("schema")
         session = ReplicationSession(self.source)
         run: CopyRun | None = None

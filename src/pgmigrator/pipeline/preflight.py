@@ -15,6 +15,7 @@ from pgmigrator.errors import PgMigratorError
 from pgmigrator.pg import Conn, connect, server_major
 from pgmigrator.schema.dump import find_pg_dump
 from pgmigrator.source import catalog
+from pgmigrator.source.slots import keyless_tables
 
 OK, WARNING, BLOCKER = "ok", "warning", "blocker"
 
@@ -58,7 +59,34 @@ def _connect(target: Target, out: list[Check]) -> Conn | None:
     return conn
 
 
-def source_checks(src: Conn, include: Sequence[str], exclude: Sequence[str]) -> list[Check]:
+def _keyless_check(add: _Add, tables: list[catalog.TableInfo], keyless: str) -> None:
+    names = [t.qualified for t in keyless_tables(tables)]
+    if not names:
+        add("replica identity", OK, "every table has a usable replica identity", "")
+        return
+    listed = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+    if keyless == "full":
+        add(
+            "replica identity",
+            WARNING,
+            f"no primary key or replica identity: {listed}; the clone will set REPLICA IDENTITY"
+            " FULL on them (--keyless-tables full)",
+            "their UPDATEs and DELETEs will log whole old rows; a key is cheaper",
+        )
+        return
+    add(
+        "replica identity",
+        BLOCKER,
+        f"no primary key or replica identity: {listed}; published, the source would refuse"
+        " UPDATE and DELETE on them",
+        "add a primary key or a REPLICA IDENTITY, pass --keyless-tables full (REPLICA IDENTITY"
+        " FULL), or --exclude them",
+    )
+
+
+def source_checks(
+    src: Conn, include: Sequence[str], exclude: Sequence[str], keyless: str = "refuse"
+) -> list[Check]:
     out: list[Check] = []
     add = _adder(out, "source")
     wal = _one(src, "SHOW wal_level")
@@ -111,11 +139,13 @@ def source_checks(src: Conn, include: Sequence[str], exclude: Sequence[str]) -> 
             f"role {role[0] if role else '?'} has neither REPLICATION nor superuser",
             "ALTER ROLE <role> REPLICATION (as a superuser)",
         )
-    out += _table_checks(src, include, exclude)
+    out += _table_checks(src, include, exclude, keyless)
     return out
 
 
-def _table_checks(src: Conn, include: Sequence[str], exclude: Sequence[str]) -> list[Check]:
+def _table_checks(
+    src: Conn, include: Sequence[str], exclude: Sequence[str], keyless: str
+) -> list[Check]:
     out: list[Check] = []
     add = _adder(out, "source")
     everything = catalog.list_tables(src)
@@ -161,19 +191,7 @@ def _table_checks(src: Conn, include: Sequence[str], exclude: Sequence[str]) -> 
             f"not owner of: {', '.join(not_owned[:10])}",
             "CREATE PUBLICATION FOR TABLE needs table ownership: run as the owner or a superuser",
         )
-    no_ri = [t.qualified for t in tables if t.has_data and not t.replicable_updates]
-    add(
-        "replica identity",
-        WARNING if no_ri else OK,
-        f"no primary key or replica identity: {', '.join(no_ri[:10])}; once they are"
-        " published (clone) the source refuses UPDATE and DELETE on them"
-        if no_ri
-        else "every table has a usable replica identity",
-        "add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL, before the clone"
-        " (or --exclude them)"
-        if no_ri
-        else "",
-    )
+    _keyless_check(add, tables, keyless)
     unlogged = [t.qualified for t in tables if t.persistence == "u"]
     if unlogged:
         add(
@@ -296,13 +314,17 @@ def _locale_checks(src: Conn, dst: Conn, add: _Add) -> None:
 
 
 def run(
-    source: Target, dest: Target, include: Sequence[str] = (), exclude: Sequence[str] = ()
+    source: Target,
+    dest: Target,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    keyless: str = "refuse",
 ) -> list[Check]:
     out: list[Check] = []
     src, dst = _connect(source, out), _connect(dest, out)
     try:
         if src is not None:
-            out += source_checks(src, include, exclude)
+            out += source_checks(src, include, exclude, keyless)
             _guard(out, "tools", lambda: find_pg_dump(server_major(src)))
         if dst is not None:
             out += dest_checks(src, dst)

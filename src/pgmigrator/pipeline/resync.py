@@ -136,7 +136,7 @@ class Resync:
                     " a table created since, create it on the destination and pass --add",
                 )
             if outside:
-                _add_tables(src, dst, row.publication, outside)
+                _add_tables(src, dst, row.publication, outside, self.settings.keyless_tables)
         if not chosen:
             raise PreflightError("the named tables hold no rows of their own (partitioned roots)")
         return row.slot, chosen
@@ -250,7 +250,9 @@ class Resync:
                 time.sleep(0.05)
 
 
-def _add_tables(src: Conn, dst: Conn, publication: str, tables: list[TableInfo]) -> None:
+def _add_tables(
+    src: Conn, dst: Conn, publication: str, tables: list[TableInfo], keyless: str
+) -> None:
     """Tables new to the pipeline: they must exist on the destination; the publication gets them.
 
     The publication changes before the copy's snapshot is taken: the table's changes after that
@@ -267,7 +269,7 @@ def _add_tables(src: Conn, dst: Conn, publication: str, tables: list[TableInfo])
             hint="create them there first, with their indexes and constraints (e.g. `pg_dump"
             " --schema-only -t TABLE` from the source into the destination), then run again",
         )
-    publish_more(src, publication, tables)
+    publish_more(src, publication, tables, keyless)
 
 
 def _lock_table(conn: Conn, table: TableInfo, dest: Target) -> None:

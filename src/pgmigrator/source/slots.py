@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import psycopg
 from psycopg import pq, sql
 
 from pgmigrator.dsn import Target
-from pgmigrator.errors import ReplicationError
+from pgmigrator.errors import PreflightError, ReplicationError
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect
@@ -147,11 +148,18 @@ def drop_slot(conn: Conn, name: str) -> bool:
     return True
 
 
-def ensure_publication(conn: Conn, name: str, tables: Sequence[TableInfo]) -> None:
-    """Create (or re-point) a publication on exactly these tables; partitions publish via their leaves."""
+def ensure_publication(
+    conn: Conn, name: str, tables: Sequence[TableInfo], keyless: str = "refuse"
+) -> None:
+    """Create (or re-point) a publication on exactly these tables; partitions publish via their leaves.
+
+    Tables without a usable replica identity are first refused or given REPLICA IDENTITY FULL
+    (``keyless``, see `prepare_keyless`): once published, the source would refuse their UPDATEs.
+    """
     roots = sorted({(t.root_schema, t.root_name) for t in tables})
     if not roots:
         raise ReplicationError("no table to publish", hint="check --tables / --exclude")
+    prepare_keyless(conn, tables, keyless)
     table_list = sql.SQL(", ").join(sql.Identifier(s, n) for s, n in roots)
     exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
     if exists:
@@ -163,14 +171,55 @@ def ensure_publication(conn: Conn, name: str, tables: Sequence[TableInfo]) -> No
             sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), table_list)
         )
     log.info("publication ready", publication=name, tables=len(roots))
-    no_identity = [t.qualified for t in tables if t.has_data and not t.replicable_updates]
-    if no_identity:
-        log.warning(
-            "published tables without a replica identity: the source now refuses UPDATE and"
-            " DELETE on them",
-            tables=", ".join(no_identity[:10]) + (" ..." if len(no_identity) > 10 else ""),
-            hint="give them a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL",
+
+
+KEYLESS_POLICIES = ("refuse", "full")
+KEYLESS_LOCK_TIMEOUT = "10s"
+
+
+def keyless_tables(tables: Sequence[TableInfo]) -> list[TableInfo]:
+    """Tables with rows whose UPDATE and DELETE a publication would make the source refuse."""
+    return [t for t in tables if t.has_data and not t.replicable_updates]
+
+
+def prepare_keyless(conn: Conn, tables: Sequence[TableInfo], policy: str) -> None:
+    """Refuse tables without a usable replica identity, or set REPLICA IDENTITY FULL on them.
+
+    Runs before anything is published or created: a refusal leaves the source untouched. FULL
+    changes the source table (a brief ACCESS EXCLUSIVE lock, waited for at most
+    `KEYLESS_LOCK_TIMEOUT`); its UPDATEs and DELETEs then log the whole old row.
+    """
+    keyless = keyless_tables(tables)
+    if not keyless:
+        return
+    names = ", ".join(t.qualified for t in keyless[:10]) + (" ..." if len(keyless) > 10 else "")
+    if policy != "full":
+        raise PreflightError(
+            f"tables without a primary key or replica identity: {names}; once published, the"
+            " source would refuse UPDATE and DELETE on them",
+            hint="give them a primary key or a REPLICA IDENTITY, or pass --keyless-tables full"
+            " to set REPLICA IDENTITY FULL on them, or leave them out with --exclude",
         )
+    for table in keyless:
+        _set_identity_full(conn, table)
+
+
+def _set_identity_full(conn: Conn, table: TableInfo) -> None:
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(KEYLESS_LOCK_TIMEOUT))
+            conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.ident))
+    except psycopg.errors.LockNotAvailable as exc:
+        raise PreflightError(
+            f"source: could not lock {table.qualified} within {KEYLESS_LOCK_TIMEOUT} to set its"
+            " REPLICA IDENTITY FULL (a long transaction holds it)",
+            hint="run again at a quieter moment, or run the ALTER TABLE yourself",
+            retryable=True,
+        ) from exc
+    log.warning(
+        "replica identity set to FULL on the source (no primary key or replica identity)",
+        table=table.qualified,
+    )
 
 
 def published_tables(conn: Conn, publication: str) -> list[tuple[str, str]]:
@@ -185,8 +234,11 @@ def published_tables(conn: Conn, publication: str) -> list[tuple[str, str]]:
     return [(str(r[0]), str(r[1])) for r in rows]
 
 
-def publish_more(conn: Conn, name: str, tables: Sequence[TableInfo]) -> None:
+def publish_more(
+    conn: Conn, name: str, tables: Sequence[TableInfo], keyless: str = "refuse"
+) -> None:
     """Add ``tables`` to publication ``name`` (their roots; one published already stays as is)."""
+    prepare_keyless(conn, tables, keyless)
     roots = {(t.root_schema, t.root_name) for t in tables} - set(published_tables(conn, name))
     for schema, table in sorted(roots):
         conn.execute(

@@ -134,7 +134,7 @@ def _publication(src: Conn, settings: Settings, publication: str, create: bool) 
     tables = catalog.select(everything, settings.tables, settings.exclude)
     if not tables:
         raise PreflightError("no table selected on the source", hint="check --tables / --exclude")
-    ensure_publication(src, publication, tables)
+    ensure_publication(src, publication, tables, settings.keyless_tables)
 
 
 def _require_logical(src: Conn) -> None:

@@ -58,6 +58,7 @@ def test_kill9_during_schema_then_cleanup_and_clone_again(
 ) -> None:
     with pair.src() as conn:
         sample.load(conn, rows=500)
+        conn.execute("ALTER TABLE no_key REPLICA IDENTITY FULL")  # else refused (bad-input tests)
         # many objects make the schema phase last long enough to be hit
         for i in range(150):
             conn.execute(f"CREATE TABLE pad_{i} (id int PRIMARY KEY, v text, w int UNIQUE)")
