@@ -62,6 +62,26 @@ def keyless_option(fn: F) -> F:
     )(fn)
 
 
+def owner_options(fn: F) -> F:
+    """``--no-owner`` / ``--no-privileges``: copy the schema without its owners or GRANTs."""
+    fn = click.option(
+        "--no-privileges",
+        "privileges",
+        flag_value=False,
+        default=None,
+        help="do not copy GRANTs (by default they are, and their grantees must exist on the"
+        " destination)",
+    )(fn)
+    return click.option(
+        "--no-owner",
+        "owners",
+        flag_value=False,
+        default=None,
+        help="the destination's user owns every copied object (by default the source's owners,"
+        " which must exist on the destination)",
+    )(fn)
+
+
 def load_settings(config_file: Path | None, **flags: Any) -> configmod.Settings:
     settings = configmod.load(config_file, **flags)
     setup_logging(settings.log_level, settings.log_format)
@@ -105,6 +125,7 @@ def main() -> None:
 @click.option("--tables", multiple=True, help="include pattern schema.table (glob), repeatable")
 @click.option("--exclude", multiple=True, help="exclude pattern schema.table (glob), repeatable")
 @keyless_option
+@owner_options
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @handle_errors
 def preflight(
@@ -126,7 +147,9 @@ def preflight(
         Target(settings.dest or "", "destination"),
         settings.tables,
         settings.exclude,
-        settings.keyless_tables,
+        keyless=settings.keyless_tables,
+        owners=settings.owners,
+        privileges=settings.privileges,
     )
     if as_json:
         click.echo(orjson.dumps([c.to_dict() for c in checks], option=orjson.OPT_INDENT_2).decode())
@@ -151,6 +174,7 @@ def preflight(
     help="drop and recreate destination objects that already exist",
 )
 @keyless_option
+@owner_options
 @click.option(
     "--follow", "then_follow", is_flag=True, help="after the copy, stream changes until interrupted"
 )

@@ -192,6 +192,14 @@ class Settings(BaseSettings):
         " them (publishing them would make the source refuse their UPDATE and DELETE), or set"
         " REPLICA IDENTITY FULL on them on the source",
     )
+    owners: bool = Field(
+        True,
+        description="clone: give copied objects their source owners (the roles must exist on"
+        " the destination); false: the destination's user owns them",
+    )
+    privileges: bool = Field(
+        True, description="clone: copy GRANTs (the grantees must exist on the destination)"
+    )
     # `copy` shadows BaseModel.copy, hence the alias; an alias is read from the environment
     # without the prefix, so PGMIGRATOR_COPY__... is listed as well.
     copy_: CopySettings = Field(

@@ -114,8 +114,12 @@ def test_role_without_replication_privilege(pair: Pair) -> None:
         assert res.returncode == 1
         assert "BLOCKER" in res.stdout and "neither REPLICATION nor superuser" in res.stdout
         _assert_clean_failure(
-            pgmigrator("clone", "--source", src, "--dest", pair.dest), "replication"
+            pgmigrator("clone", "--source", src, "--dest", pair.dest),
+            "'pgm_norepl' has neither REPLICATION nor superuser",
+            "ALTER ROLE \"pgm_norepl\" REPLICATION",
         )
+        with pair.src() as conn:  # refused before the publication was created
+            assert conn.execute("SELECT count(*) FROM pg_publication").fetchone()[0] == 0
     finally:
         with pair.src() as conn:
             conn.execute("DROP TABLE t; DROP OWNED BY pgm_norepl; DROP ROLE pgm_norepl")
@@ -232,3 +236,64 @@ def test_replica_identity_change_waits_for_its_lock_at_most_the_timeout(
         holder.execute("ROLLBACK")
         slots.prepare_keyless(conn, tables, "full")
         assert _identity(conn, "logs") == "f"
+
+
+def _owner_and_reader(conn: psycopg.Connection) -> tuple[str, bool]:
+    row = conn.execute(
+        "SELECT tableowner, EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgm_reader')"
+        " FROM pg_tables WHERE schemaname = 'app' AND tablename = 't'"
+    ).fetchone()
+    assert row is not None
+    readable = (
+        row[1]
+        and conn.execute("SELECT has_table_privilege('pgm_reader', 'app.t', 'SELECT')").fetchone()[
+            0
+        ]
+    )  # type: ignore[index]
+    return str(row[0]), bool(readable)
+
+
+def test_owners_and_grants_need_their_roles_on_the_destination(pair: Pair) -> None:
+    roles = "CREATE ROLE pgm_owner NOLOGIN; CREATE ROLE pgm_reader NOLOGIN"
+    with pair.src() as conn:
+        conn.execute(roles)
+        conn.execute(
+            "CREATE SCHEMA app AUTHORIZATION pgm_owner; CREATE TABLE app.t (id int PRIMARY KEY);"
+            " INSERT INTO app.t SELECT generate_series(1, 10); ALTER TABLE app.t OWNER TO"
+            " pgm_owner; GRANT SELECT ON app.t TO pgm_reader"
+        )
+    try:
+        res = pgmigrator("preflight", "--source", pair.source, "--dest", pair.dest, "--json")
+        check = {c["name"]: c for c in json.loads(res.stdout)}["roles"]
+        assert res.returncode == 1 and check["status"] == "blocker", check
+        assert "pgm_owner, pgm_reader" in check["detail"]
+        args = ("--source", pair.source, "--dest", pair.dest)
+        _assert_clean_failure(
+            pgmigrator("clone", *args), "lacks role(s)", "pgm_owner, pgm_reader", "--no-owner"
+        )
+        with pair.src() as conn:  # refused before the slot
+            assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+
+        res = pgmigrator("clone", *args, "--no-owner", "--no-privileges")
+        assert res.returncode == 0, res.stderr
+        with pair.dst() as conn:
+            assert _owner_and_reader(conn) == ("postgres", False)
+
+        assert pgmigrator("cleanup", *args).returncode == 0
+        with pair.dest_cluster.connect() as conn:
+            conn.execute(roles)
+        res = pgmigrator("clone", *args, "--drop-if-exists")
+        assert res.returncode == 0, res.stderr
+        with pair.dst() as conn:
+            assert _owner_and_reader(conn) == ("pgm_owner", True)
+            assert conn.execute(
+                "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'app'"
+            ).fetchone() == ("pgm_owner",)
+    finally:
+        for cluster in (pair.source_cluster, pair.dest_cluster):
+            with cluster.connect(pair.dbname) as conn:
+                conn.execute(
+                    "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgm_owner') THEN"
+                    " DROP OWNED BY pgm_owner, pgm_reader; DROP ROLE pgm_owner, pgm_reader;"
+                    " END IF; END $$"
+                )

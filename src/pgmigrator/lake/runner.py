@@ -35,6 +35,7 @@ from pgmigrator.source.slots import (
     drop_publication,
     drop_slot,
     ensure_publication,
+    require_logical,
     slot_status,
 )
 
@@ -93,6 +94,7 @@ class LakePipeline:
     def prepare(self, *, reset: bool = False) -> LakeResult:
         """Copy if needed; return what is known. Blocking."""
         with connect(self.source) as src:
+            require_logical(src)
             tables = self._select(src)
             result = LakeResult(self.slot, tables=[t.qualified for t in tables])
             if reset:

@@ -33,11 +33,13 @@ from pgmigrator.pipeline.sequences import refresh_matviews, sync_sequences
 from pgmigrator.schema.apply import PostDataBuilder, apply_pre_data
 from pgmigrator.schema.dump import Script, dump_section, find_pg_dump, split
 from pgmigrator.schema.early import fk_checks_by_index, plan_by_table
+from pgmigrator.schema.roles import check_roles
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
 from pgmigrator.source.slots import (
     ReplicationSession,
     ensure_publication,
+    require_logical,
     slot_gone_error,
     slot_status,
 )
@@ -76,7 +78,7 @@ class Clone:
     def run(self) -> CloneResult:
         self.progress.set_phase("connecting")
         with connect(self.source) as src, connect(self.dest) as dst:
-            _require_logical(src)
+            require_logical(src)
             tables = self._select_tables(src)
             store = StateStore(dst, self.settings.name)
             store.ensure_schema()
@@ -126,6 +128,13 @@ class Clone:
         self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], pg_dump: Path
     ) -> CloneResult:
         _check_destination(dst, tables, self.options.drop_if_exists)
+        check_roles(
+            src,
+            dst,
+            [t.oid for t in self._excluded],
+            owners=self.settings.owners,
+            privileges=self.settings.privileges,
+        )
         ensure_publication(
             src, self.settings.publication_name, tables, self.settings.keyless_tables
         )
@@ -184,6 +193,8 @@ class Clone:
                 snapshot=snapshot,
                 exclude=self._excluded,
                 clean=self.options.drop_if_exists,
+                owners=self.settings.owners,
+                privileges=self.settings.privileges,
             )
             post = pool.submit(
                 dump_section,
@@ -192,6 +203,8 @@ class Clone:
                 "post-data",
                 snapshot=snapshot,
                 exclude=self._excluded,
+                owners=self.settings.owners,
+                privileges=self.settings.privileges,
             )
             return pre.result(), post.result()
 
@@ -287,15 +300,6 @@ def build_gucs(settings: Settings) -> dict[str, str]:
         "maintenance_work_mem": f"{settings.copy_.index_memory_mb}MB",
         "max_parallel_maintenance_workers": str(settings.copy_.index_parallel_workers),
     }
-
-
-def _require_logical(src: Conn) -> None:
-    row = src.execute("SHOW wal_level").fetchone()
-    if row is None or row[0] != "logical":
-        raise PreflightError(
-            f"source wal_level is {row[0] if row else '?'!r}, logical decoding needs 'logical'",
-            hint="ALTER SYSTEM SET wal_level = logical; then restart the source server",
-        )
 
 
 def _check_destination(dst: Conn, tables: Sequence[TableInfo], drop_if_exists: bool) -> None:

@@ -14,6 +14,7 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError
 from pgmigrator.pg import Conn, connect, server_major
 from pgmigrator.schema.dump import find_pg_dump
+from pgmigrator.schema.roles import role_problems
 from pgmigrator.source import catalog
 from pgmigrator.source.slots import keyless_tables
 
@@ -318,7 +319,10 @@ def run(
     dest: Target,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    *,
     keyless: str = "refuse",
+    owners: bool = True,
+    privileges: bool = True,
 ) -> list[Check]:
     out: list[Check] = []
     src, dst = _connect(source, out), _connect(dest, out)
@@ -328,11 +332,36 @@ def run(
             _guard(out, "tools", lambda: find_pg_dump(server_major(src)))
         if dst is not None:
             out += dest_checks(src, dst)
+        if src is not None and dst is not None:
+            out.append(_roles_check(src, dst, include, exclude, owners, privileges))
     finally:
         for conn in (src, dst):
             if conn is not None:
                 conn.close()
     return out
+
+
+def _roles_check(
+    src: Conn,
+    dst: Conn,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    owners: bool,
+    privileges: bool,
+) -> Check:
+    """The roles the schema's owners and GRANTs name must exist on the destination."""
+    everything = catalog.list_tables(src)
+    chosen = {t.oid for t in catalog.select(everything, include, exclude)}
+    excluded = [t.oid for t in everything if t.oid not in chosen]
+    found = role_problems(src, dst, excluded, owners=owners, privileges=privileges)
+    if found:
+        return Check("destination", "roles", BLOCKER, found.message(), found.hint())
+    detail = (
+        "owners and privileges not copied (--no-owner --no-privileges)"
+        if not (owners or privileges)
+        else "every owner and grantee of the copied schema exists"
+    )
+    return Check("destination", "roles", OK, detail)
 
 
 def _guard(out: list[Check], name: str, fn: Callable[[], object]) -> None:

@@ -96,13 +96,15 @@ def dump_section(
     snapshot: str | None,
     exclude: Sequence[TableInfo],
     clean: bool = False,
+    owners: bool = True,
+    privileges: bool = True,
 ) -> Script:
     args = [
         str(pg_dump),
         "--schema-only",
         f"--section={section}",
-        "--no-owner",
-        "--no-privileges",
+        *(() if owners else ("--no-owner",)),
+        *(() if privileges else ("--no-privileges",)),
         "--no-publications",
         "--no-subscriptions",
         "--exclude-schema=pgmigrator",

@@ -148,6 +148,30 @@ def drop_slot(conn: Conn, name: str) -> bool:
     return True
 
 
+def require_logical(conn: Conn) -> None:
+    """Refuse a source that cannot decode: ``wal_level`` below logical, or a role without REPLICATION.
+
+    Checked before anything is created, so neither leaves a publication behind.
+    """
+    row = conn.execute(
+        "SELECT current_setting('wal_level'), current_user,"
+        " (SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user)"
+    ).fetchone()
+    assert row is not None
+    if row[0] != "logical":
+        raise PreflightError(
+            f"source wal_level is {row[0]!r}, logical decoding needs 'logical'",
+            hint="ALTER SYSTEM SET wal_level = logical; then restart the source server",
+        )
+    if not row[2]:
+        raise PreflightError(
+            f"source role {row[1]!r} has neither REPLICATION nor superuser: it cannot create or"
+            " read a replication slot",
+            hint=f"ALTER ROLE {sql.Identifier(row[1]).as_string(conn)} REPLICATION (as a"
+            " superuser), or connect as a role that has it",
+        )
+
+
 def ensure_publication(
     conn: Conn, name: str, tables: Sequence[TableInfo], keyless: str = "refuse"
 ) -> None:

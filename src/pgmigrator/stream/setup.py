@@ -24,6 +24,7 @@ from pgmigrator.source.slots import (
     ExportedSlot,
     ReplicationSession,
     ensure_publication,
+    require_logical,
     slot_status,
 )
 
@@ -73,7 +74,7 @@ def write_marker(path: Path, slot: str, state: str, lsn: Lsn) -> None:
 def prepare(settings: Settings, source: Target, *, create: bool, snapshot: bool) -> Prepared:
     slot, publication = settings.slot_name, settings.publication_name
     with connect(source) as src:
-        _require_logical(src)
+        require_logical(src)
         _publication(src, settings, publication, create)
         status = slot_status(src, slot)
     if status is not None:
@@ -135,15 +136,6 @@ def _publication(src: Conn, settings: Settings, publication: str, create: bool) 
     if not tables:
         raise PreflightError("no table selected on the source", hint="check --tables / --exclude")
     ensure_publication(src, publication, tables, settings.keyless_tables)
-
-
-def _require_logical(src: Conn) -> None:
-    row = src.execute("SHOW wal_level").fetchone()
-    if row is None or row[0] != "logical":
-        raise PreflightError(
-            f"source wal_level is {row[0] if row else '?'!r}, logical decoding needs 'logical'",
-            hint="ALTER SYSTEM SET wal_level = logical; then restart the source server",
-        )
 
 
 def current_lsn(conn: Conn) -> Lsn:

@@ -1,0 +1,138 @@
+"""Owners and privileges of the copied schema: the roles it names, and whether the destination has them.
+
+pg_dump writes ``ALTER ... OWNER TO role`` and ``GRANT ... TO role`` for every object it dumps,
+but roles are cluster-wide objects that no database dump carries. A role the destination lacks
+would fail the pre-data script, after the slot and publication were created; so the clone looks
+the roles up in the source's catalogs first and refuses, naming them, before it creates anything.
+Setting an owner also needs the destination's user to be a superuser or a member of that role.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pgmigrator.errors import PreflightError
+from pgmigrator.pg import Conn
+
+# Objects pg_dump writes an owner or grants for: relations (minus the tables left out), schemas,
+# functions, types, default privileges; members of extensions are dumped as the extension only.
+# ``owner`` is true for a role that owns something, false for one only granted to (or granting).
+_ROLES_SQL = """
+WITH objs AS (
+  SELECT c.oid, 'pg_class'::regclass AS cls, c.relowner AS owner, c.relacl AS acl
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c') AND n.nspname <> ALL(%(system)s)
+    AND n.nspname NOT LIKE 'pg\\_%%' AND c.oid <> ALL(%(excluded)s)
+  UNION ALL
+  SELECT n.oid, 'pg_namespace'::regclass, n.nspowner, n.nspacl FROM pg_namespace n
+  WHERE n.nspname <> ALL(%(system)s) AND n.nspname NOT LIKE 'pg\\_%%'
+  UNION ALL
+  SELECT p.oid, 'pg_proc'::regclass, p.proowner, p.proacl
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+  WHERE n.nspname <> ALL(%(system)s) AND n.nspname NOT LIKE 'pg\\_%%'
+  UNION ALL
+  SELECT t.oid, 'pg_type'::regclass, t.typowner, t.typacl
+  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+  WHERE n.nspname <> ALL(%(system)s) AND n.nspname NOT LIKE 'pg\\_%%'
+    AND t.typtype IN ('e', 'd', 'r', 'b', 'm')
+  UNION ALL
+  SELECT d.oid, 'pg_default_acl'::regclass, d.defaclrole, d.defaclacl FROM pg_default_acl d
+), named AS (
+  SELECT owner AS role, true AS owns FROM objs o
+  WHERE NOT EXISTS (SELECT 1 FROM pg_depend e
+                    WHERE e.classid = o.cls AND e.objid = o.oid AND e.deptype = 'e')
+  UNION ALL
+  SELECT a.grantee, false FROM objs o, aclexplode(o.acl) a WHERE %(privileges)s
+  UNION ALL
+  SELECT a.grantor, false FROM objs o, aclexplode(o.acl) a WHERE %(privileges)s
+)
+SELECT r.rolname, bool_or(owns) FROM named JOIN pg_roles r ON r.oid = named.role
+WHERE r.rolname NOT LIKE 'pg\\_%%'
+GROUP BY r.rolname ORDER BY 1
+"""
+
+_DEST_SQL = """
+SELECT r.rolname, p.oid IS NOT NULL,
+       CASE WHEN p.oid IS NULL THEN false
+            ELSE (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+                 OR pg_has_role(current_user, p.oid, 'MEMBER') END
+FROM unnest(%s::text[]) AS r(rolname) LEFT JOIN pg_roles p ON p.rolname = r.rolname
+ORDER BY 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RoleProblems:
+    missing: tuple[str, ...]  # named by the schema, absent on the destination
+    not_assumable: tuple[str, ...]  # own something, and the destination's user may not set them
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.not_assumable)
+
+    def message(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append(
+                "the destination lacks role(s) the schema names as owners or grantees: "
+                + _listed(self.missing)
+            )
+        if self.not_assumable:
+            parts.append(
+                "the destination's user may not make these roles owners (neither superuser nor"
+                " a member): " + _listed(self.not_assumable)
+            )
+        return "; ".join(parts)
+
+    def hint(self) -> str:
+        return (
+            "create the roles on the destination first (e.g. from `pg_dumpall --roles-only` on"
+            " the source) and connect as a superuser, or copy without them: --no-owner"
+            " (objects owned by the destination's user) and --no-privileges (no GRANTs)"
+        )
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+
+def role_problems(
+    src: Conn,
+    dst: Conn,
+    excluded_oids: Sequence[int],
+    *,
+    owners: bool = True,
+    privileges: bool = True,
+) -> RoleProblems:
+    """What would fail the pre-data script for want of a role on the destination."""
+    if not (owners or privileges):
+        return RoleProblems((), ())
+    from pgmigrator.source.catalog import SYSTEM_SCHEMAS
+
+    params = {
+        "system": list(SYSTEM_SCHEMAS),
+        "excluded": list(excluded_oids),
+        "privileges": privileges,
+    }
+    named = {str(r[0]): bool(r[1]) for r in src.execute(_ROLES_SQL, params).fetchall()}
+    if not owners:
+        named = {role: False for role in named}
+    named = {role: owns for role, owns in named.items() if owns or privileges}
+    rows = dst.execute(_DEST_SQL, (sorted(named),)).fetchall()
+    missing = tuple(str(r[0]) for r in rows if not r[1])
+    not_assumable = tuple(str(r[0]) for r in rows if r[1] and named[str(r[0])] and not r[2])
+    return RoleProblems(missing, not_assumable)
+
+
+def check_roles(
+    src: Conn,
+    dst: Conn,
+    excluded_oids: Sequence[int],
+    *,
+    owners: bool = True,
+    privileges: bool = True,
+) -> None:
+    """Raise `PreflightError` naming the roles the destination lacks (see `role_problems`)."""
+    problems = role_problems(src, dst, excluded_oids, owners=owners, privileges=privileges)
+    if problems:
+        raise PreflightError(problems.message(), hint=problems.hint())
