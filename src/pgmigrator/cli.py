@@ -19,6 +19,7 @@ import orjson
 from pgmigrator import config as configmod
 from pgmigrator.cli_bidi import bidi_flags, bidi_options, run_bidi
 from pgmigrator.cli_observe import api_flags, api_options, hosted_run, tui
+from pgmigrator.cli_schema import keyless_option, owner_options
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError, PgMigratorError
 from pgmigrator.log import get_logger, setup_logging
@@ -49,37 +50,6 @@ def common_options(fn: F) -> F:
     for option in reversed(options):
         fn = option(fn)
     return fn
-
-
-def keyless_option(fn: F) -> F:
-    """``--keyless-tables``: what publishing does with tables that have no replica identity."""
-    return click.option(
-        "--keyless-tables",
-        type=click.Choice(["refuse", "full"]),
-        help="tables with neither a primary key nor a replica identity: refuse them (default;"
-        " published, the source would refuse their UPDATE and DELETE), or set REPLICA IDENTITY"
-        " FULL on them on the source",
-    )(fn)
-
-
-def owner_options(fn: F) -> F:
-    """``--no-owner`` / ``--no-privileges``: copy the schema without its owners or GRANTs."""
-    fn = click.option(
-        "--no-privileges",
-        "privileges",
-        flag_value=False,
-        default=None,
-        help="do not copy GRANTs (by default they are, and their grantees must exist on the"
-        " destination)",
-    )(fn)
-    return click.option(
-        "--no-owner",
-        "owners",
-        flag_value=False,
-        default=None,
-        help="the destination's user owns every copied object (by default the source's owners,"
-        " which must exist on the destination)",
-    )(fn)
 
 
 def load_settings(config_file: Path | None, **flags: Any) -> configmod.Settings:

@@ -14,10 +14,10 @@ from pgmigrator.cli import (
     _collector,
     common_options,
     handle_errors,
-    keyless_option,
     load_settings,
 )
 from pgmigrator.cli_observe import state_file
+from pgmigrator.cli_schema import keyless_option
 from pgmigrator.errors import PgMigratorError
 from pgmigrator.lake.settings import LakeSettings
 

@@ -8,7 +8,8 @@ from typing import Any
 import click
 import orjson
 
-from pgmigrator.cli import common_options, handle_errors, keyless_option, load_settings
+from pgmigrator.cli import common_options, handle_errors, load_settings
+from pgmigrator.cli_schema import keyless_option
 
 
 @click.command()

@@ -23,10 +23,10 @@ from pgmigrator.cli import (
     _collector,
     common_options,
     handle_errors,
-    keyless_option,
     load_settings,
 )
 from pgmigrator.cli_observe import serving_api, state_file
+from pgmigrator.cli_schema import keyless_option
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError, PgMigratorError
 from pgmigrator.metrics import Collector

@@ -116,7 +116,7 @@ def test_role_without_replication_privilege(pair: Pair) -> None:
         _assert_clean_failure(
             pgmigrator("clone", "--source", src, "--dest", pair.dest),
             "'pgm_norepl' has neither REPLICATION nor superuser",
-            "ALTER ROLE \"pgm_norepl\" REPLICATION",
+            'ALTER ROLE "pgm_norepl" REPLICATION',
         )
         with pair.src() as conn:  # refused before the publication was created
             assert conn.execute("SELECT count(*) FROM pg_publication").fetchone()[0] == 0

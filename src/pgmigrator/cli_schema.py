@@ -1,0 +1,41 @@
+"""Options about what the clone does with the source's schema, shared by several commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def keyless_option(fn: F) -> F:
+    """``--keyless-tables``: what publishing does with tables that have no replica identity."""
+    return click.option(
+        "--keyless-tables",
+        type=click.Choice(["refuse", "full"]),
+        help="tables with neither a primary key nor a replica identity: refuse them (default;"
+        " published, the source would refuse their UPDATE and DELETE), or set REPLICA IDENTITY"
+        " FULL on them on the source",
+    )(fn)
+
+
+def owner_options(fn: F) -> F:
+    """``--no-owner`` / ``--no-privileges``: copy the schema without its owners or GRANTs."""
+    fn = click.option(
+        "--no-privileges",
+        "privileges",
+        flag_value=False,
+        default=None,
+        help="do not copy GRANTs (by default they are, and their grantees must exist on the"
+        " destination)",
+    )(fn)
+    return click.option(
+        "--no-owner",
+        "owners",
+        flag_value=False,
+        default=None,
+        help="the destination's user owns every copied object (by default the source's owners,"
+        " which must exist on the destination)",
+    )(fn)
