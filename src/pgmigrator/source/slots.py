@@ -197,7 +197,6 @@ def ensure_publication(
     log.info("publication ready", publication=name, tables=len(roots))
 
 
-KEYLESS_POLICIES = ("refuse", "full")
 KEYLESS_LOCK_TIMEOUT = "10s"
 
 
