@@ -13,7 +13,8 @@ lose rows that an UPDATE moved from a pending chunk into a finished one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +41,14 @@ from pgmigrator.source.slots import (
     ReplicationSession,
     ensure_publication,
     require_logical,
-    slot_gone_error,
-    slot_status,
+    require_usable_slot,
 )
 from pgmigrator.store.state import StateStore
 
 log = get_logger("clone")
+
+#: Seconds between two checks that the slot is still usable while the copy runs.
+SLOT_CHECK_S = 5.0
 
 
 @dataclass
@@ -168,7 +171,13 @@ class Clone:
             self.progress.set_phase("copy")
             data_tables = [t for t in tables if t.has_data]
             builder = self._post_data_builder(src, store)
-            run.copy(store, data_tables, sync_lsn=None, on_table_copied=builder.table_copied)
+            run.copy(
+                store,
+                data_tables,
+                sync_lsn=None,
+                on_table_copied=builder.table_copied,
+                on_tick=self._slot_watch(src, slot.name),
+            )
         except BaseException:
             run.stop()
             raise
@@ -211,8 +220,7 @@ class Clone:
     def _resume(
         self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], slot_name: str
     ) -> CloneResult:
-        if slot_status(src, slot_name) is None:
-            raise slot_gone_error(slot_name, self.settings.name)
+        require_usable_slot(src, slot_name, self.settings.name)
         states = {(r.schema, r.name): r for r in store.tables()}
         todo = [
             t
@@ -240,7 +248,11 @@ class Clone:
                 dst.execute(sql.SQL("TRUNCATE ONLY {}").format(table.ident))
             builder = self._post_data_builder(src, store)
             run.copy(
-                store, todo, sync_lsn=helper.consistent_lsn, on_table_copied=builder.table_copied
+                store,
+                todo,
+                sync_lsn=helper.consistent_lsn,
+                on_table_copied=builder.table_copied,
+                on_tick=self._slot_watch(src, slot_name),
             )
         except BaseException:
             run.stop()
@@ -249,6 +261,23 @@ class Clone:
         return CloneResult(
             slot_name, helper.consistent_lsn, [t.qualified for t in todo], done, run.rows, run.bytes
         )
+
+    def _slot_watch(self, src: Conn, slot: str) -> Callable[[], None]:
+        """A check of the slot every `SLOT_CHECK_S` while the copy runs.
+
+        A long copy on a busy source can push the slot past ``max_slot_wal_keep_size``; once the
+        server invalidates it, the changes made since the snapshot are gone and the copy is
+        worthless for a migration: stop now rather than at the end (or at the first `follow`).
+        """
+        last = time.monotonic()
+
+        def tick() -> None:
+            nonlocal last
+            if time.monotonic() - last >= SLOT_CHECK_S:
+                last = time.monotonic()
+                require_usable_slot(src, slot, self.settings.name)
+
+        return tick
 
     def _finished_run(self, run: CopyRun) -> None:
         """Let the workers exit while post-data builds (about 0.5 s here); joined at the end."""
@@ -282,6 +311,7 @@ class Clone:
         self.progress.set_phase("sequences")
         synced = sync_sequences(src, dst)
         refreshed = refresh_matviews(src, dst)
+        require_usable_slot(src, store.require().slot, self.settings.name)  # still streamable
         store.set_phase("copied")
         self.progress.set_phase("done")
         log.info("clone finished", sequences=synced, materialized_views=refreshed)

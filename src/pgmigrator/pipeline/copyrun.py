@@ -49,6 +49,7 @@ class CopyRun:
         self.rows = 0
         self.bytes = 0
         self.on_table_copied: Callable[[str, str], None] | None = None
+        self.on_tick: Callable[[], None] | None = None  # cheap: it limits its own rate
 
     def start_workers(self, count: int) -> None:
         with _launcher_not_rerun():
@@ -90,6 +91,8 @@ class CopyRun:
             try:
                 return self.results.get(timeout=0.2)  # type: ignore[no-any-return]
             except queue.Empty:
+                if self.on_tick is not None:
+                    self.on_tick()
                 if time.monotonic() > deadline:
                     raise CopyError("copy workers did not start in time") from None
                 if not any(p.is_alive() for p in self.procs):
@@ -104,8 +107,12 @@ class CopyRun:
         sync_lsn: Lsn | None,
         block_size: int = plan.BLOCK_SIZE,
         on_table_copied: Callable[[str, str], None] | None = None,
+        on_tick: Callable[[], None] | None = None,
     ) -> None:
+        """Copy ``tables``; ``on_tick`` runs after every worker message and every 0.2 s of
+        silence (it may raise: the copy stops)."""
         self.on_table_copied = on_table_copied
+        self.on_tick = on_tick
         pending: dict[tuple[str, str], int] = {}
         items: list[tuple[int, ChunkTask]] = []
         by_key = {(t.schema, t.name): t for t in tables}
@@ -173,6 +180,8 @@ class CopyRun:
         left = sum(1 for n in pending.values() if n > 0)  # tables with chunks still out
         while left:
             msg = self._next(float("inf"))
+            if self.on_tick is not None:
+                self.on_tick()
             kind = msg[0]
             if kind == "progress":
                 key = msg[1][:2]

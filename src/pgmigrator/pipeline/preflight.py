@@ -124,6 +124,17 @@ def source_checks(
         f"{senders_used} of max_wal_senders={senders_max} in use",
         "" if senders_used < senders_max else "raise max_wal_senders (restart)",
     )
+    keep = str(_one(src, "SHOW max_slot_wal_keep_size"))
+    add(
+        "slot WAL limit",
+        OK if keep == "-1" else WARNING,
+        f"max_slot_wal_keep_size = {keep}",
+        ""
+        if keep == "-1"
+        else "the slot keeps all WAL written from the clone's start until `follow` applies it;"
+        " past this limit the server invalidates it and the clone or follow stops: raise it"
+        " for the migration if the source writes more than that meanwhile",
+    )
     role = src.execute(
         "SELECT rolname, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user"
     ).fetchone()

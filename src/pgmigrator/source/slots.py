@@ -137,6 +137,16 @@ def slot_status(conn: Conn, name: str) -> SlotStatus | None:
     return SlotStatus(row[0], row[1], row[2], row[3], flush, restart, row[6], row[7])
 
 
+def require_usable_slot(conn: Conn, name: str, pipeline: str | None = None) -> SlotStatus:
+    """The slot's status; `slot_gone_error` or `slot_lost_error` when it can stream no more."""
+    status = slot_status(conn, name)
+    if status is None:
+        raise slot_gone_error(name, pipeline)
+    if status.lost:
+        raise slot_lost_error(name)
+    return status
+
+
 def drop_slot(conn: Conn, name: str) -> bool:
     status = slot_status(conn, name)
     if status is None:

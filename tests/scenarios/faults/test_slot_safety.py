@@ -7,12 +7,15 @@ source database must not pin WAL while other databases on the same server write.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from psycopg import sql
 
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ReplicationError
@@ -155,39 +158,88 @@ def test_slot_invalidated_by_max_slot_wal_keep_size_stops_with_what_to_do(
     wait_streaming(pair, proc)
     converge(pair, "before")
     proc.send_signal(signal.SIGUSR1)  # pause: the slot holds its position from here
+    with _small_keep_size(pair) as invalidate:
+        invalidate("acct")
+        proc.wait(timeout=60)  # still paused: the watcher saw it and stopped the follower
+        err = proc.stderr.read() if proc.stderr else ""
+        assert proc.returncode == 1, err
+        assert "slot invalidated by the source" in err  # logged by the watcher
+        assert "replication slot 'pgmigrator_default' was invalidated by the source" in err
+        assert "pgmigrator cleanup" in err and "Traceback" not in err
+        res = pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
+        assert res.returncode == 1 and "was invalidated by the source" in res.stderr
+        stream = ReplicationStream(  # a reconnect's START_REPLICATION says the same
+            Target(pair.source, "source"), "pgmigrator_default", "pgmigrator_default"
+        )
+        with pytest.raises(ReplicationError, match="was invalidated by the source") as refused:
+            stream.open(Lsn(0))
+        assert not refused.value.retryable
+
+
+def test_slot_invalidated_during_the_clone_fails_it_and_resume_refuses(
+    pair: Pair, procs: list[subprocess.Popen[str]]
+) -> None:
+    """The server invalidates the clone's slot before the clone ends (a long copy on a busy
+    source): the clone exits 1 saying so instead of "clone complete", and so does --resume."""
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE big (id bigint PRIMARY KEY, pad text)")
+        conn.execute("INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 800000) g")
+        conn.execute("CREATE TABLE churn (id int PRIMARY KEY, v int)")
+    proc = start_pgmigrator("clone", "--source", pair.source, "--dest", pair.dest)
+    procs.append(proc)
+
+    def copying() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"clone ended early: {proc.stderr.read() if proc.stderr else ''}")
+        with pair.dst() as dst:
+            if dst.execute("SELECT to_regclass('pgmigrator.tables')").fetchone()[0] is None:
+                return False
+            row = dst.execute("SELECT state FROM pgmigrator.tables WHERE table_name = 'big'")
+            return row.fetchone() == ("copying",)
+
+    wait_for(copying, timeout=120, what="the big table being copied")
+    with _small_keep_size(pair) as invalidate, pair.dst() as holder:
+        # queued behind the copy: big's index builds (post-data) wait until the slot is lost
+        holder.execute("BEGIN; LOCK TABLE big IN ROW EXCLUSIVE MODE")
+        invalidate("churn")
+        holder.execute("ROLLBACK")
+        proc.wait(timeout=120)
+        out, err = proc.communicate()
+        assert proc.returncode == 1, out + err
+        assert "clone complete" not in out and "Traceback" not in err
+        assert "replication slot 'pgmigrator_default' was invalidated by the source" in err
+        res = pgmigrator("clone", "--source", pair.source, "--dest", pair.dest, "--resume")
+        assert res.returncode == 1 and "was invalidated by the source" in res.stderr
+
+
+@contextlib.contextmanager
+def _small_keep_size(pair: Pair) -> Iterator[Callable[[str], None]]:
+    """max_slot_wal_keep_size = 1MB on the source while inside; yields what invalidates the slot
+    (WAL written to a table of the slot's database, segments switched and removed)."""
     with pair.source_cluster.connect() as admin:
         admin.autocommit = True
         admin.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
         admin.execute("SELECT pg_reload_conf()")
-        try:
 
-            def invalidated() -> bool:  # WAL in the slot's database, segments switched, removed
+        def invalidate(table: str) -> None:
+            def lost() -> bool:
                 with pair.src() as conn:
                     conn.execute(
-                        "INSERT INTO acct SELECT g, 1 FROM generate_series(10001, 12000) g"
+                        sql.SQL(
+                            "INSERT INTO {} SELECT g, 1 FROM generate_series(10001, 12000) g"
+                        ).format(sql.Identifier(table))
                     )
-                    conn.execute("DELETE FROM acct WHERE id > 10000")
+                    conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE id > 10000").format(sql.Identifier(table))
+                    )
                 admin.execute("SELECT pg_switch_wal()")
                 admin.execute("CHECKPOINT")
                 return _slot_wal_status(pair) == "lost"
 
-            wait_for(
-                invalidated, timeout=60, interval=0.2, what="the server to invalidate the slot"
-            )
-            proc.wait(timeout=60)  # still paused: the watcher saw it and stopped the follower
-            err = proc.stderr.read() if proc.stderr else ""
-            assert proc.returncode == 1, err
-            assert "slot invalidated by the source" in err  # logged by the watcher
-            assert "replication slot 'pgmigrator_default' was invalidated by the source" in err
-            assert "pgmigrator cleanup" in err and "Traceback" not in err
-            res = pgmigrator("follow", "--source", pair.source, "--dest", pair.dest)
-            assert res.returncode == 1 and "was invalidated by the source" in res.stderr
-            stream = ReplicationStream(  # a reconnect's START_REPLICATION says the same
-                Target(pair.source, "source"), "pgmigrator_default", "pgmigrator_default"
-            )
-            with pytest.raises(ReplicationError, match="was invalidated by the source") as refused:
-                stream.open(Lsn(0))
-            assert not refused.value.retryable
+            wait_for(lost, timeout=60, interval=0.2, what="the server to invalidate the slot")
+
+        try:
+            yield invalidate
         finally:
             admin.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
             admin.execute("SELECT pg_reload_conf()")
