@@ -207,7 +207,8 @@ def test_table_without_replica_identity_is_refused_unless_made_full(pair: Pair) 
         assert conn.execute("SELECT count(*) FROM pg_publication").fetchone()[0] == 0
         conn.execute("UPDATE logs SET msg = 'b'")
         assert _identity(conn, "logs") == "d"
-    with pair.dst() as conn:
+    with pair.dst() as conn:  # nor on the destination
+        assert conn.execute("SELECT to_regnamespace('pgmigrator')").fetchone()[0] is None
         assert conn.execute("SELECT to_regclass('public.t')").fetchone()[0] is None
 
     args = ("--source", pair.source, "--dest", pair.dest, "--keyless-tables", "full")
@@ -273,6 +274,8 @@ def test_owners_and_grants_need_their_roles_on_the_destination(pair: Pair) -> No
         )
         with pair.src() as conn:  # refused before the slot
             assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+        with pair.dst() as conn:  # and before the state schema
+            assert conn.execute("SELECT to_regnamespace('pgmigrator')").fetchone()[0] is None
 
         res = pgmigrator("clone", *args, "--no-owner", "--no-privileges")
         assert res.returncode == 0, res.stderr

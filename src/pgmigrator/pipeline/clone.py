@@ -34,7 +34,7 @@ from pgmigrator.pipeline.sequences import refresh_matviews, sync_sequences
 from pgmigrator.schema.apply import PostDataBuilder, apply_pre_data
 from pgmigrator.schema.dump import Script, dump_section, find_pg_dump, split
 from pgmigrator.schema.early import fk_checks_by_index, plan_by_table
-from pgmigrator.schema.roles import check_roles
+from pgmigrator.schema.roles import role_problems
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
 from pgmigrator.source.slots import (
@@ -84,7 +84,8 @@ class Clone:
             require_logical(src)
             tables = self._select_tables(src)
             store = StateStore(dst, self.settings.name)
-            store.ensure_schema()
+            if store.exists():  # brought up to date; a fresh clone creates it after its checks
+                store.ensure_schema()
             existing = store.load()
             if existing is not None and not self.options.resume:
                 raise StateError(
@@ -131,16 +132,14 @@ class Clone:
         self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], pg_dump: Path
     ) -> CloneResult:
         _check_destination(dst, tables, self.options.drop_if_exists)
-        check_roles(
-            src,
-            dst,
-            [t.oid for t in self._excluded],
-            owners=self.settings.owners,
-            privileges=self.settings.privileges,
-        )
+        excluded = [t.oid for t in self._excluded]
+        role_problems(
+            src, dst, excluded, owners=self.settings.owners, privileges=self.settings.privileges
+        ).raise_if_any()
         ensure_publication(
             src, self.settings.publication_name, tables, self.settings.keyless_tables
         )
+        store.ensure_schema()  # every refusal is behind: nothing was created on the destination
         self.progress.set_phase("schema")
         session = ReplicationSession(self.source)
         run: CopyRun | None = None

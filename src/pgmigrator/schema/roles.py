@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pgmigrator.errors import PreflightError
 from pgmigrator.pg import Conn
+from pgmigrator.source.catalog import SYSTEM_SCHEMAS
 
 # Objects pg_dump writes an owner or grants for: relations (minus the tables left out), schemas,
 # functions, types, default privileges; members of extensions are dumped as the extension only.
@@ -84,6 +85,11 @@ class RoleProblems:
             )
         return "; ".join(parts)
 
+    def raise_if_any(self) -> None:
+        """`PreflightError` naming the roles, when there is a problem."""
+        if self:
+            raise PreflightError(self.message(), hint=self.hint())
+
     def hint(self) -> str:
         return (
             "create the roles on the destination first (e.g. from `pg_dumpall --roles-only` on"
@@ -107,8 +113,6 @@ def role_problems(
     """What would fail the pre-data script for want of a role on the destination."""
     if not (owners or privileges):
         return RoleProblems((), ())
-    from pgmigrator.source.catalog import SYSTEM_SCHEMAS
-
     params = {
         "system": list(SYSTEM_SCHEMAS),
         "excluded": list(excluded_oids),
@@ -122,17 +126,3 @@ def role_problems(
     missing = tuple(str(r[0]) for r in rows if not r[1])
     not_assumable = tuple(str(r[0]) for r in rows if r[1] and named[str(r[0])] and not r[2])
     return RoleProblems(missing, not_assumable)
-
-
-def check_roles(
-    src: Conn,
-    dst: Conn,
-    excluded_oids: Sequence[int],
-    *,
-    owners: bool = True,
-    privileges: bool = True,
-) -> None:
-    """Raise `PreflightError` naming the roles the destination lacks (see `role_problems`)."""
-    problems = role_problems(src, dst, excluded_oids, owners=owners, privileges=privileges)
-    if problems:
-        raise PreflightError(problems.message(), hint=problems.hint())
