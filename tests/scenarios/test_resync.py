@@ -181,3 +181,14 @@ def test_resync_add_takes_a_table_created_since_the_clone_while_following(
     with pair.dst() as conn:
         assert conn.execute("SELECT count(*) FROM later WHERE v = 'new'").fetchone()[0] >= 50
     assert proc.poll() is None
+
+    keyless = "CREATE TABLE later_log (at int, msg text)"  # the same rule as the clone's
+    with pair.dst() as conn:
+        conn.execute(keyless)
+    with pair.src() as conn:
+        conn.execute(keyless + "; INSERT INTO later_log VALUES (1, 'a')")
+    res = pgmigrator("resync", *dsns, "--add", "public.later_log")
+    assert res.returncode == 1 and "public.later_log" in res.stderr
+    assert "--keyless-tables full" in res.stderr
+    with pair.src() as conn:  # not published: the application still updates it
+        conn.execute("UPDATE later_log SET msg = 'b'")
