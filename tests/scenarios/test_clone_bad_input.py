@@ -255,22 +255,27 @@ def _owner_and_reader(conn: psycopg.Connection) -> tuple[str, bool]:
 
 
 def test_owners_and_grants_need_their_roles_on_the_destination(pair: Pair) -> None:
-    roles = "CREATE ROLE pgm_owner NOLOGIN; CREATE ROLE pgm_reader NOLOGIN"
+    roles = "CREATE ROLE pgm_owner NOLOGIN; CREATE ROLE pgm_reader NOLOGIN; CREATE ROLE pgm_coll"
     with pair.src() as conn:
         conn.execute(roles)
         conn.execute(
             "CREATE SCHEMA app AUTHORIZATION pgm_owner; CREATE TABLE app.t (id int PRIMARY KEY);"
             " INSERT INTO app.t SELECT generate_series(1, 10); ALTER TABLE app.t OWNER TO"
-            " pgm_owner; GRANT SELECT ON app.t TO pgm_reader"
+            " pgm_owner; GRANT SELECT ON app.t TO pgm_reader;"
+            " CREATE COLLATION app.c (provider = libc, locale = 'C');"
+            " ALTER COLLATION app.c OWNER TO pgm_coll"  # not a table: roles of any object
         )
     try:
         res = pgmigrator("preflight", "--source", pair.source, "--dest", pair.dest, "--json")
         check = {c["name"]: c for c in json.loads(res.stdout)}["roles"]
         assert res.returncode == 1 and check["status"] == "blocker", check
-        assert "pgm_owner, pgm_reader" in check["detail"]
+        assert "pgm_coll, pgm_owner, pgm_reader" in check["detail"]
         args = ("--source", pair.source, "--dest", pair.dest)
         _assert_clean_failure(
-            pgmigrator("clone", *args), "lacks role(s)", "pgm_owner, pgm_reader", "--no-owner"
+            pgmigrator("clone", *args),
+            "lacks role(s)",
+            "pgm_coll, pgm_owner, pgm_reader",
+            "--no-owner",
         )
         with pair.src() as conn:  # refused before the slot
             assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
@@ -297,6 +302,7 @@ def test_owners_and_grants_need_their_roles_on_the_destination(pair: Pair) -> No
             with cluster.connect(pair.dbname) as conn:
                 conn.execute(
                     "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgm_owner') THEN"
-                    " DROP OWNED BY pgm_owner, pgm_reader; DROP ROLE pgm_owner, pgm_reader;"
+                    " DROP OWNED BY pgm_owner, pgm_reader, pgm_coll;"
+                    " DROP ROLE pgm_owner, pgm_reader, pgm_coll;"
                     " END IF; END $$"
                 )

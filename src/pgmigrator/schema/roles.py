@@ -17,36 +17,54 @@ from pgmigrator.pg import Conn
 from pgmigrator.source.catalog import SYSTEM_SCHEMAS
 
 # Objects pg_dump writes an owner or grants for: relations (minus the tables left out), schemas,
-# functions, types, default privileges; members of extensions are dumped as the extension only.
-# ``owner`` is true for a role that owns something, false for one only granted to (or granting).
+# functions, types, collations, conversions, operators and their classes and families, text
+# search dictionaries and configurations, statistics objects, foreign-data wrappers and servers,
+# event triggers, procedural languages, default privileges. Members of extensions are dumped as
+# the extension only. ``owns`` is true for a role that owns something, false for one only granted
+# to (or granting).
 _ROLES_SQL = """
-WITH objs AS (
+WITH ns AS (
+  SELECT oid FROM pg_namespace WHERE nspname <> ALL(%(system)s) AND nspname NOT LIKE 'pg\\_%%'
+), objs AS (
   SELECT c.oid, 'pg_class'::regclass AS cls, c.relowner AS owner, c.relacl AS acl
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c') AND n.nspname <> ALL(%(system)s)
-    AND n.nspname NOT LIKE 'pg\\_%%' AND c.oid <> ALL(%(excluded)s)
-  UNION ALL
-  SELECT n.oid, 'pg_namespace'::regclass, n.nspowner, n.nspacl FROM pg_namespace n
-  WHERE n.nspname <> ALL(%(system)s) AND n.nspname NOT LIKE 'pg\\_%%'
-  UNION ALL
-  SELECT p.oid, 'pg_proc'::regclass, p.proowner, p.proacl
-  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-  WHERE n.nspname <> ALL(%(system)s) AND n.nspname NOT LIKE 'pg\\_%%'
-  UNION ALL
-  SELECT t.oid, 'pg_type'::regclass, t.typowner, t.typacl
-  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-  WHERE n.nspname <> ALL(%(system)s) AND n.nspname NOT LIKE 'pg\\_%%'
-    AND t.typtype IN ('e', 'd', 'r', 'b', 'm')
-  UNION ALL
-  SELECT d.oid, 'pg_default_acl'::regclass, d.defaclrole, d.defaclacl FROM pg_default_acl d
+  FROM pg_class c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c')
+    AND c.relnamespace IN (SELECT oid FROM ns) AND c.oid <> ALL(%(excluded)s)
+  UNION ALL SELECT oid, 'pg_namespace'::regclass, nspowner, nspacl FROM pg_namespace
+  WHERE oid IN (SELECT oid FROM ns)
+  UNION ALL SELECT oid, 'pg_proc'::regclass, proowner, proacl FROM pg_proc
+  WHERE pronamespace IN (SELECT oid FROM ns)
+  UNION ALL SELECT oid, 'pg_type'::regclass, typowner, typacl FROM pg_type
+  WHERE typnamespace IN (SELECT oid FROM ns) AND typtype IN ('e', 'd', 'r', 'b', 'm')
+  UNION ALL SELECT oid, 'pg_collation'::regclass, collowner, NULL FROM pg_collation
+  WHERE collnamespace IN (SELECT oid FROM ns)
+  UNION ALL SELECT oid, 'pg_conversion'::regclass, conowner, NULL FROM pg_conversion
+  WHERE connamespace IN (SELECT oid FROM ns)
+  UNION ALL SELECT oid, 'pg_operator'::regclass, oprowner, NULL FROM pg_operator
+  WHERE oprnamespace IN (SELECT oid FROM ns)
+  UNION ALL SELECT oid, 'pg_opclass'::regclass, opcowner, NULL FROM pg_opclass
+  WHERE opcnamespace IN (SELECT oid FROM ns)
+  UNION ALL SELECT oid, 'pg_opfamily'::regclass, opfowner, NULL FROM pg_opfamily
+  WHERE opfnamespace IN (SELECT oid FROM ns)
+  UNION ALL SELECT oid, 'pg_ts_dict'::regclass, dictowner, NULL FROM pg_ts_dict
+  WHERE dictnamespace IN (SELECT oid FROM ns)
+  UNION ALL SELECT oid, 'pg_ts_config'::regclass, cfgowner, NULL FROM pg_ts_config
+  WHERE cfgnamespace IN (SELECT oid FROM ns)
+  UNION ALL SELECT oid, 'pg_statistic_ext'::regclass, stxowner, NULL FROM pg_statistic_ext
+  WHERE stxnamespace IN (SELECT oid FROM ns)
+  UNION ALL SELECT oid, 'pg_foreign_data_wrapper'::regclass, fdwowner, fdwacl
+  FROM pg_foreign_data_wrapper
+  UNION ALL SELECT oid, 'pg_foreign_server'::regclass, srvowner, srvacl FROM pg_foreign_server
+  UNION ALL SELECT oid, 'pg_event_trigger'::regclass, evtowner, NULL FROM pg_event_trigger
+  UNION ALL SELECT oid, 'pg_language'::regclass, lanowner, lanacl FROM pg_language
+  WHERE lanispl AND oid >= 16384
+  UNION ALL SELECT oid, 'pg_default_acl'::regclass, defaclrole, defaclacl FROM pg_default_acl
+), mine AS (
+  SELECT * FROM objs o WHERE NOT EXISTS (
+    SELECT 1 FROM pg_depend e WHERE e.classid = o.cls AND e.objid = o.oid AND e.deptype = 'e')
 ), named AS (
-  SELECT owner AS role, true AS owns FROM objs o
-  WHERE NOT EXISTS (SELECT 1 FROM pg_depend e
-                    WHERE e.classid = o.cls AND e.objid = o.oid AND e.deptype = 'e')
-  UNION ALL
-  SELECT a.grantee, false FROM objs o, aclexplode(o.acl) a WHERE %(privileges)s
-  UNION ALL
-  SELECT a.grantor, false FROM objs o, aclexplode(o.acl) a WHERE %(privileges)s
+  SELECT owner AS role, true AS owns FROM mine
+  UNION ALL SELECT a.grantee, false FROM mine, aclexplode(mine.acl) a WHERE %(privileges)s
+  UNION ALL SELECT a.grantor, false FROM mine, aclexplode(mine.acl) a WHERE %(privileges)s
 )
 SELECT r.rolname, bool_or(owns) FROM named JOIN pg_roles r ON r.oid = named.role
 WHERE r.rolname NOT LIKE 'pg\\_%%'
