@@ -10,12 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
-from pgmigrator.cli import (
-    _collector,
-    common_options,
-    handle_errors,
-    load_settings,
-)
+from pgmigrator.cli import _collector, common_options, handle_errors, load_settings
 from pgmigrator.cli_observe import state_file
 from pgmigrator.cli_schema import keyless_option
 from pgmigrator.errors import PgMigratorError

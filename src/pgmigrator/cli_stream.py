@@ -19,12 +19,7 @@ from typing import Any
 import click
 
 from pgmigrator import config as configmod
-from pgmigrator.cli import (
-    _collector,
-    common_options,
-    handle_errors,
-    load_settings,
-)
+from pgmigrator.cli import _collector, common_options, handle_errors, load_settings
 from pgmigrator.cli_observe import serving_api, state_file
 from pgmigrator.cli_schema import keyless_option
 from pgmigrator.dsn import Target

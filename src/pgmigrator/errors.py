@@ -7,6 +7,8 @@ never a traceback for these.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 # SQLSTATE classes and codes that a retry can cure: connection exceptions, operator intervention
 # (admin shutdown, crash shutdown, cannot connect now), serialization failures and deadlocks,
 # lock timeouts, statement and idle-in-transaction timeouts, and a server running out of
@@ -155,3 +157,9 @@ def is_retryable(exc: BaseException) -> bool:
     if sqlstate is not None or type(exc).__module__.startswith("psycopg"):
         return sqlstate_is_retryable(sqlstate)
     return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def listed(names: Sequence[str], limit: int = 10) -> str:
+    """``names`` for a message: the first ``limit``, then how many more."""
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "")

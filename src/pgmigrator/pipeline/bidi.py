@@ -38,12 +38,7 @@ from pgmigrator.pg import Conn, connect
 from pgmigrator.pipeline.bidi_settings import BidiSettings
 from pgmigrator.pipeline.follow import Follow, FollowStats
 from pgmigrator.pipeline.origins import OriginFilter
-from pgmigrator.source.slots import (
-    drop_publication,
-    drop_slot,
-    published_tables,
-    slot_status,
-)
+from pgmigrator.source.slots import drop_publication, drop_slot, published_tables, slot_status
 from pgmigrator.store.state import StateStore
 
 log = get_logger("bidi")

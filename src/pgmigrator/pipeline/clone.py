@@ -23,7 +23,7 @@ from psycopg import sql
 
 from pgmigrator.config import Settings
 from pgmigrator.dsn import Target
-from pgmigrator.errors import PreflightError, StateError
+from pgmigrator.errors import PreflightError, StateError, listed
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect, server_major
@@ -351,10 +351,7 @@ def _check_destination(dst: Conn, tables: Sequence[TableInfo], drop_if_exists: b
                 f"{table.qualified}{' (holds rows)' if has_rows and has_rows[0] else ' (empty)'}"
             )
     if present:
-        shown = ", ".join(present[:10]) + (
-            f" and {len(present) - 10} more" if len(present) > 10 else ""
-        )
         raise PreflightError(
-            f"destination already has table(s): {shown}",
+            f"destination already has table(s): {listed(present)}",
             hint="pass --drop-if-exists to drop and recreate them, or clone into an empty database",
         )

@@ -14,7 +14,7 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import ReplicationError
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import connect
-from pgmigrator.source.slots import slot_gone_error, slot_lost_error, slot_status
+from pgmigrator.source.slots import slot_status, usable_slot
 from pgmigrator.store.state import StateStore
 
 
@@ -46,15 +46,12 @@ def load_state(settings: Settings, source: Target, dest: Target) -> FollowState:
         has_publication = src.execute(
             "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
         ).fetchone()
-    if status is None and row is not None and row.slot == slot:  # it existed: now it is gone
-        raise slot_gone_error(slot, settings.name)
-    if status is None:
+    if status is None and (row is None or row.slot != slot):  # never ours: not gone, missing
         raise ReplicationError(
             f"replication slot {slot!r} does not exist on the source",
             hint="run `pgmigrator clone` first (it creates the slot), or pass the right --slot/--name",
         )
-    if status.lost:
-        raise slot_lost_error(slot)
+    status = usable_slot(status, slot, settings.name)
     if not has_publication:
         raise ReplicationError(
             f"publication {publication!r} does not exist on the source",

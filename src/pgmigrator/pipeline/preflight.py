@@ -11,12 +11,12 @@ from dataclasses import asdict, dataclass
 from typing import LiteralString, Protocol
 
 from pgmigrator.dsn import Target
-from pgmigrator.errors import PgMigratorError
+from pgmigrator.errors import PgMigratorError, listed
 from pgmigrator.pg import Conn, connect, server_major
 from pgmigrator.schema.dump import find_pg_dump
 from pgmigrator.schema.roles import role_problems
 from pgmigrator.source import catalog
-from pgmigrator.source.slots import keyless_tables
+from pgmigrator.source.slots import keyless_error, keyless_tables
 
 OK, WARNING, BLOCKER = "ok", "warning", "blocker"
 
@@ -65,28 +65,25 @@ def _keyless_check(add: _Add, tables: list[catalog.TableInfo], keyless: str) -> 
     if not names:
         add("replica identity", OK, "every table has a usable replica identity", "")
         return
-    listed = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
     if keyless == "full":
         add(
             "replica identity",
             WARNING,
-            f"no primary key or replica identity: {listed}; the clone will set REPLICA IDENTITY"
-            " FULL on them (--keyless-tables full)",
+            f"no primary key or replica identity: {listed(names)}; the clone will set REPLICA"
+            " IDENTITY FULL on them (--keyless-tables full)",
             "their UPDATEs and DELETEs will log whole old rows; a key is cheaper",
         )
         return
-    add(
-        "replica identity",
-        BLOCKER,
-        f"no primary key or replica identity: {listed}; published, the source would refuse"
-        " UPDATE and DELETE on them",
-        "add a primary key or a REPLICA IDENTITY, pass --keyless-tables full (REPLICA IDENTITY"
-        " FULL), or --exclude them",
-    )
+    refused = keyless_error(names)
+    add("replica identity", BLOCKER, refused.message, refused.hint or "")
 
 
 def source_checks(
-    src: Conn, include: Sequence[str], exclude: Sequence[str], keyless: str = "refuse"
+    src: Conn,
+    everything: list[catalog.TableInfo],
+    include: Sequence[str],
+    exclude: Sequence[str],
+    keyless: str = "refuse",
 ) -> list[Check]:
     out: list[Check] = []
     add = _adder(out, "source")
@@ -151,16 +148,19 @@ def source_checks(
             f"role {role[0] if role else '?'} has neither REPLICATION nor superuser",
             "ALTER ROLE <role> REPLICATION (as a superuser)",
         )
-    out += _table_checks(src, include, exclude, keyless)
+    out += _table_checks(src, everything, include, exclude, keyless)
     return out
 
 
 def _table_checks(
-    src: Conn, include: Sequence[str], exclude: Sequence[str], keyless: str
+    src: Conn,
+    everything: list[catalog.TableInfo],
+    include: Sequence[str],
+    exclude: Sequence[str],
+    keyless: str,
 ) -> list[Check]:
     out: list[Check] = []
     add = _adder(out, "source")
-    everything = catalog.list_tables(src)
     missing = catalog.unmatched_patterns(everything, list(include))
     if missing:
         add(
@@ -184,7 +184,7 @@ def _table_checks(
         add(
             "table privileges",
             BLOCKER,
-            f"cannot SELECT: {', '.join(unreadable[:10])}",
+            f"cannot SELECT: {listed(unreadable)}",
             "GRANT SELECT on them, or --exclude them",
         )
     is_super = bool(_one(src, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
@@ -200,7 +200,7 @@ def _table_checks(
         add(
             "publication ownership",
             BLOCKER,
-            f"not owner of: {', '.join(not_owned[:10])}",
+            f"not owner of: {listed(not_owned)}",
             "CREATE PUBLICATION FOR TABLE needs table ownership: run as the owner or a superuser",
         )
     _keyless_check(add, tables, keyless)
@@ -209,7 +209,7 @@ def _table_checks(
         add(
             "unlogged tables",
             WARNING,
-            f"copied once but never replicated: {', '.join(unlogged[:10])}",
+            f"copied once but never replicated: {listed(unlogged)}",
             "ALTER TABLE ... SET LOGGED to replicate them",
         )
     lobs = int(str(_one(src, "SELECT count(*) FROM pg_largeobject_metadata")))
@@ -338,13 +338,16 @@ def run(
     out: list[Check] = []
     src, dst = _connect(source, out), _connect(dest, out)
     try:
+        everything = [] if src is None else catalog.list_tables(src)
         if src is not None:
-            out += source_checks(src, include, exclude, keyless)
+            out += source_checks(src, everything, include, exclude, keyless)
             _guard(out, "tools", lambda: find_pg_dump(server_major(src)))
         if dst is not None:
             out += dest_checks(src, dst)
         if src is not None and dst is not None:
-            out.append(_roles_check(src, dst, include, exclude, owners, privileges))
+            chosen = {t.oid for t in catalog.select(everything, include, exclude)}
+            excluded = [t.oid for t in everything if t.oid not in chosen]
+            out.append(_roles_check(src, dst, excluded, owners, privileges))
     finally:
         for conn in (src, dst):
             if conn is not None:
@@ -353,17 +356,9 @@ def run(
 
 
 def _roles_check(
-    src: Conn,
-    dst: Conn,
-    include: Sequence[str],
-    exclude: Sequence[str],
-    owners: bool,
-    privileges: bool,
+    src: Conn, dst: Conn, excluded: Sequence[int], owners: bool, privileges: bool
 ) -> Check:
     """The roles the schema's owners and GRANTs name must exist on the destination."""
-    everything = catalog.list_tables(src)
-    chosen = {t.oid for t in catalog.select(everything, include, exclude)}
-    excluded = [t.oid for t in everything if t.oid not in chosen]
     found = role_problems(src, dst, excluded, owners=owners, privileges=privileges)
     if found:
         return Check("destination", "roles", BLOCKER, found.message(), found.hint())

@@ -48,7 +48,7 @@ from pgmigrator.source.catalog import TableInfo
 from pgmigrator.source.slots import (
     ReplicationSession,
     publish_more,
-    slot_gone_error,
+    require_usable_slot,
     slot_status,
 )
 from pgmigrator.store.state import StateStore
@@ -116,8 +116,7 @@ class Resync:
             store = StateStore(dst, self.settings.name)
             row = store.require()
             refuse_recopy(dst, self.settings.name, "`pgmigrator resync`")
-            if slot_status(src, row.slot) is None:
-                raise slot_gone_error(row.slot, self.settings.name)
+            require_usable_slot(src, row.slot, self.settings.name)
             everything = catalog.list_tables(src)
             missing = catalog.unmatched_patterns(everything, self.patterns)
             if missing:

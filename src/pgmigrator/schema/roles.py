@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pgmigrator.errors import PreflightError
+from pgmigrator.errors import PreflightError, listed
 from pgmigrator.pg import Conn
 from pgmigrator.source.catalog import SYSTEM_SCHEMAS
 
@@ -94,12 +94,12 @@ class RoleProblems:
         if self.missing:
             parts.append(
                 "the destination lacks role(s) the schema names as owners or grantees: "
-                + _listed(self.missing)
+                + listed(self.missing)
             )
         if self.not_assumable:
             parts.append(
                 "the destination's user may not make these roles owners (neither superuser nor"
-                " a member): " + _listed(self.not_assumable)
+                " a member): " + listed(self.not_assumable)
             )
         return "; ".join(parts)
 
@@ -114,10 +114,6 @@ class RoleProblems:
             " the source) and connect as a superuser, or copy without them: --no-owner"
             " (objects owned by the destination's user) and --no-privileges (no GRANTs)"
         )
-
-
-def _listed(names: Sequence[str]) -> str:
-    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
 def role_problems(

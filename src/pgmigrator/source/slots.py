@@ -15,7 +15,7 @@ import psycopg
 from psycopg import pq, sql
 
 from pgmigrator.dsn import Target
-from pgmigrator.errors import PreflightError, ReplicationError
+from pgmigrator.errors import PreflightError, ReplicationError, listed
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect
@@ -139,7 +139,11 @@ def slot_status(conn: Conn, name: str) -> SlotStatus | None:
 
 def require_usable_slot(conn: Conn, name: str, pipeline: str | None = None) -> SlotStatus:
     """The slot's status; `slot_gone_error` or `slot_lost_error` when it can stream no more."""
-    status = slot_status(conn, name)
+    return usable_slot(slot_status(conn, name), name, pipeline)
+
+
+def usable_slot(status: SlotStatus | None, name: str, pipeline: str | None = None) -> SlotStatus:
+    """``status`` of slot ``name``, read already; raises as `require_usable_slot` does."""
     if status is None:
         raise slot_gone_error(name, pipeline)
     if status.lost:
@@ -223,18 +227,20 @@ def prepare_keyless(conn: Conn, tables: Sequence[TableInfo], policy: str) -> Non
     `KEYLESS_LOCK_TIMEOUT`); its UPDATEs and DELETEs then log the whole old row.
     """
     keyless = keyless_tables(tables)
-    if not keyless:
-        return
-    names = ", ".join(t.qualified for t in keyless[:10]) + (" ..." if len(keyless) > 10 else "")
-    if policy != "full":
-        raise PreflightError(
-            f"tables without a primary key or replica identity: {names}; once published, the"
-            " source would refuse UPDATE and DELETE on them",
-            hint="give them a primary key or a REPLICA IDENTITY, or pass --keyless-tables full"
-            " to set REPLICA IDENTITY FULL on them, or leave them out with --exclude",
-        )
+    if keyless and policy != "full":
+        raise keyless_error([t.qualified for t in keyless])
     for table in keyless:
         _set_identity_full(conn, table)
+
+
+def keyless_error(names: Sequence[str]) -> PreflightError:
+    """The refusal of tables without a usable replica identity (clone's error, preflight's check)."""
+    return PreflightError(
+        f"tables without a primary key or replica identity: {listed(names)}; once published,"
+        " the source would refuse UPDATE and DELETE on them",
+        hint="give them a primary key or a REPLICA IDENTITY, or pass --keyless-tables full"
+        " to set REPLICA IDENTITY FULL on them, or leave them out with --exclude",
+    )
 
 
 def _set_identity_full(conn: Conn, table: TableInfo) -> None:
