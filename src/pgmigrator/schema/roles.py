@@ -16,48 +16,51 @@ from pgmigrator.errors import PreflightError, listed
 from pgmigrator.pg import Conn
 from pgmigrator.source.catalog import SYSTEM_SCHEMAS
 
-# Objects pg_dump writes an owner or grants for: relations (minus the tables left out), schemas,
-# functions, types, collations, conversions, operators and their classes and families, text
-# search dictionaries and configurations, statistics objects, foreign-data wrappers and servers,
-# event triggers, procedural languages, default privileges. Members of extensions are dumped as
-# the extension only. ``owns`` is true for a role that owns something, false for one only granted
-# to (or granting).
-_ROLES_SQL = """
+# Objects pg_dump writes an owner or grants for, one row per catalog: (catalog, owner column,
+# ACL column, namespace column, condition). Relations minus the tables left out; members of
+# extensions are dumped as the extension only, so they are left out below.
+_OWNED = (
+    ("pg_class", "relowner", "relacl", "relnamespace",
+     "relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c') AND oid <> ALL(%(excluded)s)"),
+    ("pg_namespace", "nspowner", "nspacl", "oid", ""),
+    ("pg_proc", "proowner", "proacl", "pronamespace", ""),
+    ("pg_type", "typowner", "typacl", "typnamespace", "typtype IN ('e', 'd', 'r', 'b', 'm')"),
+    ("pg_collation", "collowner", None, "collnamespace", ""),
+    ("pg_conversion", "conowner", None, "connamespace", ""),
+    ("pg_operator", "oprowner", None, "oprnamespace", ""),
+    ("pg_opclass", "opcowner", None, "opcnamespace", ""),
+    ("pg_opfamily", "opfowner", None, "opfnamespace", ""),
+    ("pg_ts_dict", "dictowner", None, "dictnamespace", ""),
+    ("pg_ts_config", "cfgowner", None, "cfgnamespace", ""),
+    ("pg_statistic_ext", "stxowner", None, "stxnamespace", ""),
+    ("pg_foreign_data_wrapper", "fdwowner", "fdwacl", None, ""),
+    ("pg_foreign_server", "srvowner", "srvacl", None, ""),
+    ("pg_event_trigger", "evtowner", None, None, ""),
+    ("pg_language", "lanowner", "lanacl", None, "lanispl AND oid >= 16384"),
+    ("pg_default_acl", "defaclrole", "defaclacl", None, ""),
+)  # fmt: skip
+
+
+def _objects() -> str:
+    """The union of `_OWNED`: (oid, catalog, owner, ACL) of every object of this database's own."""
+    selects = []
+    for catalog, owner, acl, namespace, condition in _OWNED:
+        where = [f"{namespace} IN (SELECT oid FROM ns)"] if namespace else []
+        where += [condition] if condition else []
+        selects.append(
+            f"SELECT oid, '{catalog}'::regclass AS cls, {owner} AS owner,"
+            f" {acl or 'NULL::aclitem[]'} AS acl FROM {catalog}"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+        )
+    return "\n  UNION ALL ".join(selects)
+
+
+# ``owns`` is true for a role that owns something, false for one only granted to (or granting).
+_ROLES_SQL = f"""
 WITH ns AS (
   SELECT oid FROM pg_namespace WHERE nspname <> ALL(%(system)s) AND nspname NOT LIKE 'pg\\_%%'
 ), objs AS (
-  SELECT c.oid, 'pg_class'::regclass AS cls, c.relowner AS owner, c.relacl AS acl
-  FROM pg_class c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c')
-    AND c.relnamespace IN (SELECT oid FROM ns) AND c.oid <> ALL(%(excluded)s)
-  UNION ALL SELECT oid, 'pg_namespace'::regclass, nspowner, nspacl FROM pg_namespace
-  WHERE oid IN (SELECT oid FROM ns)
-  UNION ALL SELECT oid, 'pg_proc'::regclass, proowner, proacl FROM pg_proc
-  WHERE pronamespace IN (SELECT oid FROM ns)
-  UNION ALL SELECT oid, 'pg_type'::regclass, typowner, typacl FROM pg_type
-  WHERE typnamespace IN (SELECT oid FROM ns) AND typtype IN ('e', 'd', 'r', 'b', 'm')
-  UNION ALL SELECT oid, 'pg_collation'::regclass, collowner, NULL FROM pg_collation
-  WHERE collnamespace IN (SELECT oid FROM ns)
-  UNION ALL SELECT oid, 'pg_conversion'::regclass, conowner, NULL FROM pg_conversion
-  WHERE connamespace IN (SELECT oid FROM ns)
-  UNION ALL SELECT oid, 'pg_operator'::regclass, oprowner, NULL FROM pg_operator
-  WHERE oprnamespace IN (SELECT oid FROM ns)
-  UNION ALL SELECT oid, 'pg_opclass'::regclass, opcowner, NULL FROM pg_opclass
-  WHERE opcnamespace IN (SELECT oid FROM ns)
-  UNION ALL SELECT oid, 'pg_opfamily'::regclass, opfowner, NULL FROM pg_opfamily
-  WHERE opfnamespace IN (SELECT oid FROM ns)
-  UNION ALL SELECT oid, 'pg_ts_dict'::regclass, dictowner, NULL FROM pg_ts_dict
-  WHERE dictnamespace IN (SELECT oid FROM ns)
-  UNION ALL SELECT oid, 'pg_ts_config'::regclass, cfgowner, NULL FROM pg_ts_config
-  WHERE cfgnamespace IN (SELECT oid FROM ns)
-  UNION ALL SELECT oid, 'pg_statistic_ext'::regclass, stxowner, NULL FROM pg_statistic_ext
-  WHERE stxnamespace IN (SELECT oid FROM ns)
-  UNION ALL SELECT oid, 'pg_foreign_data_wrapper'::regclass, fdwowner, fdwacl
-  FROM pg_foreign_data_wrapper
-  UNION ALL SELECT oid, 'pg_foreign_server'::regclass, srvowner, srvacl FROM pg_foreign_server
-  UNION ALL SELECT oid, 'pg_event_trigger'::regclass, evtowner, NULL FROM pg_event_trigger
-  UNION ALL SELECT oid, 'pg_language'::regclass, lanowner, lanacl FROM pg_language
-  WHERE lanispl AND oid >= 16384
-  UNION ALL SELECT oid, 'pg_default_acl'::regclass, defaclrole, defaclacl FROM pg_default_acl
+  {_objects()}
 ), mine AS (
   SELECT * FROM objs o WHERE NOT EXISTS (
     SELECT 1 FROM pg_depend e WHERE e.classid = o.cls AND e.objid = o.oid AND e.deptype = 'e')
