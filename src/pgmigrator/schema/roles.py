@@ -55,7 +55,10 @@ def _objects() -> str:
     return "\n  UNION ALL ".join(selects)
 
 
-# ``owns`` is true for a role that owns something, false for one only granted to (or granting).
+# Per role: whether it owns something, and whether a GRANT pg_dump writes names it. An owner's
+# own privileges and the grants it made are written without naming it (a plain GRANT by whoever
+# restores), so with --no-owner the owners need not exist; other grantors are named (SET SESSION
+# AUTHORIZATION), and so is the role of default privileges (ALTER DEFAULT PRIVILEGES FOR ROLE).
 _ROLES_SQL = f"""
 WITH ns AS (
   SELECT oid FROM pg_namespace WHERE nspname <> ALL(%(system)s) AND nspname NOT LIKE 'pg\\_%%'
@@ -66,10 +69,11 @@ WITH ns AS (
     SELECT 1 FROM pg_depend e WHERE e.classid = o.cls AND e.objid = o.oid AND e.deptype = 'e')
 ), named AS (
   SELECT owner AS role, true AS owns FROM mine
-  UNION ALL SELECT a.grantee, false FROM mine, aclexplode(mine.acl) a WHERE %(privileges)s
-  UNION ALL SELECT a.grantor, false FROM mine, aclexplode(mine.acl) a WHERE %(privileges)s
+  UNION ALL SELECT a.grantee, false FROM mine, aclexplode(mine.acl) a WHERE a.grantee <> owner
+  UNION ALL SELECT a.grantor, false FROM mine, aclexplode(mine.acl) a WHERE a.grantor <> owner
+  UNION ALL SELECT owner, false FROM mine WHERE cls = 'pg_default_acl'::regclass  -- FOR ROLE
 )
-SELECT r.rolname, bool_or(owns) FROM named JOIN pg_roles r ON r.oid = named.role
+SELECT r.rolname, bool_or(owns), bool_or(NOT owns) FROM named JOIN pg_roles r ON r.oid = named.role
 WHERE r.rolname NOT LIKE 'pg\\_%%'
 GROUP BY r.rolname ORDER BY 1
 """
@@ -130,15 +134,12 @@ def role_problems(
     """What would fail the pre-data script for want of a role on the destination."""
     if not (owners or privileges):
         return RoleProblems((), ())
-    params = {
-        "system": list(SYSTEM_SCHEMAS),
-        "excluded": list(excluded_oids),
-        "privileges": privileges,
+    params = {"system": list(SYSTEM_SCHEMAS), "excluded": list(excluded_oids)}
+    named = {  # role: whether it must be able to own (only roles the dump will name)
+        str(role): owns and owners
+        for role, owns, granted in src.execute(_ROLES_SQL, params).fetchall()
+        if (owns and owners) or (granted and privileges)
     }
-    named = {str(r[0]): bool(r[1]) for r in src.execute(_ROLES_SQL, params).fetchall()}
-    if not owners:
-        named = {role: False for role in named}
-    named = {role: owns for role, owns in named.items() if owns or privileges}
     rows = dst.execute(_DEST_SQL, (sorted(named),)).fetchall()
     missing = tuple(str(r[0]) for r in rows if not r[1])
     not_assumable = tuple(str(r[0]) for r in rows if r[1] and named[str(r[0])] and not r[2])
