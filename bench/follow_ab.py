@@ -52,19 +52,9 @@ def setup(src: devcluster.Cluster, dst: devcluster.Cluster) -> tuple[str, str]:
         conn.execute(wide_fill_sql(1_000_000, 1000))
         conn.execute(f"CREATE SEQUENCE public.{WIDE_SEQ} START 100000000")
     source, dest = src.dsn("bench"), dst.dsn("bench")
+    clone = [PY, "-m", "pgmigrator", "clone", "--keyless-tables", "full"]  # pgbench_history
     res = subprocess.run(
-        [
-            PY,
-            "-m",
-            "pgmigrator",
-            "clone",
-            "--source",
-            source,
-            "--dest",
-            dest,
-            "--keyless-tables",
-            "full",
-        ],
+        [*clone, "--source", source, "--dest", dest],
         capture_output=True,
         text=True,
     )
