@@ -119,7 +119,7 @@ class RoleProblems:
         return (
             "create the roles on the destination first (e.g. from `pg_dumpall --roles-only` on"
             " the source) and connect as a superuser, or copy without them: --no-owner"
-            " (objects owned by the destination's user) and --no-privileges (no GRANTs)"
+            " (objects owned by the destination's user) and/or --no-privileges (no GRANTs)"
         )
 
 
