@@ -317,41 +317,6 @@ def status(name: str, state_dir: Path | None, as_json: bool, watch: bool) -> Non
 
 @main.command()
 @common_options
-@click.option("--tables", multiple=True, help="include pattern schema.table (glob), repeatable")
-@click.option("--exclude", multiple=True, help="exclude pattern schema.table (glob), repeatable")
-@click.option("--workers", type=int, help="tables checked in parallel")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@handle_errors
-def verify(
-    config_file: Path | None,
-    tables: tuple[str, ...],
-    exclude: tuple[str, ...],
-    as_json: bool,
-    **flags: Any,
-) -> None:
-    """Compare row counts and checksums of every table on both sides."""
-    from pgmigrator.pipeline import verify as vf
-
-    settings = load_settings(
-        config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags
-    )
-    settings.require("source", "dest")
-    checks = vf.verify(
-        Target(settings.source or "", "source"),
-        Target(settings.dest or "", "destination"),
-        settings.tables,
-        settings.exclude,
-        settings.workers,
-    )
-    if as_json:
-        click.echo(orjson.dumps([c.to_dict() for c in checks], option=orjson.OPT_INDENT_2).decode())
-    else:
-        click.echo(vf.render(checks))
-    sys.exit(1 if any(c.status != "ok" for c in checks) else 0)
-
-
-@main.command()
-@common_options
 @click.option("--slot", help="replication slot name (default pgmigrator_<name>)")
 @click.option("--publication", help="publication name (default pgmigrator_<name>)")
 @handle_errors
@@ -406,9 +371,10 @@ if __name__ == "__main__":
 
 main.add_command(tui)
 
-from pgmigrator.cli_ops import resync  # noqa: E402  (registers `pgmigrator resync`)
+from pgmigrator.cli_ops import resync, verify  # noqa: E402  (`resync` and `verify`)
 
 main.add_command(resync)
+main.add_command(verify)
 
 from pgmigrator.cli_stream import listen, stream  # noqa: E402  (registers `stream` and `listen`)
 

@@ -1,7 +1,8 @@
-"""Operations commands on a running or finished pipeline: ``pgmigrator resync TABLE...``."""
+"""Operations commands on a running or finished pipeline: ``pgmigrator verify`` and ``resync``."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import orjson
 
 from pgmigrator.cli import common_options, handle_errors, load_settings
 from pgmigrator.cli_schema import keyless_option
+from pgmigrator.dsn import Target
 
 
 @click.command()
@@ -64,3 +66,70 @@ def resync(
     for r in done:
         follower = ", follower reconnected" if r.follower_reconnected else ""
         click.echo(f"resynced {r.table}: {r.rows} row(s), sync LSN {r.sync_lsn}{follower}")
+
+
+@click.command()
+@common_options
+@click.option("--tables", multiple=True, help="include pattern schema.table (glob), repeatable")
+@click.option("--exclude", multiple=True, help="exclude pattern schema.table (glob), repeatable")
+@click.option("--workers", type=int, help="tables checked in parallel")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option(
+    "--live",
+    is_flag=True,
+    help="check while the source is written to: line both sides up through the running "
+    "follower (writes to the checked tables wait milliseconds)",
+)
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0.01),
+    default=2.0,
+    show_default=True,
+    help="--live: seconds to wait for the source's SHARE lock (3 attempts)",
+)
+@click.option(
+    "--follower-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="--live: seconds the follower may take to apply a sentinel",
+)
+@handle_errors
+def verify(
+    config_file: Path | None,
+    tables: tuple[str, ...],
+    exclude: tuple[str, ...],
+    as_json: bool,
+    live: bool,
+    lock_timeout: float,
+    follower_timeout: float,
+    **flags: Any,
+) -> None:
+    """Compare row counts and checksums of every table on both sides."""
+    from pgmigrator.pipeline import verify as vf
+    from pgmigrator.pipeline.verify_live import LiveOptions
+
+    settings = load_settings(
+        config_file, tables=list(tables) or None, exclude=list(exclude) or None, **flags
+    )
+    settings.require("source", "dest")
+    source, dest = (
+        Target(settings.source or "", "source"),
+        Target(settings.dest or "", "destination"),
+    )
+    args = (settings.tables, settings.exclude, settings.workers)
+    if live:
+        options = LiveOptions(settings.name, lock_timeout, 3, follower_timeout)
+        checks, point = vf.verify_live(source, dest, options, *args)
+        if not as_json:
+            click.echo(
+                f"both sides as of source LSN {point.lsn} (writes to the checked tables "
+                f"waited {point.paused_s:.3f} s)"
+            )
+    else:
+        checks = vf.verify(source, dest, *args)
+    if as_json:
+        click.echo(orjson.dumps([c.to_dict() for c in checks], option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(vf.render(checks))
+    sys.exit(1 if any(c.status != "ok" for c in checks) else 0)

@@ -19,7 +19,7 @@ from pgmigrator.events import (
     TupleData,
 )
 from pgmigrator.lsn import Lsn
-from pgmigrator.pipeline.commands import BatchLimits, Changes, Command, CommitBatch
+from pgmigrator.pipeline.commands import BatchLimits, Changes, Command, CommitBatch, Sentinel
 from pgmigrator.pipeline.origins import OriginFilter
 from pgmigrator.pipeline.reader import Reader
 from pgmigrator.pipeline.spill import SpillStore
@@ -40,6 +40,7 @@ def make(
     sync: dict[tuple[str, str], Lsn] | None = None,
     origin_filter: OriginFilter | None = None,
     track_times: bool = False,
+    pipeline: str | None = None,
 ) -> tuple[Reader, list[Command]]:
     out: list[Command] = []
     reader = Reader(
@@ -49,6 +50,7 @@ def make(
         limits or BatchLimits(max_rows=1000, max_ms=10_000, chunk_rows=3),
         origin_filter=origin_filter,
         track_times=track_times,
+        pipeline=pipeline,
     )
     return reader, out
 
@@ -255,3 +257,23 @@ def test_times_mark_each_source_transactions_run_of_changes() -> None:
     txn(plain, 100, range(2))
     plain.flush()
     assert all(c.times is None for c in plain_out if isinstance(c, Changes))
+
+
+def test_sentinels_are_taken_in_place_and_only_for_their_pipeline() -> None:
+    """A follower records the sentinels naming its pipeline (or none): another pipeline's
+    follower on the same source recording it would let that one's wait end too early."""
+    reader, out = make(pipeline="mine")
+    feed(reader, Begin(Lsn(100), 0, 1))
+    feed(reader, Insert(REL.oid, row(1)))
+    for owner in ("mine", "theirs", None):
+        doc = b'{"type": "verify", "id": "%s"' % (owner or "old").encode()
+        doc += b', "pipeline": "%s"}' % owner.encode() if owner else b"}"
+        feed(reader, Message(True, Lsn(100), "pgmigrator", doc))
+    feed(reader, Message(True, Lsn(100), "other-prefix", b'{"id": "x"}'))
+    feed(reader, Message(True, Lsn(100), "pgmigrator", b"not json"))
+    feed(reader, Commit(0, Lsn(100), Lsn(101), 0))
+    reader.flush()
+    kinds = [type(c).__name__ for c in out if not isinstance(c, Relation)]
+    assert kinds == ["Changes", "Sentinel", "Sentinel", "CommitBatch"]  # after the row before them
+    sentinels = [c for c in out if isinstance(c, Sentinel)]
+    assert [(s.id, s.kind) for s in sentinels] == [("mine", "verify"), ("old", "verify")]

@@ -1,14 +1,14 @@
 """The reader's commands to the applier, and running them a group at a time (the apply side).
 
 `Reader` turns the stream into commands: `Relation` (a table's shape), `Changes` (a bounded run of
-row changes), `CommitBatch` (commit at a source commit boundary) and `Sentinel` (a switchover
-sentinel at its place in the stream).
+row changes), `CommitBatch` (commit at a source commit boundary) and `Sentinel` (a
+switchover's or a live verify's sentinel at its place in the stream).
 
 The follow loop's apply task takes every command waiting in its queue and hands the whole group
 to `CommandRunner.run` on the applier's thread: one thread hop per group instead of one per
 ``begin``/``apply``/``commit``. When the follower is caught up a source transaction arrives as
 ``Changes`` then ``CommitBatch``, so it is applied and committed in one hop; with a backlog a
-group holds several chunks. What the group committed (and the switchover sentinels it wrote)
+group holds several chunks. What the group committed (and the sentinels it wrote)
 comes back in order, for the follow loop to record on its own thread.
 """
 
@@ -47,10 +47,12 @@ class CommitBatch:
 
 @dataclass(frozen=True, slots=True)
 class Sentinel:
-    """A switchover sentinel (``pg_logical_emit_message(true, 'pgmigrator', ...)``) at its place in the stream."""
+    """A sentinel (``pg_logical_emit_message(true, 'pgmigrator', ...)``, see `sentinel`) at its
+    place in the stream; ``kind`` is what emitted it (``switchover``, ``verify``)."""
 
     id: str
     lsn: Lsn
+    kind: str = "switchover"
 
 
 SENTINEL_PREFIX = "pgmigrator"

@@ -207,6 +207,7 @@ class Follow:
                 self.limits,
                 origin_filter=self.origin_filter,
                 track_times=self.conflicts is not None,
+                pipeline=self.settings.name,
             )
             applied = asyncio.Event()  # the apply loop has ended
             runner = CommandRunner(applier, self.settings.name)
@@ -383,7 +384,7 @@ class Follow:
         if isinstance(item, Committed):
             self._committed(item.batch, stream)
             self.collector.tables_applied(item.tables)
-        else:  # a switchover sentinel, written in the batch being applied
+        elif item.kind == "switchover":  # its sentinel, written in the batch being applied
             self.collector.set_phase("switchover")
             self._sentinel_pending = True
 

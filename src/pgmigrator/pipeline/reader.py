@@ -32,8 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from pgmigrator.events import (
     Delete,
     Insert,
@@ -48,6 +46,7 @@ from pgmigrator.events import (
     Update,
 )
 from pgmigrator.lsn import Lsn
+from pgmigrator.pipeline import sentinel
 from pgmigrator.pipeline.commands import (
     SENTINEL_PREFIX,
     BatchLimits,
@@ -93,8 +92,10 @@ class Reader:
         *,
         origin_filter: OriginFilter | None = None,
         track_times: bool = False,
+        pipeline: str | None = None,
     ) -> None:
         self.emit = emit
+        self.pipeline = pipeline  # sentinels naming another pipeline are not ours
         self.origin_filter = origin_filter
         self.track_times = track_times
         self.dropping = False  # inside a transaction the origin filter drops
@@ -331,10 +332,10 @@ class Reader:
 
     def _logical_message(self, msg: Message, lsn: Lsn) -> None:
         if msg.prefix == SENTINEL_PREFIX and msg.transactional:
-            sentinel_id = _sentinel_id(msg.content)
-            if sentinel_id is not None:
+            found = sentinel.parse(msg.content, self.pipeline)
+            if found is not None:
                 self._push_pending()  # keep its place: after every change before it
-                self.emit(Sentinel(sentinel_id, msg.lsn))
+                self.emit(Sentinel(found[1], msg.lsn, found[0]))
         if self.on_message is not None:
             self.on_message(msg, lsn)
 
@@ -390,12 +391,3 @@ _HANDLERS: dict[type, Callable[[Reader, Any, Lsn], None]] = {
     StreamAbort: Reader._stream_abort,
     StreamCommit: Reader._stream_commit,
 }
-
-
-def _sentinel_id(content: bytes) -> str | None:
-    try:
-        doc = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return None
-    value = doc.get("id") if isinstance(doc, dict) else None
-    return value if isinstance(value, str) else None

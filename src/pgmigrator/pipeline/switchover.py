@@ -12,22 +12,20 @@ verification failure the command exits non-zero and unfences the source unless t
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 from psycopg import sql
 
 from pgmigrator.config import Settings
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, PreflightError
 from pgmigrator.log import get_logger
-from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect
+from pgmigrator.pipeline import sentinel
 from pgmigrator.pipeline import verify as verifymod
 from pgmigrator.pipeline.sequences import sync_sequences
 from pgmigrator.source.slots import slot_status
@@ -156,19 +154,21 @@ class Switchover:
         self._mark("prechecked")
 
     def _sentinel(self, src: Conn, dst: Conn) -> None:
-        sentinel_id = uuid.uuid4().hex
-        content = orjson.dumps(
-            {"type": "switchover", "id": sentinel_id, "pipeline": self.settings.name}
-        )
-        row = src.execute(
-            "SELECT pg_logical_emit_message(true, 'pgmigrator', %s::bytea)::text", (content,)
-        ).fetchone()
+        sentinel_id, lsn = sentinel.emit(src, "switchover", self.settings.name)
         self.report.sentinel_id = sentinel_id
-        self.report.sentinel_lsn = str(Lsn.parse(row[0])) if row else None
+        self.report.sentinel_lsn = str(lsn)
         self._mark("sentinel_emitted")
-        started = time.monotonic()
-        _await_sentinel(dst, sentinel_id, started + self.options.timeout_s, self.options.timeout_s)
-        self.report.sentinel_wait_s = round(time.monotonic() - started, 3)
+        timeout = self.options.timeout_s
+        waited = sentinel.await_applied(
+            dst,
+            sentinel_id,
+            timeout,
+            lambda: SwitchoverFailed(
+                f"the destination did not apply the sentinel within {timeout:g} s",
+                hint="check that `follow` is running and healthy (`pgmigrator status`), then retry",
+            ),
+        )
+        self.report.sentinel_wait_s = round(waited, 3)
         self._mark("sentinel_applied")
         log.info(
             "sentinel applied", lsn=self.report.sentinel_lsn, seconds=self.report.sentinel_wait_s
@@ -202,34 +202,6 @@ class Switchover:
             path = Path.cwd() / f"pgmigrator-switchover-{self.settings.name}-{stamp}.json"
         path.write_bytes(self.report.to_json())
         self.report_file = path
-
-
-def _sentinel_seen(dst: Conn, sentinel_id: str) -> bool:
-    """Whether the follower committed the sentinel; a lock held on the table counts as not yet."""
-    try:
-        return (
-            dst.execute(
-                "SELECT 1 FROM pgmigrator.sentinels WHERE id = %s", (sentinel_id,)
-            ).fetchone()
-            is not None
-        )
-    except psycopg.errors.LockNotAvailable:
-        return False
-
-
-def _await_sentinel(dst: Conn, sentinel_id: str, deadline: float, timeout_s: float) -> None:
-    """Poll the destination (every 50 ms, never blocked by locks) until the sentinel row is there."""
-    dst.execute("SET lock_timeout = '200ms'")
-    try:
-        while not _sentinel_seen(dst, sentinel_id):
-            if time.monotonic() > deadline:
-                raise SwitchoverFailed(
-                    f"the destination did not apply the sentinel within {timeout_s:g} s",
-                    hint="check that `follow` is running and healthy (`pgmigrator status`), then retry",
-                )
-            time.sleep(0.05)
-    finally:
-        dst.execute("RESET lock_timeout")
 
 
 def _database(conn: Conn) -> sql.Identifier:

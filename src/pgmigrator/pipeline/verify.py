@@ -6,12 +6,14 @@ float precision) so equal rows print equally. Sums are order-independent, comput
 (constant memory); both sides and several tables run in parallel, on connections reused from one
 table to the next (a new pair per table cost more than checking thousands of small tables). Tables
 with a single-column integer primary key and more than `CHUNK_ROWS` rows are checked in key ranges,
-in parallel, and a difference names its ranges.
+in parallel, and a difference names its ranges. `verify_live` first lines both sides up at one
+point of the stream (see `verify_live`), for a source that is being written to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -19,7 +21,9 @@ from psycopg import sql
 
 from pgmigrator.dsn import Target
 from pgmigrator.log import get_logger
+from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, ThreadConnections, connect
+from pgmigrator.pipeline.verify_live import LiveOptions, LivePoint, SessionPool, line_up
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
 
@@ -144,6 +148,56 @@ def verify(
     sample: bool = False,
     chunk_rows: int = CHUNK_ROWS,
 ) -> list[TableCheck]:
+    """Check every selected table, each side read when its turn comes (a quiet source)."""
+    tables, shared, parts = _plan(source, dest, include, exclude, sample, chunk_rows)
+    with ThreadConnections(source) as on_source, ThreadConnections(dest) as on_dest:
+        results = _run(
+            parts,
+            lambda q: _sums(on_source.get(), q),
+            lambda q: _sums(on_dest.get(), q),
+            workers,
+        )
+    return [_check(t, shared[i], results.get(i, [])) for i, t in enumerate(tables)]
+
+
+def verify_live(
+    source: Target,
+    dest: Target,
+    options: LiveOptions,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    workers: int = 2,
+    chunk_rows: int = CHUNK_ROWS,
+) -> tuple[list[TableCheck], LivePoint]:
+    """Check every selected table with both sides lined up at one point (see `verify_live`)."""
+    tables, shared, parts = _plan(source, dest, include, exclude, False, chunk_rows)
+    checked = [t for i, t in enumerate(tables) if shared[i] is not None]
+    if not checked:
+        return [_check(t, None, []) for t in tables], LivePoint(Lsn(0), 0.0)
+    size = max(1, workers)
+    with contextlib.ExitStack() as stack:
+        on_source = SessionPool(source, size)
+        stack.callback(on_source.close)
+        on_dest = SessionPool(dest, size)
+        stack.callback(on_dest.close)
+        point = line_up(source, dest, checked, options, on_source, on_dest)
+        results = _run(parts, lambda q: _pooled(on_source, q), lambda q: _pooled(on_dest, q), size)
+    return [_check(t, shared[i], results.get(i, [])) for i, t in enumerate(tables)], point
+
+
+_Result = tuple[str, tuple[int, int] | str, tuple[int, int] | str]  # label, source, destination
+
+
+def _plan(
+    source: Target,
+    dest: Target,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    sample: bool,
+    chunk_rows: int,
+) -> tuple[list[TableInfo], list[tuple[str, ...] | None], list[_Part]]:
+    """The selected tables, the columns each shares with its destination table (None: no such
+    table) and the queries that check them."""
     with connect(source) as src, connect(dest) as dst:
         tables = [
             t for t in catalog.select(catalog.list_tables(src), include, exclude) if t.has_data
@@ -157,30 +211,37 @@ def verify(
             shared.append(cols)
             if cols is not None:
                 parts += _parts(src, job, table, cols, sample, chunk_rows)
-    with (
-        ThreadConnections(source) as on_source,
-        ThreadConnections(dest) as on_dest,
-        ThreadPoolExecutor(max_workers=2 * max(1, workers)) as pool,
-    ):
+    return tables, shared, parts
+
+
+def _run(
+    parts: list[_Part],
+    on_source: Callable[[sql.Composed], tuple[int, int]],
+    on_dest: Callable[[sql.Composed], tuple[int, int]],
+    workers: int,
+) -> dict[int, list[_Result]]:
+    """Run every part on both sides, ``workers`` queries a side at a time."""
+    with ThreadPoolExecutor(max_workers=2 * max(1, workers)) as pool:
         done = [
-            (
-                part,
-                pool.submit(_sums, on_source, part.query),
-                pool.submit(_sums, on_dest, part.query),
-            )
+            (part, pool.submit(on_source, part.query), pool.submit(on_dest, part.query))
             for part in parts
         ]
-        results: dict[int, list[tuple[str, tuple[int, int] | str, tuple[int, int] | str]]] = {}
+        results: dict[int, list[_Result]] = {}
         for part, fs, fd in done:
             results.setdefault(part.job, []).append((part.label, _outcome(fs), _outcome(fd)))
-    return [_check(t, shared[i], results.get(i, [])) for i, t in enumerate(tables)]
+    return results
 
 
-def _sums(sessions: ThreadConnections, query: sql.Composed) -> tuple[int, int]:
-    """(count, checksum) of ``query`` on this thread's connection to its server."""
-    row = sessions.get().execute(query).fetchone()
+def _sums(conn: Conn, query: sql.Composed) -> tuple[int, int]:
+    """(count, checksum) of ``query`` on ``conn``."""
+    row = conn.execute(query).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+def _pooled(pool: SessionPool, query: sql.Composed) -> tuple[int, int]:
+    with pool.borrow() as conn:
+        return _sums(conn, query)
 
 
 def _outcome(future: Future[tuple[int, int]]) -> tuple[int, int] | str:
@@ -194,7 +255,7 @@ def _outcome(future: Future[tuple[int, int]]) -> tuple[int, int] | str:
 def _check(
     table: TableInfo,
     columns: tuple[str, ...] | None,
-    parts: list[tuple[str, tuple[int, int] | str, tuple[int, int] | str]],
+    parts: list[_Result],
 ) -> TableCheck:
     if columns is None:
         return TableCheck(

@@ -1,0 +1,197 @@
+"""``verify --live``: both sides checked at the same point while the application writes.
+
+A plain `verify` reads each side when it gets to it: with writes going on and ``follow``
+applying them a few milliseconds later, the two reads never see the same rows. The live check
+lines both sides up first, then checksums at leisure:
+
+1. a sentinel (`sentinel`) without any lock proves that the pipeline's follower runs and keeps
+   up (else the command stops here, having locked nothing);
+2. the checked tables are locked on the source ``IN SHARE MODE`` (reads go on; writers wait;
+   the wait for the lock is bounded by ``lock_timeout`` and retried); no write to them can be in
+   flight, so a snapshot taken now holds every write they will ever get until the lock ends. That
+   snapshot is exported and imported by the source's checksum sessions;
+3. a second sentinel: once the follower applied it, the destination holds everything committed
+   before the lock, and nothing later can reach the locked tables. A destination snapshot is
+   exported and imported by the destination's checksum sessions, and the lock is released.
+
+Writes to the checked tables wait from 2 to 3: the follower's lag at that moment (milliseconds
+when it is caught up), never more than ``follower_timeout_s``. Both snapshots live on in the
+checksum sessions' transactions, which then read exactly the same rows on both sides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from pgmigrator.dsn import Target
+from pgmigrator.errors import PgMigratorError, PreflightError
+from pgmigrator.log import get_logger
+from pgmigrator.lsn import Lsn
+from pgmigrator.pg import Conn, connect, translate
+from pgmigrator.pipeline import sentinel
+from pgmigrator.pipeline.bidi_guard import reverse_slot
+from pgmigrator.source.catalog import TableInfo
+
+log = get_logger("verify")
+
+
+class LiveVerifyFailed(PgMigratorError):
+    """The two sides could not be lined up (no follower, a lock not granted); nothing was checked."""
+
+    retryable = True
+
+
+@dataclass(frozen=True, slots=True)
+class LiveOptions:
+    pipeline: str
+    lock_timeout_s: float = 2.0
+    lock_attempts: int = 3
+    follower_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LivePoint:
+    lsn: Lsn  # the second sentinel's: both sides hold the checked tables as of there
+    paused_s: float  # how long writes to the checked tables waited for the line-up
+
+
+class SessionPool:
+    """A fixed set of connections to one server that share one imported snapshot; each query
+    borrows one (`borrow`). A connection lost mid-check cannot be replaced (its snapshot is gone):
+    the query fails, and its table is reported as an error."""
+
+    def __init__(self, target: Target, size: int) -> None:
+        self.target = target
+        self._conns: list[Conn] = []
+        self._free: queue.SimpleQueue[Conn] = queue.SimpleQueue()
+        try:
+            for _ in range(max(1, size)):
+                self._conns.append(connect(target))
+        except BaseException:
+            self.close()
+            raise
+
+    def export(self) -> str:
+        """Start the first session's snapshot now and export it (for `attach` of the others)."""
+        first = self._conns[0]
+        first.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        row = first.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None
+        self._free.put(first)
+        return str(row[0])
+
+    def attach(self, snapshot: str, start: int = 0) -> None:
+        """Make the sessions from ``start`` on read in ``snapshot`` (while its exporter is open)."""
+        for conn in self._conns[start:]:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # server-made: [0-9A-F-]
+            self._free.put(conn)
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[Conn]:
+        conn = self._free.get()
+        try:
+            yield conn
+        finally:
+            self._free.put(conn)
+
+    def close(self) -> None:
+        for conn in self._conns:
+            conn.close()
+
+
+def line_up(
+    source: Target,
+    dest: Target,
+    tables: Sequence[TableInfo],
+    options: LiveOptions,
+    on_source: SessionPool,
+    on_dest: SessionPool,
+) -> LivePoint:
+    """Give ``on_source`` and ``on_dest`` snapshots holding the same rows of ``tables``."""
+    with connect(source) as emitter, connect(dest) as watcher:
+        if reverse_slot(watcher, options.pipeline) is not None:
+            log.warning(
+                "bidirectional pipeline: writes to the destination during the check show as "
+                "differences",
+                pipeline=options.pipeline,
+            )
+        _await(emitter, watcher, options, "")
+        with connect(source) as locker:
+            _lock(locker, source, tables, options)
+            started = time.monotonic()
+            try:
+                row = locker.execute("SELECT pg_export_snapshot()").fetchone()
+                assert row is not None
+                on_source.attach(str(row[0]))
+                lsn = _await(emitter, watcher, options, " while the tables were locked")
+                on_dest.attach(on_dest.export(), start=1)
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    locker.execute("ROLLBACK")
+            paused = time.monotonic() - started
+    log.info("sides lined up", lsn=str(lsn), tables=len(tables), writes_paused_s=round(paused, 3))
+    return LivePoint(lsn, paused)
+
+
+def _await(emitter: Conn, watcher: Conn, options: LiveOptions, when: str) -> Lsn:
+    sentinel_id, lsn = sentinel.emit(emitter, "verify", options.pipeline)
+    timeout = options.follower_timeout_s
+    sentinel.await_applied(
+        watcher,
+        sentinel_id,
+        timeout,
+        lambda: LiveVerifyFailed(
+            f"pipeline {options.pipeline!r}: the destination did not apply a sentinel within "
+            f"{timeout:g} s{when}; nothing was checked",
+            hint="`verify --live` needs the pipeline's follower running and caught up: start "
+            "`pgmigrator follow` (see `pgmigrator status`) or raise --follower-timeout; without "
+            "writes on the source, plain `verify` is enough",
+        ),
+    )
+    return lsn
+
+
+def _lock(conn: Conn, source: Target, tables: Sequence[TableInfo], options: LiveOptions) -> None:
+    """Lock ``tables`` IN SHARE MODE in a REPEATABLE READ transaction left open on ``conn``.
+
+    Only SET and LOCK run before the lock is granted: neither takes the transaction's snapshot,
+    which the first query after them does."""
+    names = sorted({(t.schema, t.name) for t in tables})
+    stmt = sql.SQL("LOCK TABLE ONLY {} IN SHARE MODE").format(
+        sql.SQL(", ").join(sql.Identifier(*n) for n in names)
+    )
+    timeout = f"{int(options.lock_timeout_s * 1000)}ms"
+    for attempt in range(1, options.lock_attempts + 1):
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        try:
+            conn.execute(f"SET LOCAL lock_timeout = '{timeout}'".encode())
+            conn.execute(stmt)
+            conn.execute("SET LOCAL lock_timeout = 0")
+            return
+        except psycopg.errors.LockNotAvailable:
+            conn.execute("ROLLBACK")
+            log.warning("tables busy, lock not granted", attempt=attempt, lock_timeout=timeout)
+            time.sleep(min(1.0, options.lock_timeout_s))  # let the queued writers through
+        except psycopg.Error as exc:
+            conn.execute("ROLLBACK")
+            err = translate(exc, source, "locking the checked tables")
+            raise PreflightError(
+                err.message,
+                hint="`verify --live` locks the checked tables IN SHARE MODE on the source "
+                "(UPDATE, DELETE or TRUNCATE privilege on each): run it as their owner",
+            ) from exc
+    raise LiveVerifyFailed(
+        f"the checked tables stayed busy on the source: a SHARE lock on {len(names)} table(s) "
+        f"was not granted within {options.lock_timeout_s:g} s, {options.lock_attempts} times; "
+        "nothing was checked",
+        hint="a long transaction writes to them (see pg_stat_activity): retry when it ended, "
+        "raise --lock-timeout, or check fewer tables at a time (--tables)",
+    )
