@@ -7,8 +7,10 @@ unchanged TOAST, whole-row identity, identity columns, origin progress and failu
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -345,6 +347,35 @@ def test_missing_table_and_missing_column(pair: Pair, applier: PostgresApplier) 
             applier.relation(T)
         with pytest.raises(ApplyError, match=r"public\.strict: destination-only column\(s\) need"):
             applier.relation(relation(7, "strict", "id"))
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_column_retyped_on_one_side_is_named(pair: Pair, applier: PostgresApplier) -> None:
+    """The source sends `a` as text and `n` as integer; the destination has numeric and bigint:
+    a warning names both before a value fails its cast; a type the sides agree on is not named."""
+    with pair.dst() as dst:
+        dst.execute("CREATE TABLE r (id int PRIMARY KEY, a numeric, n bigint)")
+        applier.start()
+        cols = (Column(1, "id", 23, -1), Column(0, "a", 25, -1), Column(0, "n", 23, -1))
+        logger, seen = logging.getLogger("pgmigrator.apply"), Records()
+        logger.addHandler(seen)  # (whether or not the tree propagates to the root)
+        try:
+            applier.relation(Relation(8, "public", "r", "d", cols))
+        finally:
+            logger.removeHandler(seen)
+        apply_txn(applier, [Insert(8, row(1, "1.5", 7))], lsn=100)  # a widened column applies
+        assert rows(dst, "SELECT a, n FROM r") == [(Decimal("1.5"), 7)]
+    warned = [r.fields for r in seen.records]  # type: ignore[attr-defined]
+    assert len(warned) == 1 and warned[0]["table"] == "public.r", warned
+    assert warned[0]["columns"] == "a (text -> numeric), n (integer -> bigint)"
 
 
 def test_small_writes_go_with_the_commit_and_fail_clearly(

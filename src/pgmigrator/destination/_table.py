@@ -15,12 +15,16 @@ from psycopg import sql
 
 from pgmigrator.errors import ApplyError
 from pgmigrator.events import Relation
+from pgmigrator.log import get_logger
+
+log = get_logger("apply")
 
 # One row per live column of the destination table. ``cast_type`` is the type without its
 # modifier (so that an explicit cast never truncates: the assignment checks the modifier);
 # ``tmp_type`` is the type for the staging table (domains resolved to their base type, so that a
 # staging row may hold NULLs); ``has_eq`` says whether ``=`` exists for the type (json, xml and
-# point have none: REPLICA IDENTITY FULL matching then compares their text).
+# point have none: REPLICA IDENTITY FULL matching then compares their text); the base type's
+# oid and name, compared with the source's.
 _COLUMNS = """
 SELECT a.attname, pg_catalog.format_type(a.atttypid, -1),
        pg_catalog.format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END,
@@ -36,7 +40,8 @@ SELECT a.attname, pg_catalog.format_type(a.atttypid, -1),
                       OR (o.oprleft = 'anyarray'::regtype AND b.typcategory = 'A'
                           AND EXISTS (SELECT 1 FROM pg_catalog.pg_operator e
                                       WHERE e.oprname = '=' AND e.oprleft = b.typelem
-                                        AND e.oprright = b.typelem))))
+                                        AND e.oprright = b.typelem)))),
+       b.oid, pg_catalog.format_type(b.oid, NULL)
 FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 JOIN pg_catalog.pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
@@ -116,6 +121,7 @@ def describe(cur: Any, rel: Relation) -> Table:
     columns, indexes, unique = (q.fetchall() for q in queries)
     dest = {row[0]: row for row in columns}
     _check_drift(name, rel, dest)
+    _warn_retyped(cur, name, rel, dest)
     cols = [dest[c.name] for c in rel.columns]
     full = rel.replica_identity == "f"
     key = () if full else tuple(i for i, c in enumerate(rel.columns) if c.is_key)
@@ -164,7 +170,7 @@ def _check_drift(name: str, rel: Relation, dest: dict[str, tuple[Any, ...]]) -> 
         )
     required = [
         c
-        for c, (_, _, _, notnull, hasdef, identity, gen, _) in dest.items()
+        for c, (_, _, _, notnull, hasdef, identity, gen, *_) in dest.items()
         if c not in sent and notnull and not (hasdef or identity or gen)
     ]
     if required:
@@ -172,6 +178,38 @@ def _check_drift(name: str, rel: Relation, dest: dict[str, tuple[Any, ...]]) -> 
             f"schema drift: {name}: destination-only column(s) {', '.join(required)} are "
             "NOT NULL without a default",
             hint="give them a default or drop NOT NULL on the destination, then restart `follow`",
+        )
+
+
+#: Built-in types have OIDs below this; the same OID names the same type on every server.
+FIRST_NORMAL_OID = 16384
+
+
+def _warn_retyped(cur: Any, name: str, rel: Relation, dest: dict[str, tuple[Any, ...]]) -> None:
+    """Log the columns whose built-in source type differs from the destination's (base) type.
+
+    Values are sent as text and cast to the destination's type, so a widened column (int to
+    bigint) applies as it should; but a column retyped on one side only (``ALTER COLUMN ... TYPE``
+    on the source, say) fails at its first value the destination type cannot take, with a bare
+    cast error. The warning names the difference before that happens.
+    """
+    retyped = [
+        c for c in rel.columns if c.type_oid < FIRST_NORMAL_OID and c.type_oid != dest[c.name][8]
+    ]
+    if retyped:  # (the destination names built-in types as the source does)
+        names = cur.execute(
+            "SELECT pg_catalog.format_type(t, NULL) FROM unnest(%s::oid[]) AS t",
+            ([c.type_oid for c in retyped],),
+        ).fetchall()
+        differ = [
+            f"{c.name} ({n[0]} -> {dest[c.name][9]})" for c, n in zip(retyped, names, strict=True)
+        ]
+        log.warning(
+            "column types differ between source and destination",
+            table=name,
+            columns=", ".join(differ),
+            hint="values are cast to the destination's type; if a column was retyped on the "
+            "source, retype it on the destination too (a value it cannot take stops `follow`)",
         )
 
 
