@@ -48,9 +48,10 @@ def _size(text: str) -> int:
 @click.option(
     "--verify",
     "verify_mode",
-    type=click.Choice(["full", "sample", "none"]),
+    type=click.Choice(["full", "sample", "none", "live"]),
     default="full",
     show_default=True,
+    help="live: full, before the fence, while the application still writes (see verify --live)",
 )
 @click.option(
     "--sequence-margin",

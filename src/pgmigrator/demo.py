@@ -28,6 +28,7 @@ from pgmigrator.pipeline.control import PipelineControl
 from pgmigrator.pipeline.follow import Follow
 from pgmigrator.pipeline.progress import Progress
 from pgmigrator.pipeline.switchover import Switchover, SwitchoverOptions, render, unfence
+from pgmigrator.pipeline.verify_live import LiveOptions
 
 
 def run_demo(base: Path, scale: int, keep: bool, live_seconds: int = 10) -> None:
@@ -122,12 +123,16 @@ async def _follow_live(
         stderr=subprocess.DEVNULL,
         env={"PGPASSWORD": devcluster.PASSWORD},
     )
+    started, checked = time.monotonic(), False
     while bench.poll() is None:
         await asyncio.sleep(1)
         snap = collector.snapshot()
         click.echo(
             f"  applied {snap['applied_lsn']}  lag {snap['lag_formatted']}  {snap['rows_per_s']:.0f} rows/s"
         )
+        if not checked and time.monotonic() - started > seconds / 2:
+            checked = True
+            click.echo(await asyncio.to_thread(_live_verify, settings))
     with src.connect("app") as conn:
         conn.execute("INSERT INTO demo_marker VALUES (1)")
     started = time.monotonic()
@@ -147,6 +152,22 @@ async def _follow_live(
         unfence(conn)
     follow.request_stop()
     await task
+
+
+def _live_verify(settings: Settings) -> str:
+    """`verify --live` while pgbench writes: one line saying what it found."""
+    checks, point = verify.verify_live(
+        Target(settings.source or "", "source"),
+        Target(settings.dest or "", "destination"),
+        LiveOptions(settings.name),
+        workers=settings.workers,
+    )
+    bad = [c.table for c in checks if c.status != "ok"]
+    found = f"{len(bad)} differ: {', '.join(bad)}" if bad else "all equal"
+    return (
+        f"  verify --live while pgbench writes: {len(checks)} tables, {found}, as of "
+        f"{point.lsn} (writes to them waited {point.paused_s * 1000:.0f} ms)"
+    )
 
 
 def _pgbench_cmd(src: devcluster.Cluster, seconds: int) -> list[str]:

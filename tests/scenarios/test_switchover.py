@@ -65,6 +65,8 @@ def test_switchover_with_fence_while_pgbench_runs(
             pair.dest,
             "--fence",
             "--yes",
+            "--verify",
+            "live",  # verified before the fence, while the writes go on
             "--report",
             str(report_file),
             "--timeout",
@@ -84,6 +86,9 @@ def test_switchover_with_fence_while_pgbench_runs(
         all(v["status"] == "ok" for v in report["verification"])
         and len(report["verification"]) >= 5
     )
+    timings = report["timings_s"]
+    assert report["verified_at_lsn"] and timings["verified"] < timings["fenced"]
+    assert "verification (live, before the fence, at " in res.stdout
     assert "still fenced" in res.stdout
     with pair.src() as src, pair.dst() as dst:
         # every committed source write is on the destination, and sequences are ahead
