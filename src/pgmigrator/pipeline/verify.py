@@ -20,10 +20,17 @@ from dataclasses import asdict, dataclass
 from psycopg import sql
 
 from pgmigrator.dsn import Target
+from pgmigrator.errors import listed
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, ThreadConnections, connect
-from pgmigrator.pipeline.verify_live import LiveOptions, LivePoint, SessionPool, line_up
+from pgmigrator.pipeline.verify_live import (
+    LiveOptions,
+    LivePoint,
+    SessionPool,
+    line_up,
+    pipeline_tables,
+)
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
 
@@ -169,8 +176,12 @@ def verify_live(
     workers: int = 2,
     chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[list[TableCheck], LivePoint]:
-    """Check every selected table with both sides lined up at one point (see `verify_live`)."""
-    tables, shared, parts = _plan(source, dest, include, exclude, False, chunk_rows)
+    """Check the pipeline's selected tables with both sides lined up at one point (see
+    `verify_live`); tables the pipeline does not replicate cannot be lined up and are left out."""
+    held = pipeline_tables(dest, options.pipeline)
+    tables, shared, parts = _plan(
+        source, dest, include, exclude, False, chunk_rows, lambda t: (t.schema, t.name) in held
+    )
     checked = [t for i, t in enumerate(tables) if shared[i] is not None]
     if not checked:
         return [_check(t, None, []) for t in tables], LivePoint(Lsn(0), 0.0)
@@ -195,13 +206,20 @@ def _plan(
     exclude: Sequence[str],
     sample: bool,
     chunk_rows: int,
+    keep: Callable[[TableInfo], bool] = lambda t: True,
 ) -> tuple[list[TableInfo], list[tuple[str, ...] | None], list[_Part]]:
-    """The selected tables, the columns each shares with its destination table (None: no such
-    table) and the queries that check them."""
+    """The selected tables (those ``keep`` keeps), the columns each shares with its destination
+    table (None: no such table) and the queries that check them."""
     with connect(source) as src, connect(dest) as dst:
-        tables = [
+        selected = [
             t for t in catalog.select(catalog.list_tables(src), include, exclude) if t.has_data
         ]
+        tables = [t for t in selected if keep(t)]
+        if len(tables) < len(selected):
+            log.info(
+                "tables left out: not replicated by the pipeline",
+                tables=listed([t.qualified for t in selected if not keep(t)]),
+            )
         dest_cols = _dest_columns(dst)
         shared: list[tuple[str, ...] | None] = []
         parts: list[_Part] = []

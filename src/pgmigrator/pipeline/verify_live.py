@@ -38,6 +38,7 @@ from pgmigrator.pg import Conn, connect, translate
 from pgmigrator.pipeline import sentinel
 from pgmigrator.pipeline.bidi_guard import reverse_slot
 from pgmigrator.source.catalog import TableInfo
+from pgmigrator.store.state import StateStore
 
 log = get_logger("verify")
 
@@ -105,6 +106,15 @@ class SessionPool:
     def close(self) -> None:
         for conn in self._conns:
             conn.close()
+
+
+def pipeline_tables(dest: Target, pipeline: str) -> set[tuple[str, str]]:
+    """The tables ``pipeline`` replicates, from its state on the destination (`StateError` when
+    there is no such pipeline: a live check needs its follower)."""
+    with connect(dest) as dst:
+        store = StateStore(dst, pipeline)
+        store.require()
+        return {(t.schema, t.name) for t in store.tables()}
 
 
 def line_up(
