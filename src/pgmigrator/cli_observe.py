@@ -92,7 +92,7 @@ def hosted_run(
     """Run ``body`` with the state file and, when configured, the API (and the TUI)."""
     if tui and not settings.api.addr:
         settings.api.addr = "127.0.0.1:0"  # the TUI reads the API: serve it on a free local port
-    control = PipelineControl(settings)
+    control = PipelineControl(settings, collector)
     with (
         state_file(settings, collector),
         serving_api(settings, collector, control, announce=not tui) as hosted,

@@ -89,7 +89,7 @@ def hosting(
     settings: configmod.Settings, collector: Collector, ctx: SinkContext, target: Any = None
 ) -> Iterator[None]:
     """The state file, and the API server (with the sinks' routes) when ``api.addr`` is set."""
-    control = PipelineControl(settings)
+    control = PipelineControl(settings, collector)
     control.target = target  # pause / resume; switchover is for follow
     with state_file(settings, collector), serving_api(settings, collector, control, ctx.routes):
         yield

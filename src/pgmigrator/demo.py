@@ -65,7 +65,7 @@ def run_demo(base: Path, scale: int, keep: bool, live_seconds: int = 10) -> None
             api={"addr": "127.0.0.1:0", "token": "demo"},
         )
         collector = Collector("demo")
-        control = PipelineControl(settings)
+        control = PipelineControl(settings, collector)
         with serving(settings, collector, control) as hosted:
             if hosted.server is not None:
                 click.echo(f"dashboard: {hosted.server.url}/  (API token: demo)")

@@ -1,4 +1,5 @@
-"""Journey: operate a running `clone --follow` through its API: token, pause, resume, switchover.
+"""Journey: operate a running `clone --follow` through its API: token, pause, resume, live
+verification, switchover.
 
 The pause is held for several times the source's ``wal_sender_timeout``: the walsender must not
 drop us (status updates keep flowing while nothing is read), and nothing applied while paused.
@@ -68,6 +69,11 @@ def dest_count(pair: Pair) -> int:
         return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
 
 
+def verification(url: str) -> str:
+    info = httpx.get(f"{url}/api/v1/status", timeout=10).json()["info"]
+    return str(info.get("verification", ""))
+
+
 def walsender(pair: Pair) -> int | None:
     with pair.src() as conn:
         row = conn.execute(
@@ -110,6 +116,14 @@ def test_pause_outlasts_wal_sender_timeout_then_resume_and_switchover(
     wait_for(lambda: items_table()["rows_applied"] == 100, 10, what="items' applied count")
     assert items_table()["state"] == "streaming"
 
+    assert post(url, "verify", token=None).status_code == 401
+    assert post(url, "verify").status_code == 200
+    wait_for(
+        lambda: verification(url).startswith("all 1 tables equal as of "),
+        60,
+        what="the live verification's outcome",
+    )
+
     assert post(url, "switchover").status_code == 200
     wait_for(
         lambda: (
@@ -148,6 +162,10 @@ def test_dashboard_pauses_and_resumes_a_real_follower(pair: Pair, api_follower: 
             page.click("#btn-resume")
             expect(page.locator("#state")).to_have_text("running", timeout=10_000)
             wait_for(lambda: dest_count(pair) == 501, 60, what="the row inserted while paused")
+            page.click("#btn-verify")
+            expect(page.locator("#verification")).to_contain_text(
+                "verification: all 1 tables equal as of", timeout=30_000
+            )
         finally:
             browser.close()
 

@@ -50,6 +50,10 @@ class RecordingControl:
         self.calls.append("switchover")
         return "switchover started"
 
+    async def verify(self) -> str:
+        self.calls.append("verify")
+        return "live verification started"
+
 
 @dataclass
 class LiveClone:

@@ -60,6 +60,9 @@ class FakeControl:
     async def switchover(self) -> str:
         return await self._do("switchover")
 
+    async def verify(self) -> str:
+        return await self._do("verify")
+
 
 def settings() -> config.Settings:
     return config.load(
@@ -183,7 +186,7 @@ def test_unknown_path_and_wrong_method_are_json(client: TestClient) -> None:
     assert res.status_code == 405 and res.json()["error"] == "method_not_allowed"
 
 
-@pytest.mark.parametrize("action", ["pause", "resume", "switchover"])
+@pytest.mark.parametrize("action", ["pause", "resume", "switchover", "verify"])
 def test_control_needs_the_token(client: TestClient, control: FakeControl, action: str) -> None:
     for headers in ({}, auth("wrong"), {"Authorization": TOKEN}, {"Authorization": "Basic x"}):
         res = client.post(f"/api/v1/{action}", headers=headers)
@@ -252,7 +255,7 @@ def test_openapi_describes_every_route(client: TestClient) -> None:
     assert isinstance(app, Starlette)
     paths = {r.path for r in app.routes if isinstance(r, (Route, WebSocketRoute))}
     assert paths and paths <= set(doc["paths"]), paths - set(doc["paths"])
-    for action in ("pause", "resume", "switchover"):
+    for action in ("pause", "resume", "switchover", "verify"):
         assert doc["paths"][f"/api/v1/{action}"]["post"]["security"] == [{"bearerAuth": []}]
 
 

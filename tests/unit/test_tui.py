@@ -66,6 +66,13 @@ async def test_shows_phase_tables_and_logs(server: ApiServer, collector: Collect
         log = app.query_one("#log", RichLog)
         assert any("slow destination" in line.text for line in log.lines)
 
+        assert "verification" not in text_of(app, "#summary")
+        collector.set_info("verification", "all 2 tables equal as of 0/16B3748")
+        await until(
+            pilot,
+            lambda: "verification: all 2 tables equal as of 0/16B3748" in text_of(app, "#summary"),
+            "the verification's outcome",
+        )
         collector.table_done("public", "orders", 1000, 100_000)
         collector.set_phase("streaming")
         collector.log("info", "follow", "streaming started")
@@ -87,14 +94,16 @@ async def test_keys_call_the_control(server: ApiServer, control: FakeControl) ->
         await pilot.press("p")
         await until(pilot, lambda: control.calls == ["pause"], "the pause call")
         assert app.last_message == "pause requested"
+        await pilot.press("v")
+        await until(pilot, lambda: control.calls == ["pause", "verify"], "the verify call")
         await pilot.press("r")
-        await until(pilot, lambda: control.calls == ["pause", "resume"], "the resume call")
+        await until(pilot, lambda: control.calls[-1] == "resume", "the resume call")
 
         await pilot.press("s")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
         await pilot.press("n")
         await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), "the dialog to close")
-        assert control.calls == ["pause", "resume"]
+        assert control.calls == ["pause", "verify", "resume"]
         assert text_of(app, "#message") == "switchover cancelled"
 
         await pilot.press("s")

@@ -2,7 +2,7 @@
 
 :func:`create_app` builds a Starlette app over one :class:`~pgmigrator.metrics.Collector`. Every
 read endpoint serves (a part of) the collector's snapshot, so the API, the dashboard, the TUI and
-``/metrics`` always agree. Control requests (pause, resume, switchover) go to a :class:`Control`
+``/metrics`` always agree. Control requests (pause, resume, switchover, verify) go to a :class:`Control`
 implemented by the pipeline and need ``Authorization: Bearer <token>``; with ``protect_reads``
 the read endpoints need it too (probes, the dashboard page and the OpenAPI document never do).
 Every error is a JSON body ``{"error": "<code>", "message": "<text>"}``.
@@ -41,7 +41,7 @@ from pgmigrator.metrics import Collector
 log = get_logger("api")
 
 STATIC_DIR = Path(__file__).parent / "static"
-CONTROL_ACTIONS = ("pause", "resume", "switchover")
+CONTROL_ACTIONS = ("pause", "resume", "switchover", "verify")
 READY_PHASES = frozenset({"streaming", "done"})
 STARTING_PHASES = frozenset({"idle", "connecting"})
 DEFAULT_READY_MAX_LAG_S = 10.0
@@ -70,6 +70,8 @@ class Control(Protocol):
 
     async def switchover(self) -> str: ...
 
+    async def verify(self) -> str: ...
+
 
 class NoControl:
     """The :class:`Control` of commands that cannot be controlled: every request gets a 409."""
@@ -81,6 +83,9 @@ class NoControl:
         raise PgMigratorError("not supported by this command")
 
     async def switchover(self) -> str:
+        raise PgMigratorError("not supported by this command")
+
+    async def verify(self) -> str:
         raise PgMigratorError("not supported by this command")
 
 

@@ -129,6 +129,11 @@ def _paths(protect: bool) -> dict[str, Any]:
         f"{PREFIX}/switchover": _control(
             "switchover", "Start the switchover: wait for the destination to catch up, then stop"
         ),
+        f"{PREFIX}/verify": _control(
+            "verify",
+            "Start a live verification (both sides lined up through the follower); its outcome "
+            "shows as info.verification in the status",
+        ),
         "/metrics": _metrics(protect),
         "/healthz": _probe(
             "Per-component health", "every component reports ok", "a component is degraded or down"

@@ -1,10 +1,12 @@
-"""Control requests for the pipeline of this process: pause, resume, switchover (no web code here).
+"""Control requests for the pipeline of this process: pause, resume, switchover, verify (no web code).
 
-`PipelineControl` is what the API's ``POST /api/v1/pause|resume|switchover`` reach (and the
+`PipelineControl` is what the API's ``POST /api/v1/pause|resume|switchover|verify`` reach (and the
 dashboard and TUI through them). Pause and resume go to the running follower's lifecycle; they are
 refused (HTTP 409) while there is no follower yet, e.g. during the copy of ``clone --follow``.
 Switchover starts `pgmigrator switchover`'s logic in a background thread and answers at once (its
-progress shows in the phase: ``switchover``, then ``switchover-complete``).
+progress shows in the phase: ``switchover``, then ``switchover-complete``). Verify runs a live
+verification (`verify_live`) in a background thread too; its outcome is the collector's
+``info.verification`` (status, dashboard, state file).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pgmigrator.config import Settings
-from pgmigrator.errors import PgMigratorError
+from pgmigrator.errors import PgMigratorError, listed
 from pgmigrator.log import get_logger
 from pgmigrator.pipeline.lifecycle import IllegalTransition
 
@@ -32,10 +34,12 @@ class Pausable(Protocol):
 class PipelineControl:
     """Control requests for the pipeline of this process (thread-safe)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, collector: Any = None) -> None:
         self.settings = settings
+        self.collector = collector  # where a verification's outcome is shown (info.verification)
         self.target: Pausable | None = None  # the follower, once streaming starts
         self._switchover: threading.Thread | None = None
+        self._verify: threading.Thread | None = None
 
     def _require_target(self, action: str) -> Pausable:
         if self.target is None:
@@ -76,6 +80,58 @@ class PipelineControl:
             log.info("switchover finished", status=report.status, report=str(path))
         except PgMigratorError as exc:
             log.error("switchover failed", error=exc.message)
+
+    async def verify(self) -> str:
+        """Start `verify --live` in the background; its outcome goes to ``info.verification``."""
+        if self._verify is not None and self._verify.is_alive():
+            raise PgMigratorError("a verification is already running")
+        if self.settings.dest is None or self.settings.source is None or self.target is None:
+            raise PgMigratorError(
+                "a live verification needs a running follower (`follow` or `clone --follow`)",
+                hint="wait until it streams; `stream` has no destination tables to compare",
+            )
+        self._show(f"running since {_stamp()}")
+        self._verify = threading.Thread(target=self._run_verify, daemon=True)
+        self._verify.start()
+        await asyncio.sleep(0)
+        return "live verification started: its outcome shows as info.verification in the status"
+
+    def _run_verify(self) -> None:
+        from pgmigrator.dsn import Target
+        from pgmigrator.pipeline.verify import verify_live
+        from pgmigrator.pipeline.verify_live import LiveOptions
+
+        s = self.settings
+        try:
+            checks, point = verify_live(
+                Target(s.source or "", "source"),
+                Target(s.dest or "", "destination"),
+                LiveOptions(s.name),
+                s.tables,
+                s.exclude,
+                s.workers,
+            )
+        except PgMigratorError as exc:
+            log.error("live verification failed", error=exc.message)
+            self._show(f"failed at {_stamp()}: {exc.message}")
+            return
+        bad = [c.table for c in checks if c.status != "ok"]
+        found = (
+            f"{len(bad)} of {len(checks)} tables differ: {listed(bad)}"
+            if bad
+            else (f"all {len(checks)} tables equal")
+        )
+        outcome = f"{found} as of {point.lsn} (checked {_stamp()})"
+        log.info("live verification finished", outcome=outcome, differ=len(bad))
+        self._show(outcome)
+
+    def _show(self, text: str) -> None:
+        if self.collector is not None:
+            self.collector.set_info("verification", text)
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass

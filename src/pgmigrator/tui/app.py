@@ -2,8 +2,9 @@
 
 The TUI knows nothing of pipeline internals: it polls ``GET /api/v1/status`` (the collector's
 snapshot, the same one the dashboard and ``/metrics`` show) and ``GET /api/v1/logs``, so it works
-just as well against a pipeline on another machine. Keys: ``p`` pause, ``r`` resume, ``s``
-switchover (after a confirmation dialog), ``q`` quit; control requests carry the bearer token.
+just as well against a pipeline on another machine. Keys: ``p`` pause, ``r`` resume, ``v`` live
+verification (its outcome shows under the summary), ``s`` switchover (after a confirmation
+dialog), ``q`` quit; control requests carry the bearer token.
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ class PgMigratorTui(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("p", "pause", "Pause"),
         Binding("r", "resume", "Resume"),
+        Binding("v", "verify", "Verify"),
         Binding("s", "switchover", "Switchover"),
         Binding("q", "quit", "Quit"),
     ]
@@ -273,6 +275,7 @@ class PgMigratorTui(App[None]):
                 f"   state {snap.get('state', '?')}   uptime {format_duration(snap.get('uptime_s'))}"
                 f"   tables {snap.get('tables_copied', 0)}/{snap.get('tables_total', 0)} copied"
                 f"   {pct:.1f}%",
+                *_verification(snap),
             )
         )
         self.query_one("#overall", ProgressBar).update(total=100, progress=pct)
@@ -328,6 +331,9 @@ class PgMigratorTui(App[None]):
     async def action_resume(self) -> None:
         await self._control("resume")
 
+    async def action_verify(self) -> None:
+        await self._control("verify")
+
     def action_switchover(self) -> None:
         question = (
             "Start the switchover?\n\nStop writes on the source first: the pipeline waits for the "
@@ -346,3 +352,10 @@ class PgMigratorTui(App[None]):
 def run_tui(api_url: str = DEFAULT_API, token: str | None = None, interval: float = 1.0) -> None:
     """Run the TUI in the terminal until the user quits."""
     PgMigratorTui(api_url, token, interval=interval).run()
+
+
+def _verification(snap: Mapping[str, Any]) -> tuple[str, ...]:
+    """The last live verification's outcome, on a line of its own, when there is one."""
+    info = snap.get("info")
+    found = info.get("verification") if isinstance(info, Mapping) else None
+    return (f"\nverification: {found}",) if found else ()

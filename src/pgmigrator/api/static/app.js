@@ -82,6 +82,8 @@
     setText("last-error", last ? (last.component ? "[" + last.component + "] " : "") + last.message : "");
     setText("rate-rows", fmtCount(snap.rows_per_s) + " rows/s");
     setText("rate-bytes", fmtBytes(snap.bytes_per_s) + "/s");
+    const verification = (snap.info || {}).verification;
+    setText("verification", verification ? "verification: " + verification : "");
     const health = $("health");
     health.replaceChildren();
     for (const [name, h] of Object.entries(snap.health || {})) {
@@ -269,6 +271,7 @@
     });
     $("btn-pause").addEventListener("click", () => control("pause"));
     $("btn-resume").addEventListener("click", () => control("resume"));
+    $("btn-verify").addEventListener("click", () => control("verify"));
     $("btn-switchover").addEventListener("click", () => {
       if (window.confirm("Start the switchover? Writes must be stopped on the source.")) control("switchover");
     });
