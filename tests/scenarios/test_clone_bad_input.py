@@ -211,16 +211,31 @@ def test_table_without_replica_identity_is_refused_unless_made_full(pair: Pair) 
         assert conn.execute("SELECT to_regnamespace('pgmigrator')").fetchone()[0] is None
         assert conn.execute("SELECT to_regclass('public.t')").fetchone()[0] is None
 
+    with pair.src() as conn:  # FULL by its owner's choice; and another keyless table
+        conn.execute("CREATE TABLE mine (a int); ALTER TABLE mine REPLICA IDENTITY FULL")
+        conn.execute("INSERT INTO mine VALUES (1)")
+        conn.execute("CREATE TABLE shared (a int); INSERT INTO shared VALUES (1)")
     args = ("--source", pair.source, "--dest", pair.dest, "--keyless-tables", "full")
     assert pgmigrator("preflight", *args).returncode == 0
     res = pgmigrator("clone", *args)
     assert res.returncode == 0, res.stderr
-    [said] = [ln for ln in res.stderr.splitlines() if "replica identity set to FULL" in ln]
-    assert "public.logs" in said
+    said = [ln for ln in res.stderr.splitlines() if "replica identity set to FULL" in ln]
+    assert len(said) == 2 and "public.logs" in said[0] and "public.shared" in said[1], said
     with pair.src() as src, pair.dst() as dst:
         assert _identity(src, "logs") == _identity(dst, "logs") == "f"  # the dump carried it
         assert _identity(src, "t") == "d"  # a keyed table is left alone
         src.execute("UPDATE logs SET msg = 'c'")  # published and still writable
+        src.execute("CREATE PUBLICATION analytics FOR TABLE shared")  # someone else's, since
+
+    # cleanup gives the identities back where nothing else needs them
+    res = pgmigrator("cleanup", "--source", pair.source, "--dest", pair.dest)
+    assert res.returncode == 0, res.stderr
+    assert "reset REPLICA IDENTITY of public.logs to DEFAULT on the source" in res.stdout
+    assert "publication(s) analytics still hold it" in res.stdout
+    with pair.src() as src, pair.dst() as dst:
+        assert _identity(src, "logs") == _identity(dst, "logs") == "d"
+        assert (_identity(src, "shared"), _identity(dst, "shared")) == ("f", "d")
+        assert _identity(src, "mine") == _identity(dst, "mine") == "f"  # never ours
 
 
 def test_replica_identity_change_waits_for_its_lock_at_most_the_timeout(

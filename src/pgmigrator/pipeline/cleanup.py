@@ -2,7 +2,8 @@
 
 Drops the replication slot and publication on the source, the replication origin and the
 pipeline's rows (and the ``pgmigrator`` schema once no pipeline is left) on the destination.
-Copied tables are left alone: they are the user's data. After bidirectional replication it also
+Copied tables are left alone: they are the user's data, apart from the replica identities the
+clone set to FULL (`identity`), given back on both sides. After bidirectional replication it also
 drops the reverse slot and publication (destination) and the reverse origin and state (source).
 """
 
@@ -13,6 +14,7 @@ from pgmigrator.dsn import Target
 from pgmigrator.log import get_logger
 from pgmigrator.pg import connect
 from pgmigrator.pipeline.bidi import cleanup_reverse
+from pgmigrator.pipeline.identity import restore as restore_identity
 from pgmigrator.source.slots import drop_publication, drop_slot
 from pgmigrator.store.state import StateStore
 
@@ -31,6 +33,8 @@ def cleanup(settings: Settings) -> list[str]:
         row = store.load()
         slot = row.slot if row else settings.slot_name
         publication = row.publication if row else settings.publication_name
+        made_full = store.identity_full() if row is not None else []
+        done += restore_identity(dst, "destination", made_full, publication)
         if dst.execute(
             "SELECT 1 FROM pg_replication_origin WHERE roname = %s", (settings.origin_name,)
         ).fetchone():
@@ -50,6 +54,7 @@ def cleanup(settings: Settings) -> list[str]:
             done.append(f"dropped replication slot {slot} on the source")
         if drop_publication(src, publication):
             done.append(f"dropped publication {publication} on the source")
+        done += restore_identity(src, "source", made_full, publication)
     for line in done:
         log.info(line)
     return done

@@ -136,7 +136,7 @@ class Clone:
         role_problems(
             src, dst, excluded, owners=self.settings.owners, privileges=self.settings.privileges
         ).raise_if_any()
-        ensure_publication(
+        made_full = ensure_publication(
             src, self.settings.publication_name, tables, self.settings.keyless_tables
         )
         store.ensure_schema()  # every refusal is behind: nothing was created on the destination
@@ -155,6 +155,9 @@ class Clone:
                 )
                 StateStore(conn, self.settings.name).update(
                     consistent_lsn=slot.consistent_lsn, post_data=post.text
+                )
+                StateStore(conn, self.settings.name).add_identity_full(
+                    (t.schema, t.name) for t in made_full
                 )
 
             apply_pre_data(dst, pre, record)  # while the workers start and import the snapshot

@@ -135,7 +135,10 @@ class Resync:
                     " a table created since, create it on the destination and pass --add",
                 )
             if outside:
-                _add_tables(src, dst, row.publication, outside, self.settings.keyless_tables)
+                made_full = _add_tables(
+                    src, dst, row.publication, outside, self.settings.keyless_tables
+                )
+                store.add_identity_full((t.schema, t.name) for t in made_full)
         if not chosen:
             raise PreflightError("the named tables hold no rows of their own (partitioned roots)")
         return row.slot, chosen
@@ -251,8 +254,9 @@ class Resync:
 
 def _add_tables(
     src: Conn, dst: Conn, publication: str, tables: list[TableInfo], keyless: str
-) -> None:
-    """Tables new to the pipeline: they must exist on the destination; the publication gets them.
+) -> list[TableInfo]:
+    """Tables new to the pipeline: they must exist on the destination; the publication gets them
+    (returned: those made REPLICA IDENTITY FULL).
 
     The publication changes before the copy's snapshot is taken: the table's changes after that
     snapshot are in the stream, and those before it are in the copy.
@@ -268,7 +272,7 @@ def _add_tables(
             hint="create them there first, with their indexes and constraints (e.g. `pg_dump"
             " --schema-only -t TABLE` from the source into the destination), then run again",
         )
-    publish_more(src, publication, tables, keyless)
+    return publish_more(src, publication, tables, keyless)
 
 
 def _lock_table(conn: Conn, table: TableInfo, dest: Target) -> None:

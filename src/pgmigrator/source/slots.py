@@ -188,16 +188,17 @@ def require_logical(conn: Conn) -> None:
 
 def ensure_publication(
     conn: Conn, name: str, tables: Sequence[TableInfo], keyless: str = "refuse"
-) -> None:
+) -> list[TableInfo]:
     """Create (or re-point) a publication on exactly these tables; partitions publish via their leaves.
 
     Tables without a usable replica identity are first refused or given REPLICA IDENTITY FULL
     (``keyless``, see `prepare_keyless`): once published, the source would refuse their UPDATEs.
+    Returns the tables made FULL (for the pipeline to record: `cleanup` restores them).
     """
     roots = sorted({(t.root_schema, t.root_name) for t in tables})
     if not roots:
         raise ReplicationError("no table to publish", hint="check --tables / --exclude")
-    prepare_keyless(conn, tables, keyless)
+    made_full = prepare_keyless(conn, tables, keyless)
     table_list = sql.SQL(", ").join(sql.Identifier(s, n) for s, n in roots)
     exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
     if exists:
@@ -209,6 +210,7 @@ def ensure_publication(
             sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), table_list)
         )
     log.info("publication ready", publication=name, tables=len(roots))
+    return made_full
 
 
 KEYLESS_LOCK_TIMEOUT = "10s"
@@ -219,8 +221,9 @@ def keyless_tables(tables: Sequence[TableInfo]) -> list[TableInfo]:
     return [t for t in tables if t.has_data and not t.replicable_updates]
 
 
-def prepare_keyless(conn: Conn, tables: Sequence[TableInfo], policy: str) -> None:
-    """Refuse tables without a usable replica identity, or set REPLICA IDENTITY FULL on them.
+def prepare_keyless(conn: Conn, tables: Sequence[TableInfo], policy: str) -> list[TableInfo]:
+    """Refuse tables without a usable replica identity, or set REPLICA IDENTITY FULL on them
+    (returned: the tables changed).
 
     Runs before anything is published or created: a refusal leaves the source untouched. FULL
     changes the source table (a brief ACCESS EXCLUSIVE lock, waited for at most
@@ -231,6 +234,7 @@ def prepare_keyless(conn: Conn, tables: Sequence[TableInfo], policy: str) -> Non
         raise keyless_error([t.qualified for t in keyless])
     for table in keyless:
         _set_identity_full(conn, table)
+    return keyless
 
 
 def keyless_error(names: Sequence[str]) -> PreflightError:
@@ -275,9 +279,10 @@ def published_tables(conn: Conn, publication: str) -> list[tuple[str, str]]:
 
 def publish_more(
     conn: Conn, name: str, tables: Sequence[TableInfo], keyless: str = "refuse"
-) -> None:
-    """Add ``tables`` to publication ``name`` (their roots; one published already stays as is)."""
-    prepare_keyless(conn, tables, keyless)
+) -> list[TableInfo]:
+    """Add ``tables`` to publication ``name`` (their roots; one published already stays as is);
+    returns the tables made REPLICA IDENTITY FULL (see `ensure_publication`)."""
+    made_full = prepare_keyless(conn, tables, keyless)
     roots = {(t.root_schema, t.root_name) for t in tables} - set(published_tables(conn, name))
     for schema, table in sorted(roots):
         conn.execute(
@@ -286,6 +291,7 @@ def publish_more(
             )
         )
         log.info("table added to the publication", table=f"{schema}.{table}", publication=name)
+    return made_full
 
 
 def drop_publication(conn: Conn, name: str) -> bool:

@@ -1,8 +1,8 @@
 """The state store: a ``pgmigrator`` schema on the destination.
 
 It records, per pipeline name, the slot and its consistent point, the phase reached, every table's
-copy state (with the LSN of the snapshot it was copied under, DESIGN.md rule 2), every chunk, and
-every post-data statement. Chunk rows are committed in the same destination transaction as the
+copy state (with the LSN of the snapshot it was copied under, DESIGN.md rule 2), every chunk,
+every post-data statement, and the tables whose replica identity it set to FULL on the source. Chunk rows are committed in the same destination transaction as the
 chunk's data, so the store never claims more than the destination holds.
 
 Table states follow supabase/etl's machine: ``init -> copying -> copied -> ready`` plus ``errored``.
@@ -10,8 +10,11 @@ Table states follow supabase/etl's machine: ``init -> copying -> copied -> ready
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import orjson
+import psycopg
 from psycopg import sql
 
 from pgmigrator.errors import StateError
@@ -32,6 +35,8 @@ CREATE TABLE IF NOT EXISTS pgmigrator.pipelines (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+-- tables whose REPLICA IDENTITY the pipeline set to FULL on the source: [[schema, name], ...]
+ALTER TABLE pgmigrator.pipelines ADD COLUMN IF NOT EXISTS identity_full jsonb NOT NULL DEFAULT '[]';
 CREATE TABLE IF NOT EXISTS pgmigrator.tables (
     pipeline text NOT NULL REFERENCES pgmigrator.pipelines (name) ON DELETE CASCADE,
     schema_name text NOT NULL,
@@ -239,6 +244,29 @@ class StateStore:
             "SELECT seq FROM pgmigrator.post_data WHERE pipeline = %s AND done", (self.pipeline,)
         )
         return {r[0] for r in rows.fetchall()}
+
+    def add_identity_full(self, tables: Iterable[tuple[str, str]]) -> None:
+        """Record tables whose replica identity the pipeline set to FULL (`cleanup` restores them)."""
+        pairs = [list(t) for t in tables]
+        if pairs:
+            self.conn.execute(
+                "UPDATE pgmigrator.pipelines SET identity_full = identity_full || %s::jsonb"
+                " WHERE name = %s",
+                (orjson.dumps(pairs).decode(), self.pipeline),
+            )
+
+    def identity_full(self) -> list[tuple[str, str]]:
+        """The tables recorded by `add_identity_full` (none for a state kept by an older version)."""
+        try:
+            with self.conn.transaction():
+                row = self.conn.execute(
+                    "SELECT identity_full::text FROM pgmigrator.pipelines WHERE name = %s",
+                    (self.pipeline,),
+                ).fetchone()
+        except psycopg.errors.UndefinedColumn:
+            return []
+        pairs = orjson.loads(row[0]) if row else []
+        return sorted({(str(p[0]), str(p[1])) for p in pairs})
 
     def drop_pipeline(self) -> None:
         if self.exists():

@@ -1,0 +1,72 @@
+"""Giving back the replica identities a pipeline set to FULL (``--keyless-tables full``).
+
+The clone (and ``resync --add``) records every table it made ``REPLICA IDENTITY FULL`` in the
+pipeline's state; the schema dump carried FULL to the destination too. FULL makes every UPDATE and
+DELETE on such a table log its whole old row while ``wal_level`` is ``logical``, on the source and,
+after a switchover, on the destination. `restore` sets them back to ``DEFAULT`` (what they had:
+FULL was only set on tables without a key or identity) on both sides, at ``cleanup``. A table is
+left as it is, and said why, when another publication still holds it (its consumers may need
+FULL), when its identity is no longer FULL (changed since), or when its lock is not granted in
+time (a long transaction holds it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+from psycopg import sql
+
+from pgmigrator.pg import Conn
+from pgmigrator.source.slots import KEYLESS_LOCK_TIMEOUT
+
+# The table's identity, and the publications (other than the one being dropped) that hold it or
+# one of its ancestors (a partition may publish through its root): pg_publication_tables expands
+# FOR ALL TABLES and FOR TABLES IN SCHEMA publications too.
+_STATE = """
+SELECT c.relreplident,
+       ARRAY(SELECT DISTINCT pt.pubname::text FROM pg_catalog.pg_publication_tables pt
+             JOIN pg_catalog.pg_namespace an ON an.nspname = pt.schemaname
+             JOIN pg_catalog.pg_class a ON a.relnamespace = an.oid AND a.relname = pt.tablename
+             WHERE pt.pubname <> %(skip)s
+               AND (a.oid = c.oid  -- (pg_partition_ancestors is empty for a plain table)
+                    OR a.oid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(c.oid))))
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relname = %(name)s
+"""
+
+
+def restore(conn: Conn, side: str, tables: Sequence[tuple[str, str]], dropped: str) -> list[str]:
+    """Set ``tables`` back to REPLICA IDENTITY DEFAULT on ``conn``; one line per table."""
+    done = []
+    for schema, name in tables:
+        qualified = f"{schema}.{name}"
+        row = conn.execute(_STATE, {"skip": dropped, "schema": schema, "name": name}).fetchone()
+        if row is None or row[0] != "f":
+            continue  # gone, or changed by someone since: theirs now
+        if row[1]:
+            done.append(
+                f"left REPLICA IDENTITY FULL on {qualified} on the {side}: publication(s)"
+                f" {', '.join(row[1])} still hold it"
+            )
+            continue
+        done.append(_set_default(conn, side, schema, name))
+    return done
+
+
+def _set_default(conn: Conn, side: str, schema: str, name: str) -> str:
+    qualified = f"{schema}.{name}"
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(KEYLESS_LOCK_TIMEOUT))
+            conn.execute(
+                sql.SQL("ALTER TABLE {} REPLICA IDENTITY DEFAULT").format(
+                    sql.Identifier(schema, name)
+                )
+            )
+    except psycopg.errors.LockNotAvailable:
+        return (
+            f"left REPLICA IDENTITY FULL on {qualified} on the {side}: its lock was not granted"
+            f" within {KEYLESS_LOCK_TIMEOUT} (run ALTER TABLE ... REPLICA IDENTITY DEFAULT later)"
+        )
+    return f"reset REPLICA IDENTITY of {qualified} to DEFAULT on the {side} (set FULL by the clone)"
