@@ -10,7 +10,7 @@ import click
 import orjson
 
 from pgmigrator.cli import common_options, handle_errors, load_settings
-from pgmigrator.cli_schema import keyless_option
+from pgmigrator.cli_schema import keyless_option, owner_options
 from pgmigrator.dsn import Target
 
 
@@ -94,6 +94,13 @@ def resync(
     show_default=True,
     help="--live: seconds the follower may take to apply a sentinel",
 )
+@click.option(
+    "--schema",
+    "with_schema",
+    is_flag=True,
+    help="also compare the schemas, object by object (pg_dump --schema-only of both sides)",
+)
+@owner_options
 @handle_errors
 def verify(
     config_file: Path | None,
@@ -103,9 +110,10 @@ def verify(
     live: bool,
     lock_timeout: float,
     follower_timeout: float,
+    with_schema: bool,
     **flags: Any,
 ) -> None:
-    """Compare row counts and checksums of every table on both sides."""
+    """Compare row counts and checksums of every table on both sides (and their schemas)."""
     from pgmigrator.pipeline import verify as vf
     from pgmigrator.pipeline.verify_live import LiveOptions
 
@@ -128,8 +136,20 @@ def verify(
             )
     else:
         checks = vf.verify(source, dest, *args)
+    found = [c.to_dict() for c in checks]
+    failed = any(c.status != "ok" for c in checks)
+    if with_schema:
+        from pgmigrator.schema import compare
+
+        result = compare.compare(
+            source, dest, settings.tables, settings.exclude, settings.owners, settings.privileges
+        )
+        failed = failed or bool(result.differences)
     if as_json:
-        click.echo(orjson.dumps([c.to_dict() for c in checks], option=orjson.OPT_INDENT_2).decode())
+        doc: Any = {"tables": found, "schema": result.to_dict()} if with_schema else found
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(vf.render(checks))
-    sys.exit(1 if any(c.status != "ok" for c in checks) else 0)
+        if with_schema:
+            click.echo(compare.render(result))
+    sys.exit(1 if failed else 0)

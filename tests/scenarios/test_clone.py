@@ -27,9 +27,12 @@ def test_clone_every_type_then_verify(pair: Pair) -> None:
     [warned] = [ln for ln in res.stderr.splitlines() if "replica identity set to FULL" in ln]
     assert "public.no_key" in warned
 
-    res = pgmigrator("verify", "--source", pair.source, "--dest", pair.dest)
+    res = pgmigrator("verify", "--schema", "--source", pair.source, "--dest", pair.dest)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "all equal" in res.stdout
+    # the schema too, object by object: keys rebuilt as index + attach, triggers, views, ...
+    [schema] = [ln for ln in res.stdout.splitlines() if ln.startswith("schema:")]
+    assert schema.endswith("compared, all equal") and int(schema.split()[1]) > 40, schema
 
     with pair.dst() as dst, pair.src() as src:
         # generated column recomputed, identity values copied and the identity sequence moved on
@@ -136,6 +139,28 @@ def test_verify_reports_differences(pair: Pair) -> None:
     import json
 
     by_table = {c["table"]: c for c in json.loads(res.stdout)}
+    with pair.dst() as dst:  # and the schema: an index missing, a check changed, a trigger added
+        dst.execute("ALTER TABLE u ADD CONSTRAINT u_small CHECK (id < 100)")
+        dst.execute(
+            "CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'"
+        )
+        dst.execute("CREATE TRIGGER audit BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()")
+    with pair.src() as src:
+        src.execute("ALTER TABLE u ADD CONSTRAINT u_small CHECK (id < 1000)")
+        src.execute("CREATE INDEX t_v ON t (v)")
+    res = pgmigrator("verify", "--schema", "--json", "--source", pair.source, "--dest", pair.dest)
+    assert res.returncode == 1
+    found = {(d["kind"], d["name"]): d for d in json.loads(res.stdout)["schema"]["differences"]}
+    assert {k: d["status"] for k, d in found.items()} == {
+        ("TABLE", "u"): "differs",  # (pg_dump writes a table's checks in its CREATE TABLE)
+        ("FUNCTION", "f()"): "extra",
+        ("INDEX", "t_v"): "missing",
+        ("TRIGGER", "t audit"): "extra",
+    }
+    assert found[("TABLE", "u")]["detail"] == (
+        "source: CONSTRAINT u_small CHECK ((id < 1000)) / "
+        "destination: CONSTRAINT u_small CHECK ((id < 100))"
+    )
     assert (
         by_table["public.t"]["status"] == "differs"
         and by_table["public.t"]["detail"] == "same row count, different contents"

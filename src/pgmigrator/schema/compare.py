@@ -1,0 +1,133 @@
+"""Comparing the schemas of both sides, object by object (``verify --schema``).
+
+Both databases are dumped schema-only by the same ``pg_dump``, with the options the clone used
+(owners, privileges, excluded tables; never publications, subscriptions or the ``pgmigrator``
+schema), and split into pg_dump's entries. An entry is keyed by its kind, schema and name and
+compared by its SQL (the header comment aside), so what the clone rebuilt in its own way (keys
+built as a unique index, then attached) compares equal when PostgreSQL describes it the same.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pgmigrator.dsn import Target
+from pgmigrator.pg import connect, server_major
+from pgmigrator.schema.dump import Entry, Script, dump_section, find_pg_dump
+from pgmigrator.source import catalog
+from pgmigrator.source.catalog import TableInfo
+
+Key = tuple[str, str, str]  # kind, schema, name
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaDifference:
+    kind: str  # pg_dump's entry type: TABLE, INDEX, CONSTRAINT, TRIGGER, ...
+    schema: str
+    name: str
+    status: str  # missing (on the destination), extra (only on the destination), differs
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaComparison:
+    compared: int  # entries on the source
+    differences: tuple[SchemaDifference, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"compared": self.compared, "differences": [d.to_dict() for d in self.differences]}
+
+
+def compare(
+    source: Target,
+    dest: Target,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    owners: bool = True,
+    privileges: bool = True,
+) -> SchemaComparison:
+    """Dump both schemas and compare them entry by entry; tables the patterns leave out (as the
+    clone did) are left out of both dumps."""
+    with connect(source) as src:
+        everything = catalog.list_tables(src)
+        chosen = {(t.schema, t.name) for t in catalog.select(everything, include, exclude)}
+        major = server_major(src)
+    left_out = [t for t in everything if (t.schema, t.name) not in chosen]
+    pg_dump, _ = find_pg_dump(major)
+    sides = [_entries(pg_dump, target, left_out, owners, privileges) for target in (source, dest)]
+    return diff(*sides)
+
+
+def _entries(
+    pg_dump: Path, target: Target, exclude: Sequence[TableInfo], owners: bool, privileges: bool
+) -> dict[Key, str]:
+    out: dict[Key, str] = {}
+    for section in ("pre-data", "post-data"):
+        script = dump_section(
+            pg_dump,
+            target,
+            section,
+            snapshot=None,
+            exclude=exclude,
+            owners=owners,
+            privileges=privileges,
+        )
+        out.update(keyed(script))
+    return out
+
+
+def keyed(script: Script) -> dict[Key, str]:
+    """``script``'s entries by (kind, schema, name), each as the SQL compared."""
+    return {(e.kind, e.schema, e.name): _body(e) for e in script.entries}
+
+
+def _body(entry: Entry) -> str:
+    """The entry's SQL without pg_dump's header comment (which names the owner) or blank lines."""
+    return "\n".join(
+        line for line in entry.sql.splitlines() if line.strip() and not line.startswith("--")
+    )
+
+
+def diff(source: dict[Key, str], dest: dict[Key, str]) -> SchemaComparison:
+    """What differs between two sides' entries, in a stable order."""
+    found: list[SchemaDifference] = []
+    for key in sorted(source.keys() | dest.keys()):
+        if key not in dest:
+            found.append(SchemaDifference(*key, "missing", _first_line(source[key])))
+        elif key not in source:
+            found.append(SchemaDifference(*key, "extra", _first_line(dest[key])))
+        elif source[key] != dest[key]:
+            found.append(SchemaDifference(*key, "differs", _first_change(source[key], dest[key])))
+    return SchemaComparison(len(source), tuple(found))
+
+
+def _first_line(body: str) -> str:
+    return body.splitlines()[0] if body else ""
+
+
+def _first_change(a: str, b: str) -> str:
+    """The first differing lines, as ``source: ... / destination: ...``."""
+    lines_a, lines_b = a.splitlines(), b.splitlines()
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=lines_a, b=lines_b).get_opcodes():
+        if tag != "equal":
+            left = lines_a[i1].strip() if i1 < i2 else "(nothing)"
+            right = lines_b[j1].strip() if j1 < j2 else "(nothing)"
+            return f"source: {left} / destination: {right}"
+    return ""
+
+
+def render(result: SchemaComparison) -> str:
+    if not result.differences:
+        return f"schema: {result.compared} object(s) compared, all equal"
+    lines = [f"schema: {result.compared} object(s) compared, {len(result.differences)} differ"]
+    label = {"missing": "missing on the destination", "extra": "only on the destination"}
+    for d in result.differences:
+        what = f"{d.kind} {d.schema}.{d.name}" if d.schema != "-" else f"{d.kind} {d.name}"
+        lines.append(f"  {label.get(d.status, d.status)}: {what}  {d.detail}".rstrip())
+    return "\n".join(lines)
