@@ -161,9 +161,9 @@ def _await(emitter: Conn, watcher: Conn, options: LiveOptions, when: str) -> Lsn
         lambda: LiveVerifyFailed(
             f"pipeline {options.pipeline!r}: the destination did not apply a sentinel within "
             f"{timeout:g} s{when}; nothing was checked",
-            hint="`verify --live` needs the pipeline's follower running and caught up: start "
-            "`pgmigrator follow` (see `pgmigrator status`) or raise --follower-timeout; without "
-            "writes on the source, plain `verify` is enough",
+            hint="`verify --live` needs the pipeline's follower running (not paused) and caught "
+            "up: start `pgmigrator follow` or resume it (see `pgmigrator status`), or raise "
+            "--follower-timeout; without writes on the source, plain `verify` is enough",
         ),
     )
     return lsn
