@@ -138,7 +138,9 @@ class Resync:
                 made_full = _add_tables(
                     src, dst, row.publication, outside, self.settings.keyless_tables
                 )
-                store.add_identity_full((t.schema, t.name) for t in made_full)
+                if made_full:
+                    store.ensure_schema()  # (a store made by an older version lacks the column)
+                    store.add_identity_full((t.schema, t.name) for t in made_full)
         if not chosen:
             raise PreflightError("the named tables hold no rows of their own (partitioned roots)")
         return row.slot, chosen

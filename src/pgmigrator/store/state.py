@@ -36,7 +36,13 @@ CREATE TABLE IF NOT EXISTS pgmigrator.pipelines (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 -- tables whose REPLICA IDENTITY the pipeline set to FULL on the source: [[schema, name], ...]
-ALTER TABLE pgmigrator.pipelines ADD COLUMN IF NOT EXISTS identity_full jsonb NOT NULL DEFAULT '[]';
+-- (added to a store made by an older version; no ALTER, and so no lock, once it is there)
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'pgmigrator.pipelines'::regclass
+                   AND attname = 'identity_full' AND NOT attisdropped) THEN
+        ALTER TABLE pgmigrator.pipelines ADD COLUMN identity_full jsonb NOT NULL DEFAULT '[]';
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS pgmigrator.tables (
     pipeline text NOT NULL REFERENCES pgmigrator.pipelines (name) ON DELETE CASCADE,
     schema_name text NOT NULL,
