@@ -126,9 +126,11 @@ def verify(
         Target(settings.dest or "", "destination"),
     )
     args = (settings.tables, settings.exclude, settings.workers)
+    doc: dict[str, Any] = {}  # what --json prints besides the tables, with --live or --schema
     if live:
         options = LiveOptions(settings.name, lock_timeout, 3, follower_timeout)
         checks, point = vf.verify_live(source, dest, options, *args)
+        doc["live"] = {"lsn": str(point.lsn), "writes_paused_s": round(point.paused_s, 4)}
         if not as_json:
             click.echo(
                 f"both sides as of source LSN {point.lsn} (writes to the checked tables "
@@ -136,7 +138,6 @@ def verify(
             )
     else:
         checks = vf.verify(source, dest, *args)
-    found = [c.to_dict() for c in checks]
     failed = any(c.status != "ok" for c in checks)
     if with_schema:
         from pgmigrator.schema import compare
@@ -144,10 +145,12 @@ def verify(
         result = compare.compare(
             source, dest, settings.tables, settings.exclude, settings.owners, settings.privileges
         )
+        doc["schema"] = result.to_dict()
         failed = failed or bool(result.differences)
     if as_json:
-        doc: Any = {"tables": found, "schema": result.to_dict()} if with_schema else found
-        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        found = [c.to_dict() for c in checks]
+        out = {"tables": found, **doc} if doc else found
+        click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(vf.render(checks))
         if with_schema:

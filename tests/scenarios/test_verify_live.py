@@ -67,7 +67,9 @@ def test_live_verify_sees_equal_sides_while_writes_go_on_and_a_real_difference(
         before = writer[0]
         res = live_verify(pair, "--json")
         assert res.returncode == 0, res.stdout + res.stderr
-        checks = {c["table"]: c for c in json.loads(res.stdout)}
+        doc = json.loads(res.stdout)
+        assert doc["live"]["lsn"].startswith("0/") and doc["live"]["writes_paused_s"] < 10
+        checks = {c["table"]: c for c in doc["tables"]}
         assert {c["status"] for c in checks.values()} == {"ok"}
         assert set(checks) == {"public.items", "public.ledger", "public.static"}  # no `later`
         wait_for(lambda b=before: writer[0] > b + 20, what="the writer to go on")  # type: ignore[misc]
@@ -77,7 +79,7 @@ def test_live_verify_sees_equal_sides_while_writes_go_on_and_a_real_difference(
         dst.execute("UPDATE static SET v = 'damaged' WHERE id = 7")
     res = live_verify(pair, "--json")
     assert res.returncode == 1, res.stdout + res.stderr
-    status = {c["table"]: c["status"] for c in json.loads(res.stdout)}
+    status = {c["table"]: c["status"] for c in json.loads(res.stdout)["tables"]}
     assert status == {"public.items": "ok", "public.ledger": "ok", "public.static": "differs"}
 
 

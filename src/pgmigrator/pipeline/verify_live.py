@@ -135,8 +135,7 @@ def line_up(
             )
         _await(emitter, watcher, options, "")
         with connect(source) as locker:
-            _lock(locker, source, tables, options)
-            started = time.monotonic()
+            started = _lock(locker, source, tables, options)
             try:
                 row = locker.execute("SELECT pg_export_snapshot()").fetchone()
                 assert row is not None
@@ -169,8 +168,10 @@ def _await(emitter: Conn, watcher: Conn, options: LiveOptions, when: str) -> Lsn
     return lsn
 
 
-def _lock(conn: Conn, source: Target, tables: Sequence[TableInfo], options: LiveOptions) -> None:
-    """Lock ``tables`` IN SHARE MODE in a REPEATABLE READ transaction left open on ``conn``.
+def _lock(conn: Conn, source: Target, tables: Sequence[TableInfo], options: LiveOptions) -> float:
+    """Lock ``tables`` IN SHARE MODE in a REPEATABLE READ transaction left open on ``conn``;
+    returns when (monotonic) the attempt that got the lock asked for it: writers queue behind a
+    lock request from then on.
 
     Only SET and LOCK run before the lock is granted: neither takes the transaction's snapshot,
     which the first query after them does."""
@@ -181,11 +182,12 @@ def _lock(conn: Conn, source: Target, tables: Sequence[TableInfo], options: Live
     timeout = f"{int(options.lock_timeout_s * 1000)}ms"
     for attempt in range(1, options.lock_attempts + 1):
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        asked = time.monotonic()
         try:
             conn.execute(f"SET LOCAL lock_timeout = '{timeout}'".encode())
             conn.execute(stmt)
             conn.execute("SET LOCAL lock_timeout = 0")
-            return
+            return asked
         except psycopg.errors.LockNotAvailable:
             conn.execute("ROLLBACK")
             log.warning("tables busy, lock not granted", attempt=attempt, lock_timeout=timeout)
