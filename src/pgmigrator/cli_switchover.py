@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from pgmigrator.cli import common_options, handle_errors, load_settings
+from pgmigrator.cli_schema import owner_options
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError
 
@@ -54,6 +55,14 @@ def _size(text: str) -> int:
     help="live: full, before the fence, while the application still writes (see verify --live)",
 )
 @click.option(
+    "--schema",
+    "compare_schema",
+    is_flag=True,
+    help="first compare the schemas object by object (as verify --schema); a difference stops "
+    "the switchover before the fence",
+)
+@owner_options
+@click.option(
     "--sequence-margin",
     type=int,
     default=1000,
@@ -81,6 +90,7 @@ def switchover(
     fence: bool,
     yes: bool,
     verify_mode: str,
+    compare_schema: bool,
     sequence_margin: int,
     max_lag: str,
     report_path: Path | None,
@@ -104,6 +114,7 @@ def switchover(
         fence=fence,
         keep_fence_on_failure=keep_fence_on_failure,
         verify=verify_mode,
+        schema=compare_schema,
         sequence_margin=sequence_margin,
         max_lag_bytes=_size(max_lag),
         report_path=report_path,

@@ -88,6 +88,8 @@ def test_switchover_with_fence_while_pgbench_runs(
     )
     timings = report["timings_s"]
     assert report["verified_at_lsn"] and timings["verified"] < timings["fenced"]
+    # the write downtime starts at the fence: the verification before it is not part of it
+    assert report["write_downtime_s"] <= timings["sequences"] - timings["verified"] + 0.01
     assert "verification (live, before the fence, at " in res.stdout
     assert "still fenced" in res.stdout
     with pair.src() as src, pair.dst() as dst:
@@ -112,19 +114,26 @@ def test_switchover_with_fence_while_pgbench_runs(
 def test_switchover_on_an_idle_source(
     pair: Pair, following: subprocess.Popen[str], tmp_path: Path
 ) -> None:
-    res = pgmigrator(
-        "switchover",
-        "--source",
-        pair.source,
-        "--dest",
-        pair.dest,
-        "--verify",
-        "sample",
-        "--report",
-        str(tmp_path / "r.json"),
+    args = ("switchover", "--source", pair.source, "--dest", pair.dest, "--schema", "--yes")
+    with pair.dst() as dst:  # an index the source does not have: the schemas differ
+        dst.execute("CREATE INDEX items_v ON items (v)")
+    res = pgmigrator(*args, "--fence", "--report", str(tmp_path / "r1.json"))
+    assert (
+        res.returncode == 1 and "the schemas differ (1 object(s)); nothing was fenced" in res.stderr
     )
+    report = json.loads((tmp_path / "r1.json").read_text())
+    assert report["fenced"] is False and report["fence_actions"] == []
+    [found] = report["schema"]["differences"]
+    assert (found["kind"], found["name"], found["status"]) == ("INDEX", "items_v", "extra")
+    with pair.src() as src:
+        src.execute("INSERT INTO items (v) VALUES ('not fenced')")  # writable all along
+
+    with pair.dst() as dst:
+        dst.execute("DROP INDEX items_v")
+    res = pgmigrator(*args, "--verify", "sample", "--report", str(tmp_path / "r2.json"))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "COMPLETE" in res.stdout and "not fenced" in res.stdout
+    assert "schema: " in res.stdout and "compared, 0 differ" in res.stdout
 
 
 def test_switchover_refused_when_follower_is_down(

@@ -29,6 +29,7 @@ from pgmigrator.pipeline import sentinel
 from pgmigrator.pipeline import verify as verifymod
 from pgmigrator.pipeline.sequences import sync_sequences
 from pgmigrator.pipeline.verify_live import LiveOptions
+from pgmigrator.schema import compare
 from pgmigrator.source.slots import slot_status
 from pgmigrator.store.state import StateStore
 
@@ -45,6 +46,7 @@ class SwitchoverOptions:
     fence: bool = False
     keep_fence_on_failure: bool = False
     verify: str = "full"  # full, sample, none; live: before the fence, while writes go on
+    schema: bool = False  # compare the schemas first (`schema.compare`); a difference stops it
     sequence_margin: int = 1000
     max_lag_bytes: int = 64 * 1024 * 1024
     report_path: Path | None = None
@@ -66,6 +68,7 @@ class Report:
     sequence_margin: int = 0
     verification: list[dict[str, Any]] = field(default_factory=list)
     verified_at_lsn: str | None = None  # --verify live: the source LSN both sides were read at
+    schema: dict[str, Any] | None = None  # --schema: what `schema.compare` found
     error: str | None = None
     finished_at: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -101,10 +104,12 @@ class Switchover:
                     hint="wait for the clone to finish and `follow` to start, then retry",
                 )
             self._precheck(src, pipeline.slot)
-            fence_t0 = time.monotonic()
             try:
+                if self.options.schema:
+                    self._compare_schema()
                 if self.options.verify == "live":
                     self._verify_live()
+                fence_t0 = time.monotonic()  # (the checks above ran while writes went on)
                 if self.options.fence:
                     self.report.fence_actions = fence(src)
                     self.report.fenced = True
@@ -177,6 +182,21 @@ class Switchover:
         log.info(
             "sentinel applied", lsn=self.report.sentinel_lsn, seconds=self.report.sentinel_wait_s
         )
+
+    def _compare_schema(self) -> None:
+        """Both schemas equal, object by object, before anything else (a missing index would
+        slow the application down right after the cutover)."""
+        s = self.settings
+        result = compare.compare(
+            self.source, self.dest, s.tables, s.exclude, s.owners, s.privileges
+        )
+        self.report.schema = result.to_dict()
+        self._mark("schema_compared")
+        if result.differences:
+            raise SwitchoverFailed(
+                f"the schemas differ ({len(result.differences)} object(s)); nothing was fenced",
+                hint="see the report (or `pgmigrator verify --schema`), fix the destination, retry",
+            )
 
     def _verify_live(self) -> None:
         """Verify before the fence, both sides lined up while the application still writes
@@ -274,6 +294,9 @@ def render(report: Report) -> str:
     )
     lines += [f"  fence: {a}" for a in report.fence_actions]
     lines.append(f"  sequences synced: {report.sequences_synced} (margin {report.sequence_margin})")
+    if report.schema is not None:
+        differ = len(report.schema["differences"])
+        lines.append(f"  schema: {report.schema['compared']} object(s) compared, {differ} differ")
     if report.verification:
         bad = [v for v in report.verification if v["status"] != "ok"]
         when = (
