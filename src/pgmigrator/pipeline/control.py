@@ -111,15 +111,16 @@ class PipelineControl:
                 s.exclude,
                 s.workers,
             )
-        except PgMigratorError as exc:
-            log.error("live verification failed", error=exc.message)
-            self._show(f"failed at {_stamp()}: {exc.message}")
+        except Exception as exc:  # its outcome must show whatever happened (never "running")
+            message = exc.message if isinstance(exc, PgMigratorError) else f"{exc}".strip()
+            log.error("live verification failed", error=message)
+            self._show(f"failed at {_stamp()}: {message}")
             return
         bad = [c.table for c in checks if c.status != "ok"]
         found = (
             f"{len(bad)} of {len(checks)} tables differ: {listed(bad)}"
             if bad
-            else (f"all {len(checks)} tables equal")
+            else f"all {len(checks)} tables equal"
         )
         outcome = f"{found} as of {point.lsn} (checked {_stamp()})"
         log.info("live verification finished", outcome=outcome, differ=len(bad))
