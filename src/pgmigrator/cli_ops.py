@@ -130,11 +130,16 @@ def verify(
     if live:
         options = LiveOptions(settings.name, lock_timeout, 3, follower_timeout)
         checks, point = vf.verify_live(source, dest, options, *args)
-        doc["live"] = {"lsn": str(point.lsn), "writes_paused_s": round(point.paused_s, 4)}
+        doc["live"] = {
+            "lsn": str(point.lsn),
+            "writes_paused_s": round(point.paused_s, 4),
+            "line_ups": point.groups,
+        }
         if not as_json:
+            groups = f", {point.groups} line-ups of up to 256 tables" if point.groups > 1 else ""
             click.echo(
                 f"both sides as of source LSN {point.lsn} (writes to the checked tables "
-                f"waited {point.paused_s:.3f} s)"
+                f"waited {point.paused_s:.3f} s{groups})"
             )
     else:
         checks = vf.verify(source, dest, *args)

@@ -9,6 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from pgmigrator.dsn import Target
+from pgmigrator.pipeline.verify import verify_live
+from pgmigrator.pipeline.verify_live import LiveOptions
 from tests.conftest import Pair, pgmigrator, start_pgmigrator, wait_for, wait_streaming
 
 
@@ -75,6 +78,13 @@ def test_live_verify_sees_equal_sides_while_writes_go_on_and_a_real_difference(
         wait_for(lambda b=before: writer[0] > b + 20, what="the writer to go on")  # type: ignore[misc]
     res = live_verify(pair)
     assert res.returncode == 0 and "writes to the checked tables waited" in res.stdout
+    checks, point = verify_live(
+        Target(pair.source, "source"),
+        Target(pair.dest, "destination"),
+        LiveOptions("default"),
+        group_tables=2,  # thousands of tables are lined up group by group: here 2 + 1
+    )
+    assert point.groups == 2 and {c.status for c in checks} == {"ok"} and len(checks) == 3
     with pair.dst() as dst:  # damage the destination: the live check must not hide it
         dst.execute("UPDATE static SET v = 'damaged' WHERE id = 7")
     res = live_verify(pair, "--json")

@@ -25,6 +25,7 @@ from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, ThreadConnections, connect
 from pgmigrator.pipeline.verify_live import (
+    GROUP_TABLES,
     LiveOptions,
     LivePoint,
     SessionPool,
@@ -175,24 +176,39 @@ def verify_live(
     exclude: Sequence[str] = (),
     workers: int = 2,
     chunk_rows: int = CHUNK_ROWS,
+    group_tables: int = GROUP_TABLES,
 ) -> tuple[list[TableCheck], LivePoint]:
     """Check the pipeline's selected tables with both sides lined up at one point (see
-    `verify_live`); tables the pipeline does not replicate cannot be lined up and are left out."""
+    `verify_live`), ``group_tables`` tables at a time; tables the pipeline does not replicate
+    cannot be lined up and are left out."""
     held = pipeline_tables(dest, options.pipeline)
     tables, shared, parts = _plan(
         source, dest, include, exclude, False, chunk_rows, lambda t: (t.schema, t.name) in held
     )
-    checked = [t for i, t in enumerate(tables) if shared[i] is not None]
-    if not checked:
+    jobs = [i for i in range(len(tables)) if shared[i] is not None]
+    if not jobs:
         return [_check(t, None, []) for t in tables], LivePoint(Lsn(0), 0.0)
     size = max(1, workers)
+    results: dict[int, list[_Result]] = {}
+    points: list[LivePoint] = []
     with contextlib.ExitStack() as stack:
         on_source = SessionPool(source, size)
         stack.callback(on_source.close)
         on_dest = SessionPool(dest, size)
         stack.callback(on_dest.close)
-        point = line_up(source, dest, checked, options, on_source, on_dest)
-        results = _run(parts, lambda q: _pooled(on_source, q), lambda q: _pooled(on_dest, q), size)
+        for start in range(0, len(jobs), group_tables):
+            group = set(jobs[start : start + group_tables])
+            members = [tables[i] for i in sorted(group)]
+            points.append(
+                line_up(source, dest, members, options, on_source, on_dest, first=not points)
+            )
+            mine = [p for p in parts if p.job in group]
+            results.update(
+                _run(mine, lambda q: _pooled(on_source, q), lambda q: _pooled(on_dest, q), size)
+            )
+            on_source.release()
+            on_dest.release()
+    point = LivePoint(points[-1].lsn, max(p.paused_s for p in points), len(points))
     return [_check(t, shared[i], results.get(i, [])) for i, t in enumerate(tables)], point
 
 

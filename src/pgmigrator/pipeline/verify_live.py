@@ -60,7 +60,15 @@ class LiveOptions:
 @dataclass(frozen=True, slots=True)
 class LivePoint:
     lsn: Lsn  # the second sentinel's: both sides hold the checked tables as of there
-    paused_s: float  # how long writes to the checked tables waited for the line-up
+    paused_s: float  # how long writes to the checked tables waited for the line-up (at most)
+    groups: int = 1  # line-ups: one per `GROUP_TABLES` tables (the last one's LSN above)
+
+
+#: Tables lined up (locked, then checked in one snapshot) together. Every table a snapshot
+#: session reads stays locked (ACCESS SHARE, its indexes too) until that session's transaction
+#: ends, and the lock table is shared and finite (max_locks_per_transaction x connections):
+#: thousands of tables go group by group.
+GROUP_TABLES = 256
 
 
 class SessionPool:
@@ -87,6 +95,13 @@ class SessionPool:
         assert row is not None
         self._free.put(first)
         return str(row[0])
+
+    def release(self) -> None:
+        """End the sessions' transactions (and their locks and snapshot); every session must be
+        back in the pool. `export` / `attach` give them the next one."""
+        self._free = queue.SimpleQueue()
+        for conn in self._conns:
+            conn.execute("COMMIT")
 
     def attach(self, snapshot: str, start: int = 0) -> None:
         """Make the sessions from ``start`` on read in ``snapshot`` (while its exporter is open)."""
@@ -124,16 +139,20 @@ def line_up(
     options: LiveOptions,
     on_source: SessionPool,
     on_dest: SessionPool,
+    *,
+    first: bool = True,
 ) -> LivePoint:
-    """Give ``on_source`` and ``on_dest`` snapshots holding the same rows of ``tables``."""
+    """Give ``on_source`` and ``on_dest`` snapshots holding the same rows of ``tables``; the
+    ``first`` line-up of a check proves the follower runs before it locks anything."""
     with connect(source) as emitter, connect(dest) as watcher:
-        if reverse_slot(watcher, options.pipeline) is not None:
+        if first and reverse_slot(watcher, options.pipeline) is not None:
             log.warning(
                 "bidirectional pipeline: writes to the destination during the check show as "
                 "differences",
                 pipeline=options.pipeline,
             )
-        _await(emitter, watcher, options, "")
+        if first:
+            _await(emitter, watcher, options, "")
         with connect(source) as locker:
             started = _lock(locker, source, tables, options)
             try:
