@@ -67,7 +67,7 @@ class LivePoint:
 #: Tables lined up (locked, then checked in one snapshot) together. Every table a snapshot
 #: session reads stays locked (ACCESS SHARE, its indexes too) until that session's transaction
 #: ends, and the lock table is shared and finite (max_locks_per_transaction x connections):
-#: thousands of tables go group by group.
+#: groups keep the locks held at once bounded whatever the number of tables.
 GROUP_TABLES = 256
 
 
