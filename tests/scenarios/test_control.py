@@ -123,6 +123,9 @@ def test_pause_outlasts_wal_sender_timeout_then_resume_and_switchover(
         60,
         what="the live verification's outcome",
     )
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text  # for alerts
+    assert "\npgmigrator_verify_tables_differing 0.0\n" in metrics
+    assert "\npgmigrator_verify_finished_timestamp_seconds 1." in metrics
 
     assert post(url, "switchover").status_code == 200
     wait_for(

@@ -27,6 +27,8 @@ Families (all prefixed ``pgmigrator_``; counters get the ``_total`` suffix on ex
 ``component_healthy{component}``   gauge    1 when the component reports ``ok``
 ``slot_retained_wal_bytes``        gauge    WAL the slot holds back on the source (when known)
 ``conflicts``                      counter  same row changed on both sides (bidirectional only)
+``verify_tables_differing``        gauge    tables the last live verification found different
+``verify_finished_timestamp_seconds``  gauge  when it finished (both only once one finished)
 =================================  =======  ============================================
 """
 
@@ -145,6 +147,17 @@ def _pipeline_families(snap: Mapping[str, Any]) -> Iterator[Metric]:
         "WAL bytes the replication slot retains on the source",
         _num(retained),
     )
+    if isinstance(info_map, Mapping):
+        yield from _gauge(
+            "verify_tables_differing",
+            "Tables the last live verification found different (or -1: it failed)",
+            _num(info_map.get("verification_differing")),
+        )
+        yield from _gauge(
+            "verify_finished_timestamp_seconds",
+            "When the last live verification finished (Unix time)",
+            _num(info_map.get("verification_finished_at")),
+        )
     conflicts = _num(info_map.get("conflicts")) if isinstance(info_map, Mapping) else None
     if conflicts is not None:  # bidirectional replication only
         family = CounterMetricFamily(PREFIX + "conflicts", "Rows changed on both sides (bidi)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -114,7 +115,7 @@ class PipelineControl:
         except Exception as exc:  # its outcome must show whatever happened (never "running")
             message = exc.message if isinstance(exc, PgMigratorError) else f"{exc}".strip()
             log.error("live verification failed", error=message)
-            self._show(f"failed at {_stamp()}: {message}")
+            self._show(f"failed at {_stamp()}: {message}", -1)
             return
         bad = [c.table for c in checks if c.status != "ok"]
         found = (
@@ -124,11 +125,17 @@ class PipelineControl:
         )
         outcome = f"{found} as of {point.lsn} (checked {_stamp()})"
         log.info("live verification finished", outcome=outcome, differ=len(bad))
-        self._show(outcome)
+        self._show(outcome, len(bad))
 
-    def _show(self, text: str) -> None:
-        if self.collector is not None:
-            self.collector.set_info("verification", text)
+    def _show(self, text: str, differing: int | None = None) -> None:
+        """The outcome for people (``verification``) and, once finished, for alerts: tables
+        differing (-1: the check failed) and when (``/metrics``: ``pgmigrator_verify_*``)."""
+        if self.collector is None:
+            return
+        info: dict[str, object] = {"verification": text}
+        if differing is not None:
+            info |= {"verification_differing": differing, "verification_finished_at": time.time()}
+        self.collector.update_info(info)
 
 
 def _stamp() -> str:
