@@ -37,12 +37,11 @@ def _size(text: str) -> int:
 
 @click.command()
 @common_options
-@click.option(
-    "--timeout", default="60s", show_default=True, help="how long to wait for the sentinel"
-)
+@click.option("--timeout", help="how long to wait for the sentinel (default 60s)")
 @click.option(
     "--fence",
     is_flag=True,
+    default=None,
     help="stop new writes on the source first (reversible: `pgmigrator unfence`)",
 )
 @click.option("--yes", is_flag=True, help="do not ask for confirmation before fencing")
@@ -50,14 +49,14 @@ def _size(text: str) -> int:
     "--verify",
     "verify_mode",
     type=click.Choice(["full", "sample", "none", "live"]),
-    default="full",
-    show_default=True,
-    help="live: full, before the fence, while the application still writes (see verify --live)",
+    help="default full; live: full, before the fence, while the application still writes "
+    "(see verify --live)",
 )
 @click.option(
     "--schema",
     "compare_schema",
     is_flag=True,
+    default=None,
     help="first compare the schemas object by object (as verify --schema); a difference stops "
     "the switchover before the fence",
 )
@@ -65,15 +64,11 @@ def _size(text: str) -> int:
 @click.option(
     "--sequence-margin",
     type=int,
-    default=1000,
-    show_default=True,
-    help="added to every synced sequence",
+    help="added to every synced sequence (default 1000)",
 )
 @click.option(
     "--max-lag",
-    default="64MB",
-    show_default=True,
-    help="refuse when the follower is further behind",
+    help="refuse when the follower is further behind (default 64MB)",
 )
 @click.option(
     "--report", "report_path", type=click.Path(path_type=Path), help="cutover report file (JSON)"
@@ -86,13 +81,13 @@ def _size(text: str) -> int:
 @handle_errors
 def switchover(
     config_file: Path | None,
-    timeout: str,
-    fence: bool,
+    timeout: str | None,
+    fence: bool | None,
     yes: bool,
-    verify_mode: str,
-    compare_schema: bool,
-    sequence_margin: int,
-    max_lag: str,
+    verify_mode: str | None,
+    compare_schema: bool | None,
+    sequence_margin: int | None,
+    max_lag: str | None,
     report_path: Path | None,
     keep_fence_on_failure: bool,
     **flags: Any,
@@ -101,7 +96,7 @@ def switchover(
     from pgmigrator.pipeline import switchover as sw
 
     settings = load_settings(config_file, **flags)
-    if fence and not yes:
+    if (settings.switchover.fence if fence is None else fence) and not yes:
         if not sys.stdin.isatty():
             raise ConfigError(
                 "--fence stops writes on the source: confirm with --yes when not on a terminal"
@@ -109,14 +104,15 @@ def switchover(
         click.confirm(
             "Fence the source (new sessions read-only, open sessions terminated)?", abort=True
         )
-    options = sw.SwitchoverOptions(
-        timeout_s=_duration(timeout),
+    options = sw.SwitchoverOptions.from_settings(  # flags over the config's `switchover:`
+        settings,
+        timeout_s=None if timeout is None else _duration(timeout),
         fence=fence,
         keep_fence_on_failure=keep_fence_on_failure,
         verify=verify_mode,
         schema=compare_schema,
         sequence_margin=sequence_margin,
-        max_lag_bytes=_size(max_lag),
+        max_lag_bytes=None if max_lag is None else _size(max_lag),
         report_path=report_path,
     )
     job = sw.Switchover(settings, options)

@@ -159,6 +159,25 @@ class ApiSettings(BaseModel):
     ready_max_lag_mb: int = Field(64, ge=1, description="/readyz fails above this lag in MB")
 
 
+class SwitchoverSettings(BaseModel):
+    """How a switchover runs: the defaults of `pgmigrator switchover`'s flags, and what the API's
+    ``POST /api/v1/switchover`` (the dashboard's and the TUI's button) does."""
+
+    model_config = ConfigDict(extra="forbid")
+    fence: bool = Field(False, description="make the source read-only first (undo: unfence)")
+    verify: Literal["full", "sample", "none", "live"] = Field(
+        "full", description="verification: live runs before the fence, while writes go on"
+    )
+    schema_: bool = Field(
+        False,
+        alias="schema",
+        description="compare the schemas first; a difference stops it before the fence",
+    )
+    timeout_s: float = Field(60.0, gt=0, description="how long to wait for the sentinel")
+    sequence_margin: int = Field(1000, ge=0, description="added to every synced sequence")
+    max_lag_mb: int = Field(64, ge=0, description="refuse when the follower is further behind")
+
+
 class Settings(BaseSettings):
     """Every setting of a pipeline. Field descriptions double as documentation."""
 
@@ -208,6 +227,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("copy", "pgmigrator_copy"),
     )
     api: ApiSettings = Field(default_factory=lambda: ApiSettings.model_validate({}))
+    switchover: SwitchoverSettings = Field(
+        default_factory=lambda: SwitchoverSettings.model_validate({})
+    )
     dlq: DlqSettings = Field(default_factory=lambda: DlqSettings.model_validate({}))
     sinks: list[SinkConfig] = Field(default_factory=list, description="sinks of stream/listen")
     bidi: BidiSettings = Field(default_factory=lambda: BidiSettings.model_validate({}))

@@ -8,8 +8,10 @@ drop us (status updates keep flowing while nothing is read), and nothing applied
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,8 @@ from pgmigrator.devcluster import free_port
 from tests.conftest import Pair, start_pgmigrator, wait_for, wait_streaming
 
 TOKEN = "control-token-0123"
+# the config's `switchover:` section is what the API's switchover does
+SWITCHOVER_CONFIG = {"PGMIGRATOR_SWITCHOVER__VERIFY": "live", "PGMIGRATOR_SWITCHOVER__SCHEMA": "1"}
 SENDER_TIMEOUT_S = 2
 
 
@@ -46,6 +50,7 @@ def api_follower(pair: Pair, short_sender_timeout: None) -> Iterator[str]:
     proc = start_pgmigrator(
         "clone", "--follow", "--source", pair.source, "--dest", pair.dest,
         "--api-addr", url.removeprefix("http://"), "--api-token", TOKEN,
+        env=SWITCHOVER_CONFIG,
     )  # fmt: skip
     try:
         wait_streaming(pair, proc)
@@ -127,6 +132,7 @@ def test_pause_outlasts_wal_sender_timeout_then_resume_and_switchover(
     assert "\npgmigrator_verify_tables_differing 0.0\n" in metrics
     assert "\npgmigrator_verify_finished_timestamp_seconds 1." in metrics
 
+    started = time.time()
     assert post(url, "switchover").status_code == 200
     wait_for(
         lambda: (
@@ -135,6 +141,10 @@ def test_pause_outlasts_wal_sender_timeout_then_resume_and_switchover(
         90,
         what="phase switchover-complete",
     )
+    reports = Path(tempfile.gettempdir()).glob("switchover-default-*.json")
+    [report] = [json.loads(r.read_text()) for r in reports if r.stat().st_mtime >= started]
+    assert report["status"] == "complete" and report["verified_at_lsn"]  # verify: live
+    assert report["schema"]["compared"] > 0 and report["schema"]["differences"] == []
 
 
 CHROMIUM = Path("/usr/bin/chromium")

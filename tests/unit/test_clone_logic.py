@@ -130,6 +130,27 @@ def test_flags_override_env_override_file(tmp_path: Path, monkeypatch: pytest.Mo
     assert config.load(cfg).copy_.chunk_mb == 128
 
 
+def test_switchover_section_then_flags(tmp_path: Path) -> None:
+    """The config's `switchover:` section is what the API's switchover does, and the defaults of
+    `pgmigrator switchover`'s flags; a flag given (not None) wins."""
+    from pgmigrator.pipeline.switchover import SwitchoverOptions
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("switchover:\n  fence: true\n  verify: live\n  schema: true\n  max_lag_mb: 8\n")
+    options = SwitchoverOptions.from_settings(config.load(cfg))
+    assert (options.fence, options.verify, options.schema, options.max_lag_bytes) == (
+        True,
+        "live",
+        True,
+        8 * 1024 * 1024,
+    )
+    flagged = SwitchoverOptions.from_settings(config.load(cfg), verify="sample", fence=None)
+    assert (flagged.verify, flagged.fence, flagged.timeout_s) == ("sample", True, 60.0)
+    cfg.write_text("switchover:\n  verify: everything\n")
+    with pytest.raises(ConfigError, match=r"switchover\.verify"):
+        config.load(cfg)
+
+
 def test_invalid_config_names_each_field(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(

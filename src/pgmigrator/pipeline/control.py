@@ -77,7 +77,8 @@ class PipelineControl:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             path = self.settings.state_dir / f"switchover-{self.settings.name}-{stamp}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            report = Switchover(self.settings, SwitchoverOptions(report_path=path)).run()
+            options = SwitchoverOptions.from_settings(self.settings, report_path=path)
+            report = Switchover(self.settings, options).run()
             log.info("switchover finished", status=report.status, report=str(path))
         except PgMigratorError as exc:
             log.error("switchover failed", error=exc.message)

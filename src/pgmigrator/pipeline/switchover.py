@@ -51,6 +51,23 @@ class SwitchoverOptions:
     max_lag_bytes: int = 64 * 1024 * 1024
     report_path: Path | None = None
 
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> SwitchoverOptions:
+        """The ``switchover:`` section of the settings, then ``overrides`` (flags; None: unset)."""
+        conf = settings.switchover
+        options = cls(
+            timeout_s=conf.timeout_s,
+            fence=conf.fence,
+            verify=conf.verify,
+            schema=conf.schema_,
+            sequence_margin=conf.sequence_margin,
+            max_lag_bytes=conf.max_lag_mb * 1024 * 1024,
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(options, key, value)
+        return options
+
 
 @dataclass
 class Report:
