@@ -201,8 +201,12 @@ def _header(snap: Mapping[str, Any], now: float, color: bool) -> str:
         lines.append("health    " + ", ".join(parts))
     info = snap.get("info")
     if isinstance(info, Mapping):
-        lines.extend(f"{key:<9} {value}" for key, value in info.items())
+        lines.extend(f"{key:<9} {value}" for key, value in info.items() if key not in FOR_METRICS)
     return "\n".join(lines)
+
+
+#: Info keys kept for /metrics (alerts); their text is already in another key (``verification``).
+FOR_METRICS = frozenset({"verification_differing", "verification_finished_at"})
 
 
 def _tables_section(snap: Mapping[str, Any], max_tables: int) -> str:
