@@ -85,7 +85,8 @@ def resync(
     type=click.FloatRange(min=0.01),
     default=2.0,
     show_default=True,
-    help="--live: seconds to wait for the source's SHARE lock (3 attempts)",
+    help="--live: seconds to wait for the source's SHARE lock (3 attempts), and then, under "
+    "it, for the follower (writers wait that long at most)",
 )
 @click.option(
     "--follower-timeout",

@@ -119,3 +119,38 @@ def test_live_verify_gives_way_to_a_long_writer(
         conn.execute("UPDATE ledger SET balance = balance + 1 WHERE id = 4")
     res = live_verify(pair)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_writers_wait_no_longer_than_the_lock_timeout_for_a_stalled_follower(
+    pair: Pair, following: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follower stalls right after the first sentinel (its destination transaction blocked
+    behind a lock): the wait under the source lock ends at --lock-timeout, not at the follower
+    timeout, the lock is released and nothing is reported as checked."""
+    from pgmigrator.pipeline import verify_live as live
+
+    blocker = pair.dst()
+    calls: list[float] = []
+    real = live._await
+
+    def stall_after_first(*args: object) -> object:
+        if calls:  # the second sentinel: hold the follower's next batch on the destination
+            blocker.execute("BEGIN")
+            blocker.execute("LOCK TABLE pgmigrator.sentinels IN ACCESS EXCLUSIVE MODE")
+        calls.append(args[2])  # type: ignore[arg-type]
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(live, "_await", stall_after_first)
+    options = LiveOptions("default", lock_timeout_s=0.5, follower_timeout_s=30)
+    try:
+        with pytest.raises(
+            live.LiveVerifyFailed, match=r"within 0\.5 s while the tables were locked"
+        ):
+            verify_live(Target(pair.source, "source"), Target(pair.dest, "destination"), options)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert calls == [30, 0.5]
+    with pair.src() as conn:  # the lock is gone: writers go on at once
+        conn.execute("SET lock_timeout = '1s'")
+        conn.execute("UPDATE ledger SET balance = balance + 1 WHERE id = 5")

@@ -15,7 +15,8 @@ lines both sides up first, then checksums at leisure:
    exported and imported by the destination's checksum sessions, and the lock is released.
 
 Writes to the checked tables wait from 2 to 3: the follower's lag at that moment (milliseconds
-when it is caught up), never more than ``follower_timeout_s``. Both snapshots live on in the
+when it is caught up), never more than ``lock_timeout_s`` once the lock is granted (else it is
+released and nothing is checked). Both snapshots live on in the
 checksum sessions' transactions, which then read exactly the same rows on both sides.
 """
 
@@ -152,14 +153,22 @@ def line_up(
                 pipeline=options.pipeline,
             )
         if first:
-            _await(emitter, watcher, options, "")
+            _await(emitter, watcher, options.follower_timeout_s, options, "")
         with connect(source) as locker:
             started = _lock(locker, source, tables, options)
             try:
                 row = locker.execute("SELECT pg_export_snapshot()").fetchone()
                 assert row is not None
                 on_source.attach(str(row[0]))
-                lsn = _await(emitter, watcher, options, " while the tables were locked")
+                # under the lock, writers wait: bounded by --lock-timeout too (the first sentinel
+                # just showed the follower keeps up), then the lock goes and nothing is checked
+                lsn = _await(
+                    emitter,
+                    watcher,
+                    options.lock_timeout_s,
+                    options,
+                    " while the tables were locked",
+                )
                 on_dest.attach(on_dest.export(), start=1)
             finally:
                 with contextlib.suppress(psycopg.Error):
@@ -169,9 +178,8 @@ def line_up(
     return LivePoint(lsn, paused)
 
 
-def _await(emitter: Conn, watcher: Conn, options: LiveOptions, when: str) -> Lsn:
+def _await(emitter: Conn, watcher: Conn, timeout: float, options: LiveOptions, when: str) -> Lsn:
     sentinel_id, lsn = sentinel.emit(emitter, "verify", options.pipeline)
-    timeout = options.follower_timeout_s
     sentinel.await_applied(
         watcher,
         sentinel_id,
@@ -181,7 +189,8 @@ def _await(emitter: Conn, watcher: Conn, options: LiveOptions, when: str) -> Lsn
             f"{timeout:g} s{when}; nothing was checked",
             hint="`verify --live` needs the pipeline's follower running (not paused) and caught "
             "up: start `pgmigrator follow` or resume it (see `pgmigrator status`), or raise "
-            "--follower-timeout; without writes on the source, plain `verify` is enough",
+            "--follower-timeout (--lock-timeout bounds the wait under the lock); without writes "
+            "on the source, plain `verify` is enough",
         ),
     )
     return lsn
