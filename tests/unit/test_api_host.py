@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import httpx
 
 from pgmigrator import config
@@ -51,3 +54,24 @@ def test_api_token_is_redacted_from_served_config() -> None:
     settings = config.load(None, source="host=a password=pw dbname=x", api={"token": "s3cret"})
     shown = settings.redacted()
     assert shown["api"]["token"] == "***" and "pw" not in shown["source"]
+
+
+async def test_background_switchover_and_verify_failures_show(tmp_path: Path) -> None:
+    """A switchover or live verification started from the API that fails (here: nothing
+    listens on the servers' port) is never silent: the error counts and shows, the
+    verification's outcome says it failed, and /metrics gets -1 for it."""
+    dead = "host=127.0.0.1 port=1 dbname=x connect_timeout=2"
+    settings = config.load(None, source=dead, dest=dead, state_dir=tmp_path)
+    collector = Collector("t")
+    control = PipelineControl(settings, collector)
+    control.target = FakeFollower()
+    await control.switchover()
+    await control.verify()
+    for thread in (control._switchover, control._verify):
+        assert thread is not None
+        await asyncio.to_thread(thread.join, 30)
+    snap = collector.snapshot()
+    assert snap["error_count"] >= 1
+    assert snap["last_error"]["message"].startswith("switchover failed: ")
+    assert snap["info"]["verification"].startswith("failed at ")
+    assert snap["info"]["verification_differing"] == -1

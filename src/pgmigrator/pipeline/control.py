@@ -80,8 +80,11 @@ class PipelineControl:
             options = SwitchoverOptions.from_settings(self.settings, report_path=path)
             report = Switchover(self.settings, options).run()
             log.info("switchover finished", status=report.status, report=str(path))
-        except PgMigratorError as exc:
-            log.error("switchover failed", error=exc.message)
+        except Exception as exc:  # whatever it was, it shows (the Errors card, /metrics)
+            message = exc.message if isinstance(exc, PgMigratorError) else f"{exc}".strip()
+            log.error("switchover failed", error=message)
+            if self.collector is not None:
+                self.collector.record_error(f"switchover failed: {message}", component="switchover")
 
     async def verify(self) -> str:
         """Start `verify --live` in the background; its outcome goes to ``info.verification``."""
