@@ -26,10 +26,10 @@ from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, ThreadConnections, connect
 from pgmigrator.pipeline.verify_live import (
     GROUP_TABLES,
+    LineUp,
     LiveOptions,
     LivePoint,
     SessionPool,
-    line_up,
     pipeline_tables,
 )
 from pgmigrator.source import catalog
@@ -196,12 +196,10 @@ def verify_live(
         stack.callback(on_source.close)
         on_dest = SessionPool(dest, size)
         stack.callback(on_dest.close)
+        lined = stack.enter_context(LineUp(source, dest, options, on_source, on_dest))
         for start in range(0, len(jobs), group_tables):
             group = set(jobs[start : start + group_tables])
-            members = [tables[i] for i in sorted(group)]
-            points.append(
-                line_up(source, dest, members, options, on_source, on_dest, first=not points)
-            )
+            points.append(lined.group([tables[i] for i in sorted(group)]))
             mine = [p for p in parts if p.job in group]
             results.update(
                 _run(mine, lambda q: _pooled(on_source, q), lambda q: _pooled(on_dest, q), size)

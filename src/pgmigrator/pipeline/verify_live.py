@@ -133,49 +133,67 @@ def pipeline_tables(dest: Target, pipeline: str) -> set[tuple[str, str]]:
         return {(t.schema, t.name) for t in store.tables()}
 
 
-def line_up(
-    source: Target,
-    dest: Target,
-    tables: Sequence[TableInfo],
-    options: LiveOptions,
-    on_source: SessionPool,
-    on_dest: SessionPool,
-    *,
-    first: bool = True,
-) -> LivePoint:
-    """Give ``on_source`` and ``on_dest`` snapshots holding the same rows of ``tables``; the
-    ``first`` line-up of a check proves the follower runs before it locks anything."""
-    with connect(source) as emitter, connect(dest) as watcher:
-        if first and reverse_slot(watcher, options.pipeline) is not None:
-            log.warning(
-                "bidirectional pipeline: writes to the destination during the check show as "
-                "differences",
-                pipeline=options.pipeline,
-            )
-        if first:
-            _await(emitter, watcher, options.follower_timeout_s, options, "")
-        with connect(source) as locker:
-            started = _lock(locker, source, tables, options)
-            try:
-                row = locker.execute("SELECT pg_export_snapshot()").fetchone()
-                assert row is not None
-                on_source.attach(str(row[0]))
-                # under the lock, writers wait: bounded by --lock-timeout too (the first sentinel
-                # just showed the follower keeps up), then the lock goes and nothing is checked
-                lsn = _await(
-                    emitter,
-                    watcher,
-                    options.lock_timeout_s,
-                    options,
-                    " while the tables were locked",
+class LineUp:
+    """The line-ups of one live check, on connections opened once, on entering it: a sentinel
+    emitter and the lock holder on the source, a watcher on the destination. Entering also proves
+    the follower keeps up, before anything is locked; `group` lines up one group of tables."""
+
+    def __init__(
+        self,
+        source: Target,
+        dest: Target,
+        options: LiveOptions,
+        on_source: SessionPool,
+        on_dest: SessionPool,
+    ) -> None:
+        self.source, self.dest, self.options = source, dest, options
+        self.on_source, self.on_dest = on_source, on_dest
+        self._conns = contextlib.ExitStack()
+
+    def __enter__(self) -> LineUp:
+        with self._conns as conns:
+            self.emitter = conns.enter_context(connect(self.source))
+            self.locker = conns.enter_context(connect(self.source))
+            self.watcher = conns.enter_context(connect(self.dest))
+            if reverse_slot(self.watcher, self.options.pipeline) is not None:
+                log.warning(
+                    "bidirectional pipeline: writes to the destination during the check show as "
+                    "differences",
+                    pipeline=self.options.pipeline,
                 )
-                on_dest.attach(on_dest.export(), start=1)
-            finally:
-                with contextlib.suppress(psycopg.Error):
-                    locker.execute("ROLLBACK")
-            paused = time.monotonic() - started
-    log.info("sides lined up", lsn=str(lsn), tables=len(tables), writes_paused_s=round(paused, 3))
-    return LivePoint(lsn, paused)
+            _await(self.emitter, self.watcher, self.options.follower_timeout_s, self.options, "")
+            self._conns = conns.pop_all()  # kept open until __exit__
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conns.close()
+
+    def group(self, tables: Sequence[TableInfo]) -> LivePoint:
+        """Give the pools' sessions snapshots holding the same rows of ``tables``."""
+        options, locker = self.options, self.locker
+        started = _lock(locker, self.source, tables, options)
+        try:
+            row = locker.execute("SELECT pg_export_snapshot()").fetchone()
+            assert row is not None
+            self.on_source.attach(str(row[0]))
+            # under the lock, writers wait: bounded by --lock-timeout too (the first sentinel
+            # showed the follower keeps up), then the lock goes and nothing is checked
+            lsn = _await(
+                self.emitter,
+                self.watcher,
+                options.lock_timeout_s,
+                options,
+                " while the tables were locked",
+            )
+            self.on_dest.attach(self.on_dest.export(), start=1)
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                locker.execute("ROLLBACK")
+        paused = time.monotonic() - started
+        log.info(
+            "sides lined up", lsn=str(lsn), tables=len(tables), writes_paused_s=round(paused, 3)
+        )
+        return LivePoint(lsn, paused)
 
 
 def _await(emitter: Conn, watcher: Conn, timeout: float, options: LiveOptions, when: str) -> Lsn:
