@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from pgmigrator.pg import Conn
-from pgmigrator.source.slots import KEYLESS_LOCK_TIMEOUT
+from pgmigrator.source.slots import KEYLESS_LOCK_TIMEOUT, alter_identity
 
 # The table's identity, and the publications (other than the one being dropped) that hold it or
 # one of its ancestors (a partition may publish through its root): pg_publication_tables expands
@@ -57,13 +57,7 @@ def restore(conn: Conn, side: str, tables: Sequence[tuple[str, str]], dropped: s
 def _set_default(conn: Conn, side: str, schema: str, name: str) -> str:
     qualified = f"{schema}.{name}"
     try:
-        with conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(KEYLESS_LOCK_TIMEOUT))
-            conn.execute(
-                sql.SQL("ALTER TABLE {} REPLICA IDENTITY DEFAULT").format(
-                    sql.Identifier(schema, name)
-                )
-            )
+        alter_identity(conn, sql.Identifier(schema, name), "DEFAULT")
     except psycopg.errors.LockNotAvailable:
         return (
             f"left REPLICA IDENTITY FULL on {qualified} on the {side}: its lock was not granted"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import psycopg
 from psycopg import pq, sql
@@ -247,11 +248,17 @@ def keyless_error(names: Sequence[str]) -> PreflightError:
     )
 
 
+def alter_identity(conn: Conn, table: sql.Identifier, identity: Literal["FULL", "DEFAULT"]) -> None:
+    """``ALTER TABLE table REPLICA IDENTITY identity``, its ACCESS EXCLUSIVE lock waited for at
+    most `KEYLESS_LOCK_TIMEOUT` (then psycopg's ``LockNotAvailable``: the caller says what to do)."""
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(KEYLESS_LOCK_TIMEOUT))
+        conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(table, sql.SQL(identity)))
+
+
 def _set_identity_full(conn: Conn, table: TableInfo) -> None:
     try:
-        with conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(KEYLESS_LOCK_TIMEOUT))
-            conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.ident))
+        alter_identity(conn, table.ident, "FULL")
     except psycopg.errors.LockNotAvailable as exc:
         raise PreflightError(
             f"source: could not lock {table.qualified} within {KEYLESS_LOCK_TIMEOUT} to set its"
