@@ -81,7 +81,7 @@ class PipelineControl:
             report = Switchover(self.settings, options).run()
             log.info("switchover finished", status=report.status, report=str(path))
         except Exception as exc:  # whatever it was, it shows (the Errors card, /metrics)
-            message = exc.message if isinstance(exc, PgMigratorError) else f"{exc}".strip()
+            message = _what(exc)
             log.error("switchover failed", error=message)
             if self.collector is not None:
                 self.collector.record_error(f"switchover failed: {message}", component="switchover")
@@ -117,7 +117,7 @@ class PipelineControl:
                 s.workers,
             )
         except Exception as exc:  # its outcome must show whatever happened (never "running")
-            message = exc.message if isinstance(exc, PgMigratorError) else f"{exc}".strip()
+            message = _what(exc)
             log.error("live verification failed", error=message)
             self._show(f"failed at {_stamp()}: {message}", -1)
             return
@@ -140,6 +140,11 @@ class PipelineControl:
         if differing is not None:
             info |= {"verification_differing": differing, "verification_finished_at": time.time()}
         self.collector.update_info(info)
+
+
+def _what(exc: Exception) -> str:
+    """What went wrong in a background job, for the operator (whatever the exception)."""
+    return exc.message if isinstance(exc, PgMigratorError) else f"{exc}".strip()
 
 
 def _stamp() -> str:
