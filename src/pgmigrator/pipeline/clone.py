@@ -124,8 +124,7 @@ class Clone:
             raise PreflightError(
                 "no table selected on the source", hint="check --tables / --exclude"
             )
-        chosen = {(t.schema, t.name) for t in tables}
-        self._excluded = [t for t in everything if (t.schema, t.name) not in chosen]
+        self._excluded = catalog.left_out(everything, tables)
         return tables
 
     def _fresh(

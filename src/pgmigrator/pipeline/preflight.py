@@ -345,8 +345,8 @@ def run(
         if dst is not None:
             out += dest_checks(src, dst)
         if src is not None and dst is not None:
-            chosen = {t.oid for t in catalog.select(everything, include, exclude)}
-            excluded = [t.oid for t in everything if t.oid not in chosen]
+            chosen = catalog.select(everything, include, exclude)
+            excluded = [t.oid for t in catalog.left_out(everything, chosen)]
             out.append(_roles_check(src, dst, excluded, owners, privileges))
     finally:
         for conn in (src, dst):

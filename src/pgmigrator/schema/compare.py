@@ -56,9 +56,8 @@ def compare(
     clone did) are left out of both dumps."""
     with connect(source) as src:
         everything = catalog.list_tables(src)
-        chosen = {(t.schema, t.name) for t in catalog.select(everything, include, exclude)}
+        left_out = catalog.left_out(everything, catalog.select(everything, include, exclude))
         major = server_major(src)
-    left_out = [t for t in everything if (t.schema, t.name) not in chosen]
     pg_dump, _ = find_pg_dump(major)
     sides = [_entries(pg_dump, target, left_out, owners, privileges) for target in (source, dest)]
     return diff(*sides)

@@ -124,5 +124,11 @@ def select(
     return [t for t in chosen if not matches(t, exclude)]
 
 
+def left_out(tables: Sequence[TableInfo], chosen: Sequence[TableInfo]) -> list[TableInfo]:
+    """The ``tables`` not in ``chosen`` (what `select` left out: pg_dump's exclusions)."""
+    kept = {(t.schema, t.name) for t in chosen}
+    return [t for t in tables if (t.schema, t.name) not in kept]
+
+
 def unmatched_patterns(tables: Sequence[TableInfo], patterns: Sequence[str]) -> list[str]:
     return [p for p in patterns if not any(matches(t, [p]) for t in tables)]

@@ -2,8 +2,9 @@
 
 It records, per pipeline name, the slot and its consistent point, the phase reached, every table's
 copy state (with the LSN of the snapshot it was copied under, DESIGN.md rule 2), every chunk,
-every post-data statement, and the tables whose replica identity it set to FULL on the source. Chunk rows are committed in the same destination transaction as the
-chunk's data, so the store never claims more than the destination holds.
+every post-data statement, and the tables whose replica identity it set to FULL on the source.
+Chunk rows are committed in the same destination transaction as the chunk's data, so the store
+never claims more than the destination holds.
 
 Table states follow supabase/etl's machine: ``init -> copying -> copied -> ready`` plus ``errored``.
 """
