@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from pgmigrator.dsn import Target
 from pgmigrator.pg import connect, server_major
 from pgmigrator.schema.dump import Entry, Script, dump_section, find_pg_dump
 from pgmigrator.source import catalog
-from pgmigrator.source.catalog import TableInfo
 
 Key = tuple[str, str, str]  # kind, schema, name
 
@@ -59,26 +58,22 @@ def compare(
         left_out = catalog.left_out(everything, catalog.select(everything, include, exclude))
         major = server_major(src)
     pg_dump, _ = find_pg_dump(major)
-    sides = [_entries(pg_dump, target, left_out, owners, privileges) for target in (source, dest)]
-    return diff(*sides)
-
-
-def _entries(
-    pg_dump: Path, target: Target, exclude: Sequence[TableInfo], owners: bool, privileges: bool
-) -> dict[Key, str]:
-    out: dict[Key, str] = {}
-    for section in ("pre-data", "post-data"):
-        script = dump_section(
-            pg_dump,
-            target,
-            section,
-            snapshot=None,
-            exclude=exclude,
-            owners=owners,
-            privileges=privileges,
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one pg_dump a side, both at once
+        sides = pool.map(
+            lambda target: keyed(
+                dump_section(
+                    pg_dump,
+                    target,
+                    None,
+                    snapshot=None,
+                    exclude=left_out,
+                    owners=owners,
+                    privileges=privileges,
+                )
+            ),
+            (source, dest),
         )
-        out.update(keyed(script))
-    return out
+        return diff(*sides)
 
 
 def keyed(script: Script) -> dict[Key, str]:

@@ -91,7 +91,7 @@ def _major(path: str) -> int | None:
 def dump_section(
     pg_dump: Path,
     source: Target,
-    section: str,
+    section: str | None,
     *,
     snapshot: str | None,
     exclude: Sequence[TableInfo],
@@ -99,10 +99,12 @@ def dump_section(
     owners: bool = True,
     privileges: bool = True,
 ) -> Script:
+    """``pg_dump --schema-only`` of one section (None: pre-data and post-data in one run)."""
+    what = "--schema-only" if section is None else f"--section={section}"
     args = [
         str(pg_dump),
         "--schema-only",
-        f"--section={section}",
+        *(() if section is None else (what,)),
         *(() if owners else ("--no-owner",)),
         *(() if privileges else ("--no-privileges",)),
         "--no-publications",
@@ -120,7 +122,7 @@ def dump_section(
     res = subprocess.run(args, capture_output=True, text=True, env=source.libpq_env(), check=False)
     if res.returncode != 0:
         raise SchemaError(
-            f"pg_dump --section={section} failed: {res.stderr.strip()}",
+            f"pg_dump {what} failed: {res.stderr.strip()}",
             hint="check that the source role may read every table and schema (or exclude them)",
         )
     return split(res.stdout)
