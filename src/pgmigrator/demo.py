@@ -162,10 +162,8 @@ def _live_verify(settings: Settings) -> str:
         LiveOptions(settings.name),
         workers=settings.workers,
     )
-    bad = [c.table for c in checks if c.status != "ok"]
-    found = f"{len(bad)} differ: {', '.join(bad)}" if bad else "all equal"
     return (
-        f"  verify --live while pgbench writes: {len(checks)} tables, {found}, as of "
+        f"  verify --live while pgbench writes: {verify.summary(checks)}, as of "
         f"{point.lsn} (writes to them waited {point.paused_s * 1000:.0f} ms)"
     )
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pgmigrator.config import Settings
-from pgmigrator.errors import PgMigratorError, listed
+from pgmigrator.errors import PgMigratorError
 from pgmigrator.log import get_logger
 from pgmigrator.pipeline.lifecycle import IllegalTransition
 
@@ -103,7 +103,7 @@ class PipelineControl:
 
     def _run_verify(self) -> None:
         from pgmigrator.dsn import Target
-        from pgmigrator.pipeline.verify import verify_live
+        from pgmigrator.pipeline.verify import summary, verify_live
         from pgmigrator.pipeline.verify_live import LiveOptions
 
         s = self.settings
@@ -121,15 +121,10 @@ class PipelineControl:
             log.error("live verification failed", error=message)
             self._show(f"failed at {_stamp()}: {message}", -1)
             return
-        bad = [c.table for c in checks if c.status != "ok"]
-        found = (
-            f"{len(bad)} of {len(checks)} tables differ: {listed(bad)}"
-            if bad
-            else f"all {len(checks)} tables equal"
-        )
-        outcome = f"{found} as of {point.lsn} (checked {_stamp()})"
-        log.info("live verification finished", outcome=outcome, differ=len(bad))
-        self._show(outcome, len(bad))
+        differ = sum(c.status != "ok" for c in checks)
+        outcome = f"{summary(checks)} as of {point.lsn} (checked {_stamp()})"
+        log.info("live verification finished", outcome=outcome, differ=differ)
+        self._show(outcome, differ)
 
     def _show(self, text: str, differing: int | None = None) -> None:
         """The outcome for people (``verification``) and, once finished, for alerts: tables

@@ -332,5 +332,13 @@ def render(checks: Sequence[TableCheck]) -> str:
     return "\n".join(lines)
 
 
+def summary(checks: Sequence[TableCheck]) -> str:
+    """The outcome in a few words: ``all 15 tables equal`` or ``2 of 15 tables differ: ...``."""
+    bad = [c.table for c in checks if c.status != "ok"]
+    if bad:
+        return f"{len(bad)} of {len(checks)} tables differ: {listed(bad)}"
+    return f"all {len(checks)} tables equal"
+
+
 def _n(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
