@@ -19,7 +19,7 @@ import orjson
 from pgmigrator import config as configmod
 from pgmigrator.cli_bidi import bidi_flags, bidi_options, run_bidi
 from pgmigrator.cli_observe import api_flags, api_options, hosted_run, tui
-from pgmigrator.cli_schema import keyless_option, owner_options
+from pgmigrator.cli_schema import keyless_option, owner_options, roles_option
 from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError, PgMigratorError
 from pgmigrator.log import get_logger, setup_logging
@@ -96,6 +96,7 @@ def main() -> None:
 @click.option("--exclude", multiple=True, help="exclude pattern schema.table (glob), repeatable")
 @keyless_option
 @owner_options
+@roles_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @handle_errors
 def preflight(
@@ -120,6 +121,7 @@ def preflight(
         keyless=settings.keyless_tables,
         owners=settings.owners,
         privileges=settings.privileges,
+        copy_roles=settings.roles,
     )
     if as_json:
         click.echo(orjson.dumps([c.to_dict() for c in checks], option=orjson.OPT_INDENT_2).decode())
@@ -145,6 +147,7 @@ def preflight(
 )
 @keyless_option
 @owner_options
+@roles_option
 @click.option(
     "--follow", "then_follow", is_flag=True, help="after the copy, stream changes until interrupted"
 )

@@ -39,3 +39,16 @@ def owner_options(fn: F) -> F:
         help="the destination's user owns every copied object (by default the source's owners,"
         " which must exist on the destination)",
     )(fn)
+
+
+def roles_option(fn: F) -> F:
+    """``--roles``: create the roles the copied schema involves that the destination lacks."""
+    return click.option(
+        "--roles",
+        "roles",
+        flag_value=True,
+        default=None,
+        help="create on the destination the roles this database involves that it lacks (owners,"
+        " grantees and their members, with attributes, settings, memberships and password"
+        " hashes when the source's user may read them); existing roles are left as they are",
+    )(fn)

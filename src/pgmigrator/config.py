@@ -219,6 +219,12 @@ class Settings(BaseSettings):
     privileges: bool = Field(
         True, description="clone: copy GRANTs (the grantees must exist on the destination)"
     )
+    roles: bool = Field(
+        False,
+        description="clone: create on the destination the roles this database involves that it"
+        " lacks (owners, grantees and their members; attributes, settings, memberships, password"
+        " hashes when readable)",
+    )
     # `copy` shadows BaseModel.copy, hence the alias; an alias is read from the environment
     # without the prefix, so PGMIGRATOR_COPY__... is listed as well.
     copy_: CopySettings = Field(

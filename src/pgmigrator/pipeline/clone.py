@@ -34,7 +34,8 @@ from pgmigrator.pipeline.sequences import refresh_matviews, sync_sequences
 from pgmigrator.schema.apply import PostDataBuilder, apply_pre_data
 from pgmigrator.schema.dump import Script, dump_section, find_pg_dump, split
 from pgmigrator.schema.early import fk_checks_by_index, plan_by_table
-from pgmigrator.schema.roles import role_problems
+from pgmigrator.schema.rolecopy import RolePlan, create_roles, plan_roles
+from pgmigrator.schema.roles import named_roles, role_problems
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
 from pgmigrator.source.slots import (
@@ -131,14 +132,13 @@ class Clone:
         self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], pg_dump: Path
     ) -> CloneResult:
         _check_destination(dst, tables, self.options.drop_if_exists)
-        excluded = [t.oid for t in self._excluded]
-        role_problems(
-            src, dst, excluded, owners=self.settings.owners, privileges=self.settings.privileges
-        ).raise_if_any()
+        roles = self._role_plan(src, dst)
         made_full = ensure_publication(
             src, self.settings.publication_name, tables, self.settings.keyless_tables
         )
         store.ensure_schema()  # every refusal is behind: nothing was created on the destination
+        if roles is not None:
+            create_roles(dst, roles)
         self.progress.set_phase("schema")
         session = ReplicationSession(self.source)
         run: CopyRun | None = None
@@ -191,6 +191,26 @@ class Clone:
             run.rows,
             run.bytes,
         )
+
+    def _role_plan(self, src: Conn, dst: Conn) -> RolePlan | None:
+        """Refuse if a role the schema needs is missing (and not to be created by --roles)."""
+        excluded = [t.oid for t in self._excluded]
+        owners, privileges = self.settings.owners, self.settings.privileges
+        plan = None
+        if self.settings.roles:
+            named = named_roles(src, excluded, owners=owners, privileges=privileges)
+            plan = plan_roles(src, dst, named)
+            if problem := plan.problem():
+                raise problem
+        role_problems(
+            src,
+            dst,
+            excluded,
+            owners=owners,
+            privileges=privileges,
+            planned=plan.names if plan else frozenset(),
+        ).raise_if_any()
+        return plan
 
     def _dump_sections(self, pg_dump: Path, snapshot: str) -> tuple[Script, Script]:
         """pre-data and post-data from two pg_dump runs at once, both under ``snapshot``."""

@@ -14,7 +14,8 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, listed
 from pgmigrator.pg import Conn, connect, server_major
 from pgmigrator.schema.dump import find_pg_dump
-from pgmigrator.schema.roles import role_problems
+from pgmigrator.schema.rolecopy import plan_roles
+from pgmigrator.schema.roles import named_roles, role_problems
 from pgmigrator.source import catalog
 from pgmigrator.source.slots import keyless_error, keyless_tables
 
@@ -334,6 +335,7 @@ def run(
     keyless: str = "refuse",
     owners: bool = True,
     privileges: bool = True,
+    copy_roles: bool = False,
 ) -> list[Check]:
     out: list[Check] = []
     src, dst = _connect(source, out), _connect(dest, out)
@@ -347,7 +349,7 @@ def run(
         if src is not None and dst is not None:
             chosen = catalog.select(everything, include, exclude)
             excluded = [t.oid for t in catalog.left_out(everything, chosen)]
-            out.append(_roles_check(src, dst, excluded, owners, privileges))
+            out.append(_roles_check(src, dst, excluded, owners, privileges, copy_roles))
     finally:
         for conn in (src, dst):
             if conn is not None:
@@ -356,18 +358,28 @@ def run(
 
 
 def _roles_check(
-    src: Conn, dst: Conn, excluded: Sequence[int], owners: bool, privileges: bool
+    src: Conn, dst: Conn, excluded: Sequence[int], owners: bool, privileges: bool, copy: bool
 ) -> Check:
-    """The roles the schema's owners and GRANTs name must exist on the destination."""
-    found = role_problems(src, dst, excluded, owners=owners, privileges=privileges)
+    """The roles the schema's owners and GRANTs name must exist on the destination (or be created)."""
+    named = named_roles(src, excluded, owners=owners, privileges=privileges) if copy else {}
+    plan = plan_roles(src, dst, named) if copy else None
+    if plan is not None and (problem := plan.problem()):
+        return Check("destination", "roles", BLOCKER, problem.message, problem.hint or "")
+    planned = plan.names if plan is not None else frozenset()
+    found = role_problems(src, dst, excluded, owners=owners, privileges=privileges, planned=planned)
     if found:
         return Check("destination", "roles", BLOCKER, found.message(), found.hint())
-    detail = (
-        "owners and privileges not copied (--no-owner --no-privileges)"
-        if not (owners or privileges)
-        else "every owner and grantee of the copied schema exists"
-    )
-    return Check("destination", "roles", OK, detail)
+    if plan is None:
+        detail = (
+            "every owner and grantee of the schema exists"
+            if owners or privileges
+            else "owners and privileges not copied (--no-owner --no-privileges)"
+        )
+        return Check("destination", "roles", OK, detail)
+    if unset := plan.without_password():
+        detail = f"{plan.describe()}; without a password (unreadable): {listed(unset)}"
+        return Check("destination", "roles", WARNING, detail, "set them after the clone")
+    return Check("destination", "roles", OK, plan.describe())
 
 
 def _guard(out: list[Check], name: str, fn: Callable[[], object]) -> None:

@@ -10,6 +10,7 @@ Setting an owner also needs the destination's user to be a superuser or a member
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from pgmigrator.errors import PreflightError, listed
@@ -80,9 +81,8 @@ GROUP BY r.rolname ORDER BY 1
 
 _DEST_SQL = """
 SELECT r.rolname, p.oid IS NOT NULL,
-       CASE WHEN p.oid IS NULL THEN false
-            ELSE (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-                 OR pg_has_role(current_user, p.oid, 'MEMBER') END
+       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+       OR (p.oid IS NOT NULL AND pg_has_role(current_user, p.oid, 'MEMBER'))
 FROM unnest(%s::text[]) AS r(rolname) LEFT JOIN pg_roles p ON p.rolname = r.rolname
 ORDER BY 1
 """
@@ -116,9 +116,16 @@ class RoleProblems:
             raise PreflightError(self.message(), hint=self.hint())
 
     def hint(self) -> str:
+        fixes = []
+        if self.missing:
+            fixes.append(
+                "let the clone create the missing roles (--roles), or create them on the"
+                " destination yourself (e.g. from `pg_dumpall --roles-only` on the source)"
+            )
+        if self.not_assumable:
+            fixes.append("connect to the destination as a superuser")
         return (
-            "create the roles on the destination first (e.g. from `pg_dumpall --roles-only` on"
-            " the source) and connect as a superuser, or copy without them: --no-owner"
+            "; ".join(fixes) + "; or copy without them: --no-owner"
             " (objects owned by the destination's user) and/or --no-privileges (no GRANTs)"
         )
 
@@ -130,17 +137,33 @@ def role_problems(
     *,
     owners: bool = True,
     privileges: bool = True,
+    planned: AbstractSet[str] = frozenset(),
 ) -> RoleProblems:
-    """What would fail the pre-data script for want of a role on the destination."""
-    if not (owners or privileges):
+    """What would fail the pre-data script for want of a role on the destination.
+
+    ``planned``: roles the clone creates first (``--roles``); they count as present, and as
+    assumable only by a superuser (PostgreSQL does not make a role's creator a member of it).
+    """
+    named = named_roles(src, excluded_oids, owners=owners, privileges=privileges)
+    if not named:
         return RoleProblems((), ())
+    rows = dst.execute(_DEST_SQL, (sorted(named),)).fetchall()
+    missing = tuple(str(r[0]) for r in rows if not r[1] and str(r[0]) not in planned)
+    not_assumable = tuple(
+        str(r[0]) for r in rows if (r[1] or str(r[0]) in planned) and named[str(r[0])] and not r[2]
+    )
+    return RoleProblems(missing, not_assumable)
+
+
+def named_roles(
+    src: Conn, excluded_oids: Sequence[int], *, owners: bool = True, privileges: bool = True
+) -> dict[str, bool]:
+    """The roles the schema's dump will name: role -> whether it must be able to own objects."""
+    if not (owners or privileges):
+        return {}
     params = {"system": list(SYSTEM_SCHEMAS), "excluded": list(excluded_oids)}
-    named = {  # role: whether it must be able to own (only roles the dump will name)
+    return {
         str(role): owns and owners
         for role, owns, granted in src.execute(_ROLES_SQL, params).fetchall()
         if (owns and owners) or (granted and privileges)
     }
-    rows = dst.execute(_DEST_SQL, (sorted(named),)).fetchall()
-    missing = tuple(str(r[0]) for r in rows if not r[1])
-    not_assumable = tuple(str(r[0]) for r in rows if r[1] and named[str(r[0])] and not r[2])
-    return RoleProblems(missing, not_assumable)
