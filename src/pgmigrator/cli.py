@@ -20,7 +20,6 @@ from pgmigrator import config as configmod
 from pgmigrator.cli_bidi import bidi_flags, bidi_options, run_bidi
 from pgmigrator.cli_observe import api_flags, api_options, hosted_run, tui
 from pgmigrator.cli_schema import keyless_option, owner_options, roles_option
-from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError, PgMigratorError
 from pgmigrator.log import get_logger, setup_logging
 from pgmigrator.runtime import tune_runtime
@@ -114,8 +113,8 @@ def preflight(
     )
     settings.require("source", "dest")
     checks = pf.run(
-        Target(settings.source or "", "source"),
-        Target(settings.dest or "", "destination"),
+        settings.source_target,
+        settings.dest_target,
         settings.tables,
         settings.exclude,
         keyless=settings.keyless_tables,

@@ -11,7 +11,6 @@ import orjson
 
 from pgmigrator.cli import common_options, handle_errors, load_settings
 from pgmigrator.cli_schema import keyless_option, owner_options
-from pgmigrator.dsn import Target
 
 
 @click.command()
@@ -123,8 +122,8 @@ def verify(
     )
     settings.require("source", "dest")
     source, dest = (
-        Target(settings.source or "", "source"),
-        Target(settings.dest or "", "destination"),
+        settings.source_target,
+        settings.dest_target,
     )
     args = (settings.tables, settings.exclude, settings.workers)
     doc: dict[str, Any] = {}  # what --json prints besides the tables, with --live or --schema

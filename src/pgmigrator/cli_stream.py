@@ -22,7 +22,6 @@ from pgmigrator import config as configmod
 from pgmigrator.cli import _collector, common_options, handle_errors, load_settings
 from pgmigrator.cli_observe import serving_api, state_file
 from pgmigrator.cli_schema import keyless_option
-from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError, PgMigratorError
 from pgmigrator.metrics import Collector
 from pgmigrator.pipeline.control import PipelineControl
@@ -230,7 +229,7 @@ def listen(
     dlq = dead_letter_queue(settings)
     sinks, ctx = build_sinks(settings, sink_specs, collector, dlq_attempts(settings, dlq))
     runner = ListenStream(
-        Target(settings.source or "", "source"),
+        settings.source_target,
         channels,
         sinks,
         collector,

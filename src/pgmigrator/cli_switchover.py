@@ -10,7 +10,6 @@ import click
 
 from pgmigrator.cli import common_options, handle_errors, load_settings
 from pgmigrator.cli_schema import owner_options
-from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError
 
 
@@ -139,6 +138,6 @@ def unfence(config_file: Path | None, **flags: Any) -> None:
 
     settings = load_settings(config_file, **flags)
     settings.require("source")
-    with connect(Target(settings.source or "", "source")) as src:
+    with connect(settings.source_target) as src:
         for action in do_unfence(src):
             click.echo(action)

@@ -283,6 +283,16 @@ class Settings(BaseSettings):
                 hint=f"pass {flags}, set {envs}, or put them in the --config file",
             )
 
+    @property
+    def source_target(self) -> dsnmod.Target:
+        """The source's connection, named for messages (empty when unset: see `require`)."""
+        return dsnmod.Target(self.source or "", "source")
+
+    @property
+    def dest_target(self) -> dsnmod.Target:
+        """The destination's connection, named for messages (empty when unset: see `require`)."""
+        return dsnmod.Target(self.dest or "", "destination")
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to print, log or serve."""
         data = self.model_dump(mode="json", by_alias=True)

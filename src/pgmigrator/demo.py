@@ -157,8 +157,8 @@ async def _follow_live(
 def _live_verify(settings: Settings) -> str:
     """`verify --live` while pgbench writes: one line saying what it found."""
     checks, point = verify.verify_live(
-        Target(settings.source or "", "source"),
-        Target(settings.dest or "", "destination"),
+        settings.source_target,
+        settings.dest_target,
         LiveOptions(settings.name),
         workers=settings.workers,
     )

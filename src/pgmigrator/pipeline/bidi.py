@@ -30,7 +30,6 @@ from psycopg import sql
 from pgmigrator.aio import wait_event
 from pgmigrator.config import Settings
 from pgmigrator.destination.conflicts import Conflict, ConflictMode, ConflictPolicy
-from pgmigrator.dsn import Target
 from pgmigrator.errors import ConfigError, PgMigratorError, ReplicationError, StateError
 from pgmigrator.log import get_logger
 from pgmigrator.metrics import Collector
@@ -99,8 +98,8 @@ def prepare(settings: Settings) -> Plan:
             hint="leave it unset (default <name>_rev)",
         )
     source, dest = (
-        Target(settings.source or "", "source"),
-        Target(settings.dest or "", "destination"),
+        settings.source_target,
+        settings.dest_target,
     )
     created: list[str] = []
     with connect(source) as src, connect(dest) as dst:
@@ -206,8 +205,8 @@ def _start(dst: Conn, pipeline: str, rev: Settings) -> int:
 def cleanup_reverse(settings: Settings) -> list[str]:
     """Drop the reverse direction's objects, if any (called by `pgmigrator cleanup`)."""
     source, dest = (
-        Target(settings.source or "", "source"),
-        Target(settings.dest or "", "destination"),
+        settings.source_target,
+        settings.dest_target,
     )
     done: list[str] = []
     with connect(dest) as dst:

@@ -10,7 +10,6 @@ drops the reverse slot and publication (destination) and the reverse origin and 
 from __future__ import annotations
 
 from pgmigrator.config import Settings
-from pgmigrator.dsn import Target
 from pgmigrator.log import get_logger
 from pgmigrator.pg import connect
 from pgmigrator.pipeline.bidi import cleanup_reverse
@@ -25,8 +24,8 @@ def cleanup(settings: Settings) -> list[str]:
     settings.require("source", "dest")
     done: list[str] = cleanup_reverse(settings)  # bidirectional replication's reverse objects
     source, dest = (
-        Target(settings.source or "", "source"),
-        Target(settings.dest or "", "destination"),
+        settings.source_target,
+        settings.dest_target,
     )
     with connect(dest) as dst:
         store = StateStore(dst, settings.name)

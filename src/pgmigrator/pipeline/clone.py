@@ -22,7 +22,6 @@ from pathlib import Path
 from psycopg import sql
 
 from pgmigrator.config import Settings
-from pgmigrator.dsn import Target
 from pgmigrator.errors import PreflightError, StateError, listed
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
@@ -76,8 +75,8 @@ class Clone:
         self.progress = progress
         self._post: PostDataBuilder | None = None
         self._runs: list[CopyRun] = []
-        self.source = Target(settings.source or "", "source")
-        self.dest = Target(settings.dest or "", "destination")
+        self.source = settings.source_target
+        self.dest = settings.dest_target
 
     def run(self) -> CloneResult:
         self.progress.set_phase("connecting")

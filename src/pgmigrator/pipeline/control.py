@@ -102,15 +102,14 @@ class PipelineControl:
         return "live verification started: its outcome shows as info.verification in the status"
 
     def _run_verify(self) -> None:
-        from pgmigrator.dsn import Target
         from pgmigrator.pipeline.verify import summary, verify_live
         from pgmigrator.pipeline.verify_live import LiveOptions
 
         s = self.settings
         try:
             checks, point = verify_live(
-                Target(s.source or "", "source"),
-                Target(s.dest or "", "destination"),
+                s.source_target,
+                s.dest_target,
                 LiveOptions(s.name),
                 s.tables,
                 s.exclude,

@@ -24,7 +24,6 @@ from pgmigrator.config import Settings
 from pgmigrator.destination.conflicts import ConflictPolicy
 from pgmigrator.destination.postgres import PostgresApplier
 from pgmigrator.destination.progress import OriginProgress
-from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError
 from pgmigrator.events import PG_EPOCH_UNIX_US
 from pgmigrator.log import get_logger, set_level
@@ -84,8 +83,8 @@ class Follow:
         self.conflicts = conflicts
         self.collector = collector or Collector(settings.name)
         self.limits = limits or BatchLimits()
-        self.source = Target(settings.source or "", "source")
-        self.dest = Target(settings.dest or "", "destination")
+        self.source = settings.source_target
+        self.dest = settings.dest_target
         self.gate = RunGate(self.collector, "follow")
         self.stop_event = self.gate.stop_event
         self.lifecycle = self.gate.lifecycle

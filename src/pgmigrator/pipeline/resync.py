@@ -98,8 +98,8 @@ class Resync:
         self.settings = settings
         self.patterns = list(patterns)
         self.follower_timeout_s = follower_timeout_s
-        self.source = Target(settings.source or "", "source")
-        self.dest = Target(settings.dest or "", "destination")
+        self.source = settings.source_target
+        self.dest = settings.dest_target
         self.policy = settings.retry.policy(settings.copy_.max_attempts)
         self._touched = False  # the table's state (sync LSN) was changed by this run
 

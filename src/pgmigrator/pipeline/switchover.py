@@ -21,7 +21,6 @@ import orjson
 from psycopg import sql
 
 from pgmigrator.config import Settings
-from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, PreflightError
 from pgmigrator.log import get_logger
 from pgmigrator.pg import Conn, connect
@@ -103,8 +102,8 @@ class Switchover:
         settings.require("source", "dest")
         self.settings = settings
         self.options = options
-        self.source = Target(settings.source or "", "source")
-        self.dest = Target(settings.dest or "", "destination")
+        self.source = settings.source_target
+        self.dest = settings.dest_target
         self.report = Report(settings.name, _now(), sequence_margin=options.sequence_margin)
         self._t0 = time.monotonic()
 

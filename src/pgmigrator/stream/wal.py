@@ -23,7 +23,6 @@ import psycopg
 
 from pgmigrator.aio import wait_event
 from pgmigrator.config import Settings
-from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, RetryableReplicationError
 from pgmigrator.events import PG_EPOCH_UNIX_US
 from pgmigrator.log import get_logger
@@ -80,7 +79,7 @@ class WalStream:
     ) -> None:
         settings.require("source")
         self.settings = settings
-        self.source = Target(settings.source or "", "source")
+        self.source = settings.source_target
         self.filters = filters
         self.collector = collector
         self.create = create
