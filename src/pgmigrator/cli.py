@@ -321,13 +321,21 @@ def status(name: str, state_dir: Path | None, as_json: bool, watch: bool) -> Non
 @common_options
 @click.option("--slot", help="replication slot name (default pgmigrator_<name>)")
 @click.option("--publication", help="publication name (default pgmigrator_<name>)")
+@click.option(
+    "--stream",
+    "stream",
+    is_flag=True,
+    help="retire a stream (`stream`, `lake`): only --source; drop its slot and publication,"
+    " give back the replica identities it made FULL, remove its marker file",
+)
 @handle_errors
-def cleanup(config_file: Path | None, **flags: Any) -> None:
+def cleanup(config_file: Path | None, stream: bool, **flags: Any) -> None:
     """Drop the slot, publication, replication origin and state of a pipeline (never your tables)."""
     from pgmigrator.pipeline.cleanup import cleanup as do_cleanup
+    from pgmigrator.pipeline.cleanup import cleanup_stream
 
     settings = load_settings(config_file, **flags)
-    done = do_cleanup(settings)
+    done = (cleanup_stream if stream else do_cleanup)(settings)
     click.echo("\n".join(done) if done else "nothing to clean up")
 
 

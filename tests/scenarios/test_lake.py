@@ -358,3 +358,30 @@ def test_interrupted_copy_says_to_reset_and_reset_recovers(pair: Pair, tmp_path:
     assert reset.returncode == 0, reset.stderr
     assert '"copied_rows":400000' in reset.stdout
     assert len(lake_rows(warehouse, "big", ("id",)) or []) == 400000
+
+
+def test_keyless_tables_made_full_survive_a_reset_and_cleanup_gives_them_back(
+    pair: Pair, tmp_path: Path
+) -> None:
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE k (v int); INSERT INTO k SELECT generate_series(1, 5)")
+    args = ("lake", "--source", pair.source, "--warehouse", str(tmp_path / "lake"))
+    args += ("--name", pair.dbname, "--keyless-tables", "full")
+    for extra in ((), ("--reset",)):  # the reset recreates the publication: the record carries over
+        result = pgmigrator(*args, *extra)
+        assert result.returncode == 0, result.stderr
+
+    def identity() -> str:
+        with pair.src() as conn:
+            return str(
+                conn.execute("SELECT relreplident FROM pg_class WHERE relname = 'k'").fetchone()[0]
+            )  # type: ignore[index]
+
+    assert identity() == "f"
+    name = f"pgmigrator_lake_{pair.dbname}"
+    res = pgmigrator(
+        "cleanup", "--stream", "--source", pair.source, "--slot", name, "--publication", name
+    )
+    assert res.returncode == 0, res.stderr
+    assert "reset REPLICA IDENTITY of public.k to DEFAULT on the source" in res.stdout
+    assert identity() == "d"

@@ -22,6 +22,8 @@ def test_list_settings_split_as_stored(stored: str, elements: list[str]) -> None
 
 def test_setting_statements_quote_everything() -> None:
     stmt = setting_sql("Odd Role", "search_path", 'app, "$user"', "my db").as_string(None)
-    assert stmt == """ALTER ROLE "Odd Role" IN DATABASE "my db" SET "search_path" TO 'app', '$user'"""
+    assert (
+        stmt == """ALTER ROLE "Odd Role" IN DATABASE "my db" SET "search_path" TO 'app', '$user'"""
+    )
     stmt = setting_sql("r", "myapp.tenant", "it's", None).as_string(None)
     assert stmt == """ALTER ROLE "r" SET "myapp"."tenant" TO 'it''s'"""

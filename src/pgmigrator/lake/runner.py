@@ -28,6 +28,7 @@ from pgmigrator.lake.writer import CHANGES_SUFFIX, IcebergLake
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect
+from pgmigrator.pipeline.identity import note_full, noted_full
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
 from pgmigrator.source.slots import (
@@ -97,6 +98,7 @@ class LakePipeline:
             require_logical(src)
             tables = self._select(src)
             result = LakeResult(self.slot, tables=[t.qualified for t in tables])
+            made_full = noted_full(src, self.publication)  # carried over a --reset
             if reset:
                 self._reset(src, tables)
             status = slot_status(src, self.slot)
@@ -104,7 +106,11 @@ class LakePipeline:
                 self.collector.set_phase("copy" if status is None else "ready")
             if status is None:
                 self._check_empty(tables)
-                ensure_publication(src, self.publication, tables, self.keyless)
+                made_full += [
+                    (t.schema, t.name)
+                    for t in ensure_publication(src, self.publication, tables, self.keyless)
+                ]
+                note_full(src, self.publication, made_full)  # for cleanup --stream
                 result.consistent_lsn, result.copied = self._copy(tables)
             else:
                 self._check_copied(tables)

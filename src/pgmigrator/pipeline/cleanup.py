@@ -5,6 +5,10 @@ pipeline's rows (and the ``pgmigrator`` schema once no pipeline is left) on the 
 Copied tables are left alone: they are the user's data, apart from the replica identities the
 clone set to FULL (`identity`), given back on both sides. After bidirectional replication it also
 drops the reverse slot and publication (destination) and the reverse origin and state (source).
+
+``cleanup --stream`` retires a stream (``stream``, ``lake``): it only has a slot and a publication
+on the source (whose comment lists the tables it made FULL) and a marker file in the state
+directory. Its slot would otherwise hold the source's WAL forever.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pgmigrator.config import Settings
 from pgmigrator.log import get_logger
 from pgmigrator.pg import connect
 from pgmigrator.pipeline.bidi import cleanup_reverse
+from pgmigrator.pipeline.identity import noted_full
 from pgmigrator.pipeline.identity import restore as restore_identity
 from pgmigrator.source.slots import drop_publication, drop_slot
 from pgmigrator.store.state import StateStore
@@ -23,10 +28,7 @@ log = get_logger("cleanup")
 def cleanup(settings: Settings) -> list[str]:
     settings.require("source", "dest")
     done: list[str] = cleanup_reverse(settings)  # bidirectional replication's reverse objects
-    source, dest = (
-        settings.source_target,
-        settings.dest_target,
-    )
+    source, dest = settings.source_target, settings.dest_target
     with connect(dest) as dst:
         store = StateStore(dst, settings.name)
         row = store.load()
@@ -54,6 +56,29 @@ def cleanup(settings: Settings) -> list[str]:
         if drop_publication(src, publication):
             done.append(f"dropped publication {publication} on the source")
         done += restore_identity(src, "source", made_full, publication)
+    for line in done:
+        log.info(line)
+    return done
+
+
+def cleanup_stream(settings: Settings) -> list[str]:
+    """Drop a stream's slot and publication, give back its FULL identities, remove its marker."""
+    from pgmigrator.stream.setup import marker_path
+
+    settings.require("source")
+    slot, publication = settings.slot_name, settings.publication_name
+    done: list[str] = []
+    with connect(settings.source_target) as src:
+        made_full = noted_full(src, publication)
+        if drop_slot(src, slot):
+            done.append(f"dropped replication slot {slot} on the source")
+        if drop_publication(src, publication):
+            done.append(f"dropped publication {publication} on the source")
+        done += restore_identity(src, "source", made_full, publication)
+    marker = marker_path(settings, slot)
+    if marker.exists():
+        marker.unlink()
+        done.append(f"removed {marker}")
     for line in done:
         log.info(line)
     return done

@@ -8,10 +8,15 @@ FULL was only set on tables without a key or identity) on both sides, at ``clean
 left as it is, and said why, when another publication still holds it (its consumers may need
 FULL), when its identity is no longer FULL (changed since), or when its lock is not granted in
 time (a long transaction holds it).
+
+A stream (``stream --create``, ``lake``) has no state store: it records the tables it made FULL
+on its own publication, as the publication's comment (`note_full`), which ``cleanup --stream``
+reads back (`noted_full`) before dropping the publication.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import psycopg
@@ -63,4 +68,39 @@ def _set_default(conn: Conn, side: str, schema: str, name: str) -> str:
             f"left REPLICA IDENTITY FULL on {qualified} on the {side}: its lock was not granted"
             f" within {KEYLESS_LOCK_TIMEOUT} (run ALTER TABLE ... REPLICA IDENTITY DEFAULT later)"
         )
-    return f"reset REPLICA IDENTITY of {qualified} to DEFAULT on the {side} (set FULL by the clone)"
+    return (
+        f"reset REPLICA IDENTITY of {qualified} to DEFAULT on the {side} (set FULL by pgmigrator)"
+    )
+
+
+_NOTE = (
+    "pgmigrator set REPLICA IDENTITY FULL on these tables for this publication;"
+    " `pgmigrator cleanup --stream` sets them back to DEFAULT: "
+)
+
+
+def note_full(conn: Conn, publication: str, tables: Sequence[tuple[str, str]]) -> None:
+    """Add ``tables`` to the FULL tables recorded in ``publication``'s comment."""
+    have = noted_full(conn, publication)
+    every = sorted({*have, *tables})
+    if every != have:
+        conn.execute(
+            sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(
+                sql.Identifier(publication), sql.Literal(_NOTE + json.dumps(every))
+            )
+        )
+
+
+def noted_full(conn: Conn, publication: str) -> list[tuple[str, str]]:
+    """The tables `note_full` recorded on ``publication`` (none: no such comment)."""
+    row = conn.execute(
+        "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = %s",
+        (publication,),
+    ).fetchone()
+    text = str(row[0]) if row and row[0] else ""
+    if not text.startswith(_NOTE):
+        return []
+    try:
+        return sorted((str(schema), str(name)) for schema, name in json.loads(text[len(_NOTE) :]))
+    except (ValueError, TypeError):  # edited by hand into something else: nothing to give back
+        return []

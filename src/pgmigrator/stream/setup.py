@@ -19,6 +19,7 @@ from pgmigrator.errors import PreflightError, ReplicationError, StateError
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect
+from pgmigrator.pipeline.identity import note_full
 from pgmigrator.source import catalog
 from pgmigrator.source.slots import (
     ExportedSlot,
@@ -135,7 +136,8 @@ def _publication(src: Conn, settings: Settings, publication: str, create: bool) 
     tables = catalog.select(everything, settings.tables, settings.exclude)
     if not tables:
         raise PreflightError("no table selected on the source", hint="check --tables / --exclude")
-    ensure_publication(src, publication, tables, settings.keyless_tables)
+    made_full = ensure_publication(src, publication, tables, settings.keyless_tables)
+    note_full(src, publication, [(t.schema, t.name) for t in made_full])  # for cleanup --stream
 
 
 def current_lsn(conn: Conn) -> Lsn:
