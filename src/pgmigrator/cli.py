@@ -121,6 +121,7 @@ def preflight(
         owners=settings.owners,
         privileges=settings.privileges,
         copy_roles=settings.roles,
+        tablespaces=settings.tablespaces,
     )
     if as_json:
         click.echo(orjson.dumps([c.to_dict() for c in checks], option=orjson.OPT_INDENT_2).decode())

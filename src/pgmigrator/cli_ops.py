@@ -148,7 +148,7 @@ def verify(
         from pgmigrator.schema import compare
 
         result = compare.compare(
-            source, dest, settings.tables, settings.exclude, settings.owners, settings.privileges
+            source, dest, settings.tables, settings.exclude, settings.dump_options
         )
         doc["schema"] = result.to_dict()
         failed = failed or bool(result.differences)

@@ -22,7 +22,15 @@ def keyless_option(fn: F) -> F:
 
 
 def owner_options(fn: F) -> F:
-    """``--no-owner`` / ``--no-privileges``: copy the schema without its owners or GRANTs."""
+    """``--no-owner`` / ``--no-privileges`` / ``--no-tablespaces``: what of the schema is left out."""
+    fn = click.option(
+        "--no-tablespaces",
+        "tablespaces",
+        flag_value=False,
+        default=None,
+        help="put every copied table and index in the destination database's default tablespace"
+        " (by default in the source's tablespaces, which must exist on the destination)",
+    )(fn)
     fn = click.option(
         "--no-privileges",
         "privileges",

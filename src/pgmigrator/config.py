@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -36,6 +36,9 @@ from pgmigrator.lake.settings import LakeSettings
 from pgmigrator.pipeline.bidi_settings import BidiSettings
 from pgmigrator.retry import RetryPolicy
 from pgmigrator.stream.settings import SinkConfig, StreamSettings, redact_sink
+
+if TYPE_CHECKING:
+    from pgmigrator.schema.dump import DumpOptions
 
 _file_data: ContextVar[dict[str, Any] | None] = ContextVar("_file_data", default=None)
 
@@ -219,6 +222,11 @@ class Settings(BaseSettings):
     privileges: bool = Field(
         True, description="clone: copy GRANTs (the grantees must exist on the destination)"
     )
+    tablespaces: bool = Field(
+        True,
+        description="clone: place tables and indexes in the source's tablespaces (they must exist"
+        " on the destination); false: everything in the destination database's default",
+    )
     roles: bool = Field(
         False,
         description="clone: create on the destination the roles this database involves that it"
@@ -282,6 +290,13 @@ class Settings(BaseSettings):
                 f"missing setting(s): {', '.join(missing)}",
                 hint=f"pass {flags}, set {envs}, or put them in the --config file",
             )
+
+    @property
+    def dump_options(self) -> DumpOptions:
+        """The clone's schema options, for every pg_dump of the source or the destination."""
+        from pgmigrator.schema.dump import DumpOptions
+
+        return DumpOptions(self.owners, self.privileges, self.tablespaces)
 
     @property
     def source_target(self) -> dsnmod.Target:

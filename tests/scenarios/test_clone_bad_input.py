@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -334,3 +335,83 @@ def test_owners_and_grants_need_their_roles_on_the_destination(pair: Pair) -> No
                 )  # fmt: skip
                 if here:
                     conn.execute(f"DROP OWNED BY {here}; DROP ROLE {here}")
+
+
+def _tablespace_dir() -> Path:
+    location = Path(tempfile.mkdtemp(prefix="pgm-ts-", dir="/tmp"))
+    location.chmod(0o755)
+    if os.geteuid() == 0:  # the server's OS user owns it
+        shutil.chown(location, "postgres", "postgres")
+    return location
+
+
+@pytest.fixture
+def tablespaces(pair: Pair) -> Iterator[tuple[str, Path]]:
+    """A tablespace name, created on the source; the test may create it on the destination too
+    (in the yielded directory)."""
+    name, source_dir, dest_dir = "ts_" + pair.dbname, _tablespace_dir(), _tablespace_dir()
+    with pair.source_cluster.connect() as conn:
+        conn.execute(f"CREATE TABLESPACE {name} LOCATION '{source_dir}'")
+    try:
+        yield name, dest_dir
+    finally:
+        for cluster in (pair.source_cluster, pair.dest_cluster):
+            with cluster.connect(pair.dbname) as conn:
+                conn.execute("DROP TABLE IF EXISTS t")
+            with cluster.connect() as conn:
+                conn.execute(f"DROP TABLESPACE IF EXISTS {name}")
+        for path in (source_dir, dest_dir):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _placement(conn: psycopg.Connection) -> dict[str, str | None]:
+    rows = conn.execute(
+        "SELECT c.relname, t.spcname FROM pg_class c LEFT JOIN pg_tablespace t"
+        " ON t.oid = c.reltablespace WHERE c.relname IN ('t', 't_v', 't_pkey')"
+    ).fetchall()
+    return {str(r[0]): r[1] for r in rows}
+
+
+def test_tablespaces_the_destination_lacks(pair: Pair, tablespaces: tuple[str, Path]) -> None:
+    ts, dest_dir = tablespaces
+    with pair.src() as conn:
+        conn.execute(
+            f"CREATE TABLE t (id int PRIMARY KEY, v text) TABLESPACE {ts};"
+            f" CREATE INDEX t_v ON t (v) TABLESPACE {ts};"
+            " INSERT INTO t SELECT g, 'x' || g FROM generate_series(1, 100) g"
+        )
+        placed = _placement(conn)
+    assert placed == {"t": ts, "t_v": ts, "t_pkey": None}
+    args = ("--source", pair.source, "--dest", pair.dest)
+    res = pgmigrator("preflight", *args, "--json")
+    check = {c["name"]: c for c in json.loads(res.stdout)}["tablespaces"]
+    assert res.returncode == 1 and check["status"] == "blocker", check
+    assert check["detail"] == f"the destination lacks tablespace(s) the schema uses: {ts}"
+    _assert_clean_failure(pgmigrator("clone", *args), f"schema uses: {ts}", "--no-tablespaces")
+    with pair.src() as conn:  # refused before the slot
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
+
+    res = pgmigrator("preflight", *args, "--no-tablespaces", "--json")
+    assert res.returncode == 0, res.stdout
+    res = pgmigrator("clone", *args, "--no-tablespaces")
+    assert res.returncode == 0, res.stderr
+    with pair.dst() as conn:  # the destination database's default tablespace
+        assert _placement(conn) == {"t": None, "t_v": None, "t_pkey": None}
+    res = pgmigrator("verify", *args, "--schema", "--no-tablespaces")
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = pgmigrator("verify", *args, "--schema", "--json")  # with them: both objects differ
+    assert res.returncode == 1
+    differing = {d["name"] for d in json.loads(res.stdout)["schema"]["differences"]}
+    assert differing == {"t", "t_v"}, res.stdout
+
+    # the destination gets the tablespace: each object lands where it is on the source (the
+    # key and the index are built apart, in parallel, each with its own placement)
+    assert pgmigrator("cleanup", *args).returncode == 0
+    with pair.dest_cluster.connect() as conn:
+        conn.execute(f"CREATE TABLESPACE {ts} LOCATION '{dest_dir}'")
+    res = pgmigrator("clone", *args, "--drop-if-exists")
+    assert res.returncode == 0, res.stderr
+    with pair.dst() as conn:
+        assert _placement(conn) == placed
+    res = pgmigrator("verify", *args, "--schema")
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -102,6 +102,62 @@ def test_split_strips_meta_commands_and_round_trips() -> None:
     ]  # stored, then re-split
 
 
+PLACED = """SET statement_timeout = 0;
+SET default_tablespace = fast;
+
+SET default_table_access_method = heap;
+
+--
+-- Name: t; Type: TABLE; Schema: public; Owner: app; Tablespace: fast
+--
+
+CREATE TABLE public.t (id integer NOT NULL, v text);
+
+
+SET default_tablespace = '';
+
+--
+-- Name: t t_pkey; Type: CONSTRAINT; Schema: public; Owner: app
+--
+
+ALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id);
+
+
+SET default_tablespace = fast;
+
+--
+-- Name: t_v; Type: INDEX; Schema: public; Owner: app; Tablespace: fast
+--
+
+CREATE INDEX t_v ON public.t USING btree (v);
+
+
+--
+-- Name: v; Type: VIEW; Schema: public; Owner: app
+--
+
+CREATE VIEW public.v AS SELECT 1;
+"""
+
+
+def test_split_gives_each_entry_the_placement_settings_in_force() -> None:
+    """pg_dump sets a tablespace before the header of the entry needing it, only on change:
+    entries built apart (in parallel) must each carry the settings in force for them."""
+    script = split(PLACED)
+    first_sets = [
+        [line for line in e.sql.splitlines() if line.startswith("SET ")] for e in script.entries
+    ]
+    fast, default, heap = (
+        "SET default_tablespace = fast;",
+        "SET default_tablespace = '';",
+        "SET default_table_access_method = heap;",
+    )
+    assert first_sets == [[fast, heap], [default, heap], [fast, heap], [fast, heap]]
+    assert [e.tablespace for e in script.entries] == ["fast", "", "fast", ""]
+    assert "default_tablespace" not in script.preamble
+    assert split(script.text) == script  # stored, then re-split: the same entries
+
+
 def test_waves_keep_order_and_group_parallel_kinds() -> None:
     kinds = [[e.kind for e in wave] for wave in waves(split(DUMP).entries)]
     assert kinds == [["CONSTRAINT", "CONSTRAINT"], ["INDEX ATTACH"], ["FK CONSTRAINT"]]

@@ -35,6 +35,7 @@ from pgmigrator.schema.dump import Script, dump_section, find_pg_dump, split
 from pgmigrator.schema.early import fk_checks_by_index, plan_by_table
 from pgmigrator.schema.rolecopy import RolePlan, create_roles, plan_roles
 from pgmigrator.schema.roles import named_roles, role_problems
+from pgmigrator.schema.tablespaces import tablespace_problems
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
 from pgmigrator.source.slots import (
@@ -132,6 +133,9 @@ class Clone:
     ) -> CloneResult:
         _check_destination(dst, tables, self.options.drop_if_exists)
         roles = self._role_plan(src, dst)
+        if self.settings.tablespaces:
+            excluded = [t.oid for t in self._excluded]
+            tablespace_problems(src, dst, excluded).raise_if_any()
         made_full = ensure_publication(
             src, self.settings.publication_name, tables, self.settings.keyless_tables
         )
@@ -222,8 +226,7 @@ class Clone:
                 snapshot=snapshot,
                 exclude=self._excluded,
                 clean=self.options.drop_if_exists,
-                owners=self.settings.owners,
-                privileges=self.settings.privileges,
+                options=self.settings.dump_options,
             )
             post = pool.submit(
                 dump_section,
@@ -232,8 +235,7 @@ class Clone:
                 "post-data",
                 snapshot=snapshot,
                 exclude=self._excluded,
-                owners=self.settings.owners,
-                privileges=self.settings.privileges,
+                options=self.settings.dump_options,
             )
             return pre.result(), post.result()
 

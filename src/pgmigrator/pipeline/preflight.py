@@ -7,31 +7,18 @@ needs attention) or ``blocker`` (the migration would fail), with a hint on how t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from typing import LiteralString, Protocol
 
 from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, listed
 from pgmigrator.pg import Conn, connect, server_major
+from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check, render
+from pgmigrator.pipeline.preflight_schema import roles_check, tablespaces_check
 from pgmigrator.schema.dump import find_pg_dump
-from pgmigrator.schema.rolecopy import plan_roles
-from pgmigrator.schema.roles import named_roles, role_problems
 from pgmigrator.source import catalog
 from pgmigrator.source.slots import keyless_error, keyless_tables
 
-OK, WARNING, BLOCKER = "ok", "warning", "blocker"
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    side: str
-    name: str
-    status: str
-    detail: str
-    hint: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+__all__ = ["BLOCKER", "OK", "WARNING", "Check", "render", "run"]
 
 
 class _Add(Protocol):
@@ -336,6 +323,7 @@ def run(
     owners: bool = True,
     privileges: bool = True,
     copy_roles: bool = False,
+    tablespaces: bool = True,
 ) -> list[Check]:
     out: list[Check] = []
     src, dst = _connect(source, out), _connect(dest, out)
@@ -349,37 +337,13 @@ def run(
         if src is not None and dst is not None:
             chosen = catalog.select(everything, include, exclude)
             excluded = [t.oid for t in catalog.left_out(everything, chosen)]
-            out.append(_roles_check(src, dst, excluded, owners, privileges, copy_roles))
+            out.append(roles_check(src, dst, excluded, owners, privileges, copy_roles))
+            out.append(tablespaces_check(src, dst, excluded, tablespaces))
     finally:
         for conn in (src, dst):
             if conn is not None:
                 conn.close()
     return out
-
-
-def _roles_check(
-    src: Conn, dst: Conn, excluded: Sequence[int], owners: bool, privileges: bool, copy: bool
-) -> Check:
-    """The roles the schema's owners and GRANTs name must exist on the destination (or be created)."""
-    named = named_roles(src, excluded, owners=owners, privileges=privileges) if copy else {}
-    plan = plan_roles(src, dst, named) if copy else None
-    if plan is not None and (problem := plan.problem()):
-        return Check("destination", "roles", BLOCKER, problem.message, problem.hint or "")
-    planned = plan.names if plan is not None else frozenset()
-    found = role_problems(src, dst, excluded, owners=owners, privileges=privileges, planned=planned)
-    if found:
-        return Check("destination", "roles", BLOCKER, found.message(), found.hint())
-    if plan is None:
-        detail = (
-            "every owner and grantee of the schema exists"
-            if owners or privileges
-            else "owners and privileges not copied (--no-owner --no-privileges)"
-        )
-        return Check("destination", "roles", OK, detail)
-    if unset := plan.without_password():
-        detail = f"{plan.describe()}; without a password (unreadable): {listed(unset)}"
-        return Check("destination", "roles", WARNING, detail, "set them after the clone")
-    return Check("destination", "roles", OK, plan.describe())
 
 
 def _guard(out: list[Check], name: str, fn: Callable[[], object]) -> None:
@@ -395,21 +359,3 @@ def _guard(out: list[Check], name: str, fn: Callable[[], object]) -> None:
         )
     except PgMigratorError as exc:
         out.append(Check("local", name, BLOCKER, exc.message, exc.hint or ""))
-
-
-def render(checks: Sequence[Check]) -> str:
-    marks = {OK: "ok     ", WARNING: "WARNING", BLOCKER: "BLOCKER"}
-    lines = []
-    for c in checks:
-        lines.append(f"[{marks[c.status]}] {c.side:<11} {c.name}: {c.detail}")
-        if c.hint and c.status != OK:
-            lines.append(f"          fix: {c.hint}")
-    blockers, warnings = (
-        sum(c.status == BLOCKER for c in checks),
-        sum(c.status == WARNING for c in checks),
-    )
-    lines.append(
-        f"{blockers} blocker(s), {warnings} warning(s): "
-        + ("migration blocked" if blockers else "ready to migrate")
-    )
-    return "\n".join(lines)

@@ -203,9 +203,7 @@ class Switchover:
         """Both schemas equal, object by object, before anything else (a missing index would
         slow the application down right after the cutover)."""
         s = self.settings
-        result = compare.compare(
-            self.source, self.dest, s.tables, s.exclude, s.owners, s.privileges
-        )
+        result = compare.compare(self.source, self.dest, s.tables, s.exclude, s.dump_options)
         self.report.schema = result.to_dict()
         self._mark("schema_compared")
         if result.differences:

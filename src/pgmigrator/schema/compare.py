@@ -16,7 +16,15 @@ from dataclasses import asdict, dataclass
 
 from pgmigrator.dsn import Target
 from pgmigrator.pg import connect, server_major
-from pgmigrator.schema.dump import Entry, Script, dump_section, find_pg_dump
+from pgmigrator.schema.dump import (
+    EVERYTHING,
+    PLACEMENT,
+    DumpOptions,
+    Entry,
+    Script,
+    dump_section,
+    find_pg_dump,
+)
 from pgmigrator.source import catalog
 
 Key = tuple[str, str, str]  # kind, schema, name
@@ -48,8 +56,7 @@ def compare(
     dest: Target,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    owners: bool = True,
-    privileges: bool = True,
+    options: DumpOptions = EVERYTHING,
 ) -> SchemaComparison:
     """Dump both schemas and compare them entry by entry; tables the patterns leave out (as the
     clone did) are left out of both dumps."""
@@ -67,8 +74,7 @@ def compare(
                     None,
                     snapshot=None,
                     exclude=left_out,
-                    owners=owners,
-                    privileges=privileges,
+                    options=options,
                 )
             ),
             (source, dest),
@@ -82,10 +88,16 @@ def keyed(script: Script) -> dict[Key, str]:
 
 
 def _body(entry: Entry) -> str:
-    """The entry's SQL without pg_dump's header comment (which names the owner) or blank lines."""
-    return "\n".join(
-        line for line in entry.sql.splitlines() if line.strip() and not line.startswith("--")
-    )
+    """The entry's SQL without pg_dump's header comment (which names the owner), blank lines or
+    placement settings (they carry over from neighbouring entries); its own tablespace instead."""
+    lines = [
+        line
+        for line in entry.sql.splitlines()
+        if line.strip() and not line.startswith("--") and not PLACEMENT.match(line)
+    ]
+    if entry.tablespace:
+        lines.append(f"-- in tablespace {entry.tablespace}")
+    return "\n".join(lines)
 
 
 def diff(source: dict[Key, str], dest: dict[Key, str]) -> SchemaComparison:

@@ -21,9 +21,12 @@ from pgmigrator.errors import SchemaError, ToolMissing
 from pgmigrator.source.catalog import TableInfo
 
 _HEADER = re.compile(
-    r"^--\n-- (?:Data for )?Name: (?P<name>.*?); Type: (?P<kind>.*?); Schema: (?P<schema>.*?); Owner: .*\n--\n",
+    r"^--\n-- (?:Data for )?Name: (?P<name>.*?); Type: (?P<kind>.*?); Schema: (?P<schema>.*?);"
+    r" Owner: [^;\n]*(?:; Tablespace: (?P<tablespace>[^\n]*))?\n--\n",
     re.MULTILINE,
 )
+# What pg_dump sets, when it changes, just *before* the header of the entry that needs it.
+PLACEMENT = re.compile(r"^SET (default_tablespace|default_table_access_method) = .*;$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +35,8 @@ class Entry:
     kind: str  # pg_dump's TOC type: INDEX, CONSTRAINT, FK CONSTRAINT, TRIGGER, ...
     name: str
     schema: str
-    sql: str
+    sql: str  # self-contained: starts with the placement settings in force for it
+    tablespace: str = ""  # pg_dump's header: the object's tablespace ("": the default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,27 @@ def _major(path: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+@dataclass(frozen=True, slots=True)
+class DumpOptions:
+    """What of the source's schema the dump carries besides the objects (the clone's options)."""
+
+    owners: bool = True  # ALTER ... OWNER TO (--no-owner)
+    privileges: bool = True  # GRANT / REVOKE (--no-privileges)
+    tablespaces: bool = True  # SET default_tablespace (--no-tablespaces)
+
+    def flags(self) -> tuple[str, ...]:
+        left_out = (
+            ("--no-owner", self.owners),
+            ("--no-privileges", self.privileges),
+            ("--no-tablespaces", self.tablespaces),
+        )
+        return tuple(flag for flag, kept in left_out if not kept)
+
+
+#: The default: owners, privileges and tablespaces all carried.
+EVERYTHING = DumpOptions()
+
+
 def dump_section(
     pg_dump: Path,
     source: Target,
@@ -96,8 +121,7 @@ def dump_section(
     snapshot: str | None,
     exclude: Sequence[TableInfo],
     clean: bool = False,
-    owners: bool = True,
-    privileges: bool = True,
+    options: DumpOptions = EVERYTHING,
 ) -> Script:
     """``pg_dump --schema-only`` of one section (None: pre-data and post-data in one run)."""
     what = "--schema-only" if section is None else f"--section={section}"
@@ -105,8 +129,7 @@ def dump_section(
         str(pg_dump),
         "--schema-only",
         *(() if section is None else (what,)),
-        *(() if owners else ("--no-owner",)),
-        *(() if privileges else ("--no-privileges",)),
+        *options.flags(),
         "--no-publications",
         "--no-subscriptions",
         "--exclude-schema=pgmigrator",
@@ -133,17 +156,49 @@ def _quote_pattern(ident: str) -> str:
 
 
 def split(text: str) -> Script:
-    """Split pg_dump's plain output into a preamble and its entries (psql meta-commands removed)."""
+    """Split pg_dump's plain output into a preamble and its entries (psql meta-commands removed).
+
+    pg_dump writes ``SET default_tablespace`` / ``default_table_access_method`` only when they
+    change, and before the header of the entry that needs them: text order. Entries run apart
+    (post-data builds in parallel on several connections), so each entry starts with every
+    placement setting in force for it, and none trails the entry before it.
+    """
     text = "\n".join(line for line in text.splitlines() if not line.startswith("\\")) + "\n"
     matches = list(_HEADER.finditer(text))
     if not matches:
         return Script(text, ())
+    preamble, carried = _trailing_placement(text[: matches[0].start()])
+    in_force: dict[str, str] = {}
     entries = []
     for i, m in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        body = text[m.start() : end]
-        entries.append(Entry(i, m["kind"], m["name"], m["schema"], body))
-    return Script(text[: matches[0].start()], tuple(entries))
+        in_force.update(carried)
+        body, carried = _trailing_placement(text[m.start() : end])
+        settings = "".join(line + "\n" for line in in_force.values())
+        entries.append(
+            Entry(
+                i,
+                m["kind"],
+                m["name"],
+                m["schema"],
+                (settings + "\n" if settings else "") + body,
+                m["tablespace"] or "",
+            )
+        )
+    return Script(preamble, tuple(entries))
+
+
+def _trailing_placement(segment: str) -> tuple[str, dict[str, str]]:
+    """``segment`` without its trailing placement SETs, and those SETs by setting name."""
+    lines = segment.split("\n")
+    keep = len(lines)
+    found: dict[str, str] = {}
+    while keep and (not lines[keep - 1].strip() or PLACEMENT.match(lines[keep - 1])):
+        match = PLACEMENT.match(lines[keep - 1])
+        if match:
+            found.setdefault(match[1], lines[keep - 1])  # the last one written wins
+        keep -= 1
+    return "\n".join(lines[:keep]) + "\n\n", dict(reversed(list(found.items())))
 
 
 PARALLEL_KINDS = frozenset({"INDEX", "CONSTRAINT", "FK CONSTRAINT"})
