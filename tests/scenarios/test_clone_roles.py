@@ -149,3 +149,19 @@ def test_roles_the_destination_user_may_not_create_are_refused_before_anything(
         assert conn.execute("SELECT to_regnamespace('pgmigrator')").fetchone() == (None,)
     with pair.src() as conn:
         assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
+
+
+def test_passwords_the_source_user_may_not_read_are_reported(pair: Pair, prefix: str) -> None:
+    p = prefix
+    with pair.src() as conn:
+        conn.execute(
+            f"CREATE ROLE {p}_repl LOGIN REPLICATION PASSWORD 'repl-pw';"  # not a superuser
+            f" CREATE ROLE {p}_app LOGIN PASSWORD 'app-secret'; CREATE ROLE {p}_nopw NOLOGIN;"
+            " CREATE TABLE t (id int PRIMARY KEY);"
+            f" GRANT SELECT ON t TO {p}_app; GRANT SELECT ON t TO {p}_nopw"
+        )
+    source = pair.source_cluster.dsn(pair.dbname, user=f"{p}_repl", password="repl-pw")
+    res = pgmigrator("preflight", "--source", source, "--dest", pair.dest, "--roles", "--json")
+    check = {c["name"]: c for c in json.loads(res.stdout)}["roles"]
+    assert check["status"] == "warning", check
+    assert check["detail"].endswith(f"without a password (unreadable): {p}_app"), check

@@ -101,8 +101,11 @@ class RolePlan:
         return frozenset(r.name for r in self.create)
 
     def without_password(self) -> list[str]:
-        """Login roles that will be created without a password (it could not be read)."""
-        return [r.name for r in self.create if r.login and r.password is None]
+        """Login roles created without their password because it could not be read (a role
+        that has none on the source is created without one too, rightly: not listed)."""
+        if self.passwords_read:
+            return []
+        return [r.name for r in self.create if r.login]
 
     def problem(self) -> PreflightError | None:
         """What stops the plan (the destination's user may not create the roles), if anything."""
@@ -121,6 +124,8 @@ class RolePlan:
         text = f"{len(self.create)} role(s) to create: {listed([r.name for r in self.create])}"
         if self.grants:
             text += f"; {len(self.grants)} membership(s)"
+        if self.existing:
+            text += f"; {len(self.existing)} already there, left as they are"
         return text
 
 
