@@ -49,3 +49,31 @@ def test_missing_extra_and_the_first_differing_line() -> None:
     text = render(result)
     assert text.splitlines()[0] == "schema: 2 object(s) compared, 3 differ"
     assert "  missing on the destination: INDEX public.t_v" in text
+
+
+PLACED = """SET default_tablespace = fast;
+
+SET default_table_access_method = heap;
+
+--
+-- Name: t; Type: TABLE; Schema: public; Owner: app; Tablespace: fast
+--
+
+CREATE TABLE public.t (id integer);
+
+--
+-- Name: v; Type: VIEW; Schema: public; Owner: app
+--
+
+CREATE VIEW public.v AS SELECT 1;
+"""
+
+
+def test_placement_compared_on_the_objects_it_places_only() -> None:
+    """Each side's settings in force carry over to later entries: a view after a table in
+    another tablespace or access method is not a difference, the table is."""
+    other = PLACED.replace("SET default_tablespace = fast;", "SET default_tablespace = '';")
+    other = other.replace("; Tablespace: fast", "").replace("= heap;", "= columnar;")
+    result = diff(entries(PLACED), entries(other))
+    assert [(d.status, d.name) for d in result.differences] == [("differs", "t")]
+    assert "default_table_access_method" in result.differences[0].detail, result.differences[0]

@@ -89,15 +89,30 @@ def keyed(script: Script) -> dict[Key, str]:
 
 def _body(entry: Entry) -> str:
     """The entry's SQL without pg_dump's header comment (which names the owner), blank lines or
-    placement settings (they carry over from neighbouring entries); its own tablespace instead."""
+    the placement settings in force (set for earlier entries), but with what places this one:
+    its tablespace, and a table's access method."""
     lines = [
         line
         for line in entry.sql.splitlines()
-        if line.strip() and not line.startswith("--") and not PLACEMENT.match(line)
+        if line.strip()
+        and not line.startswith("--")
+        and not (_placement_of_others(line, entry.kind))
     ]
     if entry.tablespace:
         lines.append(f"-- in tablespace {entry.tablespace}")
     return "\n".join(lines)
+
+
+def _placement_of_others(line: str, kind: str) -> bool:
+    """A placement setting that does not describe an entry of ``kind`` (pg_dump sets the access
+    method before each table or materialized view whose method differs from the last one's)."""
+    found = PLACEMENT.match(line)
+    if found is None:
+        return False
+    return not (found[1] == "default_table_access_method" and kind in _WITH_ACCESS_METHOD)
+
+
+_WITH_ACCESS_METHOD = frozenset({"TABLE", "MATERIALIZED VIEW"})
 
 
 def diff(source: dict[Key, str], dest: dict[Key, str]) -> SchemaComparison:
