@@ -415,3 +415,27 @@ def test_tablespaces_the_destination_lacks(pair: Pair, tablespaces: tuple[str, P
         assert _placement(conn) == placed
     res = pgmigrator("verify", *args, "--schema")
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_pre_data_failure_leaves_the_source_as_it_was(pair: Pair) -> None:
+    """Nothing recorded, nothing to resume: the slot (which would hold WAL), the publication and
+    the replica identity the clone set are undone, and the retry needs no cleanup first."""
+    with pair.src() as conn:
+        conn.execute(
+            "CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY); CREATE TABLE app.logs (m text);"
+            " INSERT INTO app.t VALUES (1); INSERT INTO app.logs VALUES ('x')"
+        )
+    with pair.dst() as conn:
+        conn.execute("CREATE SCHEMA app")  # pg_dump's CREATE SCHEMA app fails on it
+    args = ("--source", pair.source, "--dest", pair.dest, "--keyless-tables", "full")
+    _assert_clean_failure(pgmigrator("clone", *args), 'schema "app" already exists')
+    with pair.src() as conn:
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT relreplident FROM pg_class WHERE relname = 'logs'"
+        ).fetchone() == ("d",)
+    res = pgmigrator("clone", *args, "--drop-if-exists")
+    assert res.returncode == 0, res.stderr
+    with pair.dst() as conn:
+        assert conn.execute("SELECT count(*) FROM app.logs").fetchone() == (1,)

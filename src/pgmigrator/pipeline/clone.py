@@ -19,28 +19,33 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 from psycopg import sql
 
 from pgmigrator.config import Settings
-from pgmigrator.errors import PreflightError, StateError, listed
+from pgmigrator.errors import PreflightError, StateError
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect, server_major
 from pgmigrator.pipeline.bidi_guard import refuse_recopy
+from pgmigrator.pipeline.clone_checks import refusals
 from pgmigrator.pipeline.copyrun import CopyRun
+from pgmigrator.pipeline.identity import restore as restore_identity
 from pgmigrator.pipeline.progress import Progress
 from pgmigrator.pipeline.sequences import refresh_matviews, sync_sequences
 from pgmigrator.schema.apply import PostDataBuilder, apply_pre_data
 from pgmigrator.schema.dump import Script, dump_section, find_pg_dump, split
 from pgmigrator.schema.early import fk_checks_by_index, plan_by_table
-from pgmigrator.schema.rolecopy import RolePlan, create_roles, plan_roles
-from pgmigrator.schema.roles import named_roles, role_problems
-from pgmigrator.schema.tablespaces import tablespace_problems
+from pgmigrator.schema.rolecopy import create_roles
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
 from pgmigrator.source.slots import (
+    ExportedSlot,
     ReplicationSession,
+    drop_publication,
+    drop_slot,
     ensure_publication,
+    publication_exists,
     require_logical,
     require_usable_slot,
 )
@@ -76,6 +81,8 @@ class Clone:
         self.progress = progress
         self._post: PostDataBuilder | None = None
         self._runs: list[CopyRun] = []
+        self._slot_created = False  # by this run (a fresh clone)
+        self._recorded = False  # the pipeline's state row committed (with pre-data)
         self.source = settings.source_target
         self.dest = settings.dest_target
 
@@ -131,45 +138,20 @@ class Clone:
     def _fresh(
         self, src: Conn, dst: Conn, store: StateStore, tables: list[TableInfo], pg_dump: Path
     ) -> CloneResult:
-        _check_destination(dst, tables, self.options.drop_if_exists)
-        roles = self._role_plan(src, dst)
-        if self.settings.tablespaces:
-            excluded = [t.oid for t in self._excluded]
-            tablespace_problems(src, dst, excluded).raise_if_any()
+        excluded = [t.oid for t in self._excluded]
+        roles = refusals(src, dst, self.settings, tables, excluded, self.options.drop_if_exists)
+        had_publication = publication_exists(src, self.settings.publication_name)
         made_full = ensure_publication(
             src, self.settings.publication_name, tables, self.settings.keyless_tables
         )
         store.ensure_schema()  # every refusal is behind: nothing was created on the destination
-        if roles is not None:
-            create_roles(dst, roles)
-        self.progress.set_phase("schema")
-        session = ReplicationSession(self.source)
-        run: CopyRun | None = None
         try:
-            slot = session.create_slot(self.settings.slot_name)
-            run = CopyRun(self.settings, self.source, self.dest, slot.snapshot, self.progress)
-            run.start_workers(min(self.settings.workers, max(1, sum(t.has_data for t in tables))))
-            pre, post = self._dump_sections(pg_dump, slot.snapshot)
-
-            def record(conn: Conn) -> None:
-                StateStore(conn, self.settings.name).create(
-                    slot.name, self.settings.publication_name, "copy"
-                )
-                StateStore(conn, self.settings.name).update(
-                    consistent_lsn=slot.consistent_lsn, post_data=post.text
-                )
-                StateStore(conn, self.settings.name).add_identity_full(
-                    (t.schema, t.name) for t in made_full
-                )
-
-            apply_pre_data(dst, pre, record)  # while the workers start and import the snapshot
-            run.wait_ready()
+            if roles is not None:
+                create_roles(dst, roles)
+            slot, run = self._start(dst, tables, pg_dump, made_full)
         except BaseException:
-            session.close()
-            if run is not None:
-                run.stop()
+            self._undo_source(src, had_publication, made_full)
             raise
-        session.close()  # every importer holds the snapshot now; the slot itself persists
 
         try:
             self.progress.set_phase("copy")
@@ -195,25 +177,56 @@ class Clone:
             run.bytes,
         )
 
-    def _role_plan(self, src: Conn, dst: Conn) -> RolePlan | None:
-        """Refuse if a role the schema needs is missing (and not to be created by --roles)."""
-        excluded = [t.oid for t in self._excluded]
-        owners, privileges = self.settings.owners, self.settings.privileges
-        plan = None
-        if self.settings.roles:
-            named = named_roles(src, excluded, owners=owners, privileges=privileges)
-            plan = plan_roles(src, dst, named)
-            if problem := plan.problem():
-                raise problem
-        role_problems(
-            src,
-            dst,
-            excluded,
-            owners=owners,
-            privileges=privileges,
-            planned=plan.names if plan else frozenset(),
-        ).raise_if_any()
-        return plan
+    def _start(
+        self, dst: Conn, tables: list[TableInfo], pg_dump: Path, made_full: list[TableInfo]
+    ) -> tuple[ExportedSlot, CopyRun]:
+        """Slot and snapshot, copy workers importing it, pre-data applied with the state row."""
+        self.progress.set_phase("schema")
+        session = ReplicationSession(self.source)
+        run: CopyRun | None = None
+        try:
+            slot = session.create_slot(self.settings.slot_name)
+            self._slot_created = True
+            run = CopyRun(self.settings, self.source, self.dest, slot.snapshot, self.progress)
+            run.start_workers(min(self.settings.workers, max(1, sum(t.has_data for t in tables))))
+            pre, post = self._dump_sections(pg_dump, slot.snapshot)
+
+            def record(conn: Conn) -> None:
+                store = StateStore(conn, self.settings.name)
+                store.create(slot.name, self.settings.publication_name, "copy")
+                store.update(consistent_lsn=slot.consistent_lsn, post_data=post.text)
+                store.add_identity_full((t.schema, t.name) for t in made_full)
+
+            apply_pre_data(dst, pre, record)  # while the workers start and import the snapshot
+            self._recorded = True
+            run.wait_ready()
+        except BaseException:
+            session.close()
+            if run is not None:
+                run.stop()
+            raise
+        session.close()  # every importer holds the snapshot now; the slot itself persists
+        return slot, run
+
+    def _undo_source(self, src: Conn, had_publication: bool, made_full: list[TableInfo]) -> None:
+        """A fresh clone that failed before its state was recorded leaves the source as it was:
+        nothing could resume from its slot, which would only hold the source's WAL."""
+        if self._recorded:
+            return
+        name, publication = self.settings.slot_name, self.settings.publication_name
+        try:
+            undone = []
+            if self._slot_created and drop_slot(src, name):
+                undone.append(f"slot {name}")
+            if not had_publication and drop_publication(src, publication):
+                undone.append(f"publication {publication}")
+            full = [(t.schema, t.name) for t in made_full]
+            undone += restore_identity(src, "source", full, publication)
+        except psycopg.Error as exc:  # the clone's own error is the one to report
+            log.warning("could not undo the clone on the source", error=str(exc).strip())
+            return
+        if undone:
+            log.info("nothing recorded, so undone on the source", undone="; ".join(undone))
 
     def _dump_sections(self, pg_dump: Path, snapshot: str) -> tuple[Script, Script]:
         """pre-data and post-data from two pg_dump runs at once, both under ``snapshot``."""
@@ -352,29 +365,3 @@ def build_gucs(settings: Settings) -> dict[str, str]:
         "maintenance_work_mem": f"{settings.copy_.index_memory_mb}MB",
         "max_parallel_maintenance_workers": str(settings.copy_.index_parallel_workers),
     }
-
-
-def _check_destination(dst: Conn, tables: Sequence[TableInfo], drop_if_exists: bool) -> None:
-    """Refuse to copy into destination tables that exist, unless asked to drop them."""
-    if drop_if_exists:
-        return
-    present = []
-    for table in tables:
-        regclass = dst.execute(
-            "SELECT to_regclass(%s)", (sql.Identifier(table.schema, table.name).as_string(dst),)
-        ).fetchone()
-        if regclass and regclass[0] is not None:
-            has_rows = (
-                table.has_data
-                and dst.execute(
-                    sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {})").format(table.ident)
-                ).fetchone()
-            )
-            present.append(
-                f"{table.qualified}{' (holds rows)' if has_rows and has_rows[0] else ' (empty)'}"
-            )
-    if present:
-        raise PreflightError(
-            f"destination already has table(s): {listed(present)}",
-            hint="pass --drop-if-exists to drop and recreate them, or clone into an empty database",
-        )

@@ -8,6 +8,7 @@ COPY worker has imported it (DESIGN.md rule 1).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -152,12 +153,18 @@ def usable_slot(status: SlotStatus | None, name: str, pipeline: str | None = Non
     return status
 
 
-def drop_slot(conn: Conn, name: str) -> bool:
+def drop_slot(conn: Conn, name: str, timeout_s: float = 10.0) -> bool:
+    """Drop slot ``name``; a consumer holding it is terminated first, and its release awaited."""
     status = slot_status(conn, name)
+    deadline = time.monotonic() + timeout_s
+    while status is not None and status.active and status.active_pid:
+        conn.execute("SELECT pg_terminate_backend(%s)", (status.active_pid,))
+        if time.monotonic() > deadline:
+            break  # the drop below says which process still holds it
+        time.sleep(0.02)  # a terminated walsender releases its slot as it exits
+        status = slot_status(conn, name)
     if status is None:
         return False
-    if status.active and status.active_pid:
-        conn.execute("SELECT pg_terminate_backend(%s)", (status.active_pid,))
     conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
     log.info("slot dropped", slot=name)
     return True
@@ -201,8 +208,7 @@ def ensure_publication(
         raise ReplicationError("no table to publish", hint="check --tables / --exclude")
     made_full = prepare_keyless(conn, tables, keyless)
     table_list = sql.SQL(", ").join(sql.Identifier(s, n) for s, n in roots)
-    exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
-    if exists:
+    if publication_exists(conn, name):
         conn.execute(
             sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(name), table_list)
         )
@@ -301,8 +307,12 @@ def publish_more(
     return made_full
 
 
+def publication_exists(conn: Conn, name: str) -> bool:
+    return bool(conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone())
+
+
 def drop_publication(conn: Conn, name: str) -> bool:
-    if not conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone():
+    if not publication_exists(conn, name):
         return False
     conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
     log.info("publication dropped", publication=name)

@@ -1,0 +1,79 @@
+"""What a fresh clone refuses before it creates anything: destination tables that exist, roles and
+tablespaces the destination cannot give the schema (with ``--roles``, the roles it will create)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from psycopg import sql
+
+from pgmigrator.config import Settings
+from pgmigrator.errors import PreflightError, listed
+from pgmigrator.pg import Conn
+from pgmigrator.schema.rolecopy import RolePlan, plan_roles
+from pgmigrator.schema.roles import named_roles, role_problems
+from pgmigrator.schema.tablespaces import tablespace_problems
+from pgmigrator.source.catalog import TableInfo
+
+
+def refusals(
+    src: Conn,
+    dst: Conn,
+    settings: Settings,
+    tables: Sequence[TableInfo],
+    excluded: Sequence[int],
+    drop_if_exists: bool,
+) -> RolePlan | None:
+    """Raise `PreflightError` for the first refusal; the roles to create (``--roles``), if any."""
+    check_destination(dst, tables, drop_if_exists)
+    plan = role_plan(src, dst, settings, excluded)
+    if settings.tablespaces:
+        tablespace_problems(src, dst, excluded).raise_if_any()
+    return plan
+
+
+def role_plan(src: Conn, dst: Conn, settings: Settings, excluded: Sequence[int]) -> RolePlan | None:
+    """Refuse if a role the schema needs is missing (and not to be created by --roles)."""
+    owners, privileges = settings.owners, settings.privileges
+    plan = None
+    if settings.roles:
+        plan = plan_roles(
+            src, dst, named_roles(src, excluded, owners=owners, privileges=privileges)
+        )
+        if problem := plan.problem():
+            raise problem
+    role_problems(
+        src,
+        dst,
+        excluded,
+        owners=owners,
+        privileges=privileges,
+        planned=plan.names if plan else frozenset(),
+    ).raise_if_any()
+    return plan
+
+
+def check_destination(dst: Conn, tables: Sequence[TableInfo], drop_if_exists: bool) -> None:
+    """Refuse to copy into destination tables that exist, unless asked to drop them."""
+    if drop_if_exists:
+        return
+    present = []
+    for table in tables:
+        regclass = dst.execute(
+            "SELECT to_regclass(%s)", (sql.Identifier(table.schema, table.name).as_string(dst),)
+        ).fetchone()
+        if regclass and regclass[0] is not None:
+            has_rows = (
+                table.has_data
+                and dst.execute(
+                    sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {})").format(table.ident)
+                ).fetchone()
+            )
+            present.append(
+                f"{table.qualified}{' (holds rows)' if has_rows and has_rows[0] else ' (empty)'}"
+            )
+    if present:
+        raise PreflightError(
+            f"destination already has table(s): {listed(present)}",
+            hint="pass --drop-if-exists to drop and recreate them, or clone into an empty database",
+        )
