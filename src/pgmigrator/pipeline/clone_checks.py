@@ -1,5 +1,6 @@
-"""What a fresh clone refuses before it creates anything: destination tables that exist, roles and
-tablespaces the destination cannot give the schema (with ``--roles``, the roles it will create)."""
+"""What a fresh clone refuses before it creates anything: destination tables that exist, extensions,
+roles and tablespaces the destination cannot give the schema (with ``--roles``, the roles it will
+create). ``preflight`` reports the same checks."""
 
 from __future__ import annotations
 
@@ -26,10 +27,29 @@ def refusals(
 ) -> RolePlan | None:
     """Raise `PreflightError` for the first refusal; the roles to create (``--roles``), if any."""
     check_destination(dst, tables, drop_if_exists)
+    _, lacking = lacking_extensions(src, dst)
+    if lacking:
+        raise PreflightError(
+            f"extension(s) the source uses are not available on the destination: {listed(lacking)}",
+            hint=EXTENSIONS_HINT,
+        )
     plan = role_plan(src, dst, settings, excluded)
     if settings.tablespaces:
         tablespace_problems(src, dst, excluded).raise_if_any()
     return plan
+
+
+EXTENSIONS_HINT = "install the extension packages on the destination server"
+
+
+def lacking_extensions(src: Conn, dst: Conn) -> tuple[list[str], list[str]]:
+    """The extensions the source database uses (plpgsql aside), and those the destination lacks."""
+    used = sorted(
+        str(r[0])
+        for r in src.execute("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'")
+    )
+    available = {str(r[0]) for r in dst.execute("SELECT name FROM pg_available_extensions")}
+    return used, [name for name in used if name not in available]
 
 
 def role_plan(src: Conn, dst: Conn, settings: Settings, excluded: Sequence[int]) -> RolePlan | None:

@@ -13,6 +13,7 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, listed
 from pgmigrator.pg import Conn, connect, server_major
 from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check, render
+from pgmigrator.pipeline.clone_checks import EXTENSIONS_HINT, lacking_extensions
 from pgmigrator.pipeline.preflight_schema import roles_check, tablespaces_check
 from pgmigrator.schema.dump import find_pg_dump
 from pgmigrator.source import catalog
@@ -255,23 +256,14 @@ def dest_checks(src: Conn | None, dst: Conn) -> list[Check]:
             if d_major >= s_major
             else "a destination older than the source may reject newer syntax",
         )
-        used = {
-            r[0]
-            for r in src.execute(
-                "SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'"
-            ).fetchall()
-        }
-        available = {
-            r[0] for r in dst.execute("SELECT name FROM pg_available_extensions").fetchall()
-        }
-        lacking = sorted(used - available)
+        used, lacking = lacking_extensions(src, dst)
         add(
             "extensions",
             BLOCKER if lacking else OK,
             f"missing on the destination: {', '.join(lacking)}"
             if lacking
             else f"{len(used)} extension(s) available on both sides",
-            "install the extension packages on the destination server" if lacking else "",
+            EXTENSIONS_HINT if lacking else "",
         )
         _locale_checks(src, dst, add)
     return out
