@@ -165,3 +165,43 @@ def test_passwords_the_source_user_may_not_read_are_reported(pair: Pair, prefix:
     check = {c["name"]: c for c in json.loads(res.stdout)}["roles"]
     assert check["status"] == "warning", check
     assert check["detail"].endswith(f"without a password (unreadable): {p}_app"), check
+
+
+def test_clone_copies_the_database_settings(pair: Pair, prefix: str) -> None:
+    p, db = prefix, pair.dbname
+    with pair.src() as conn:
+        conn.execute(
+            f'ALTER DATABASE {db} SET search_path = app, "$user", public;'
+            f" ALTER DATABASE {db} SET statement_timeout = '5min';"
+            f" CREATE ROLE {p}_gone NOLOGIN; ALTER ROLE {p}_gone IN DATABASE {db} SET work_mem = '4MB';"
+            " CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY)"
+        )
+    with pair.dst() as conn:  # only on the destination: left alone
+        conn.execute(f"ALTER DATABASE {db} SET work_mem = '7MB'")
+    args = ("--source", pair.source, "--dest", pair.dest)
+    res = pgmigrator("preflight", *args, "--json")
+    check = {c["name"]: c for c in json.loads(res.stdout)}["database settings"]
+    assert check["status"] == "warning", check
+    assert check["detail"] == (
+        f"3 setting(s), not all copied: role {p}_gone does not exist on the destination"
+    )
+    res = pgmigrator("clone", *args)
+    assert res.returncode == 0, res.stderr
+    [warned] = [line for line in res.stderr.splitlines() if "database setting not copied" in line]
+    assert f"role {p}_gone in the database" in warned and "does not exist" in warned, warned
+    with pair.dst() as conn:
+        config = conn.execute(
+            "SELECT setconfig FROM pg_db_role_setting WHERE setrole = 0"
+            " AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()
+        assert config is not None and sorted(config[0]) == [
+            'search_path=app, "$user", public',
+            "statement_timeout=5min",
+            "work_mem=7MB",
+        ]
+    with pair.dst() as conn:  # a new session of the application's gets them
+        row = conn.execute(
+            "SELECT current_setting('search_path'), current_setting('statement_timeout'),"
+            " to_regclass('t') IS NOT NULL"
+        ).fetchone()
+        assert row == ('app, "$user", public', "5min", True)

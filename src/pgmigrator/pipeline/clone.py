@@ -34,6 +34,7 @@ from pgmigrator.pipeline.identity import restore as restore_identity
 from pgmigrator.pipeline.progress import Progress
 from pgmigrator.pipeline.sequences import refresh_matviews, sync_sequences
 from pgmigrator.schema.apply import PostDataBuilder, apply_pre_data
+from pgmigrator.schema.dbsettings import DatabaseSetting, apply_settings, read_settings
 from pgmigrator.schema.dump import Script, dump_section, find_pg_dump, split
 from pgmigrator.schema.early import fk_checks_by_index, plan_by_table
 from pgmigrator.schema.rolecopy import create_roles
@@ -148,7 +149,7 @@ class Clone:
         try:
             if roles is not None:
                 create_roles(dst, roles)
-            slot, run = self._start(dst, tables, pg_dump, made_full)
+            slot, run = self._start(dst, tables, pg_dump, made_full, read_settings(src))
         except BaseException:
             self._undo_source(src, had_publication, made_full)
             raise
@@ -178,9 +179,15 @@ class Clone:
         )
 
     def _start(
-        self, dst: Conn, tables: list[TableInfo], pg_dump: Path, made_full: list[TableInfo]
+        self,
+        dst: Conn,
+        tables: list[TableInfo],
+        pg_dump: Path,
+        made_full: list[TableInfo],
+        db_settings: list[DatabaseSetting],
     ) -> tuple[ExportedSlot, CopyRun]:
-        """Slot and snapshot, copy workers importing it, pre-data applied with the state row."""
+        """Slot and snapshot, copy workers importing it, pre-data applied with the database's
+        settings and the state row."""
         self.progress.set_phase("schema")
         session = ReplicationSession(self.source)
         run: CopyRun | None = None
@@ -191,7 +198,10 @@ class Clone:
             run.start_workers(min(self.settings.workers, max(1, sum(t.has_data for t in tables))))
             pre, post = self._dump_sections(pg_dump, slot.snapshot)
 
+            refused: list[tuple[DatabaseSetting, str]] = []
+
             def record(conn: Conn) -> None:
+                refused[:] = apply_settings(conn, db_settings)
                 store = StateStore(conn, self.settings.name)
                 store.create(slot.name, self.settings.publication_name, "copy")
                 store.update(consistent_lsn=slot.consistent_lsn, post_data=post.text)
@@ -199,6 +209,7 @@ class Clone:
 
             apply_pre_data(dst, pre, record)  # while the workers start and import the snapshot
             self._recorded = True
+            _report_settings(db_settings, refused)
             run.wait_ready()
         except BaseException:
             session.close()
@@ -365,3 +376,12 @@ def build_gucs(settings: Settings) -> dict[str, str]:
         "maintenance_work_mem": f"{settings.copy_.index_memory_mb}MB",
         "max_parallel_maintenance_workers": str(settings.copy_.index_parallel_workers),
     }
+
+
+def _report_settings(
+    copied: list[DatabaseSetting], refused: list[tuple[DatabaseSetting, str]]
+) -> None:
+    for setting, reason in refused:
+        log.warning("database setting not copied", setting=str(setting), reason=reason)
+    if len(copied) > len(refused):
+        log.info("database settings copied", count=len(copied) - len(refused))

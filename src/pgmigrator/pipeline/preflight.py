@@ -14,7 +14,7 @@ from pgmigrator.errors import PgMigratorError, listed
 from pgmigrator.pg import Conn, connect, server_major
 from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check, render
 from pgmigrator.pipeline.clone_checks import EXTENSIONS_HINT, lacking_extensions
-from pgmigrator.pipeline.preflight_schema import roles_check, tablespaces_check
+from pgmigrator.pipeline.preflight_schema import roles_check, settings_check, tablespaces_check
 from pgmigrator.schema.dump import find_pg_dump
 from pgmigrator.source import catalog
 from pgmigrator.source.slots import keyless_error, keyless_tables
@@ -329,7 +329,8 @@ def run(
         if src is not None and dst is not None:
             chosen = catalog.select(everything, include, exclude)
             excluded = [t.oid for t in catalog.left_out(everything, chosen)]
-            out.append(roles_check(src, dst, excluded, owners, privileges, copy_roles))
+            roles, planned = roles_check(src, dst, excluded, owners, privileges, copy_roles)
+            out += [roles, settings_check(src, dst, planned)]
             out.append(tablespaces_check(src, dst, excluded, tablespaces))
     finally:
         for conn in (src, dst):

@@ -1,4 +1,5 @@
-"""Preflight's checks of what the copied schema needs on the destination: roles and tablespaces."""
+"""Preflight's checks of what the copied schema needs on the destination: roles, tablespaces, and
+whether the database's own settings can be copied."""
 
 from __future__ import annotations
 
@@ -7,34 +8,54 @@ from collections.abc import Sequence
 from pgmigrator.errors import listed
 from pgmigrator.pg import Conn
 from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check
+from pgmigrator.schema.dbsettings import problems, read_settings
 from pgmigrator.schema.rolecopy import plan_roles
 from pgmigrator.schema.roles import named_roles, role_problems
 from pgmigrator.schema.tablespaces import tablespace_problems
 
 
+def settings_check(src: Conn, dst: Conn, planned: frozenset[str]) -> Check:
+    """The database's settings (ALTER DATABASE / ALTER ROLE ... IN DATABASE ... SET) the clone
+    copies, and what it cannot (``planned``: roles --roles creates first)."""
+    found = read_settings(src)
+    if not found:
+        return Check("destination", "database settings", OK, "none on the source")
+    blocked = problems(dst, found, planned)
+    if blocked:
+        return Check(
+            "destination",
+            "database settings",
+            WARNING,
+            f"{len(found)} setting(s), not all copied: " + "; ".join(blocked),
+            "connect to the destination as the database's owner or a superuser, create the"
+            " roles (--roles), or set them there yourself after the clone",
+        )
+    return Check("destination", "database settings", OK, f"{len(found)} copied with the schema")
+
+
 def roles_check(
     src: Conn, dst: Conn, excluded: Sequence[int], owners: bool, privileges: bool, copy: bool
-) -> Check:
+) -> tuple[Check, frozenset[str]]:
     """The roles the schema's owners and GRANTs name must exist on the destination (or be created)."""
     named = named_roles(src, excluded, owners=owners, privileges=privileges) if copy else {}
     plan = plan_roles(src, dst, named) if copy else None
-    if plan is not None and (problem := plan.problem()):
-        return Check("destination", "roles", BLOCKER, problem.message, problem.hint or "")
     planned = plan.names if plan is not None else frozenset()
+    if plan is not None and (problem := plan.problem()):
+        return Check("destination", "roles", BLOCKER, problem.message, problem.hint or ""), planned
     found = role_problems(src, dst, excluded, owners=owners, privileges=privileges, planned=planned)
     if found:
-        return Check("destination", "roles", BLOCKER, found.message(), found.hint())
+        return Check("destination", "roles", BLOCKER, found.message(), found.hint()), planned
     if plan is None:
         detail = (
             "every owner and grantee of the schema exists"
             if owners or privileges
             else "owners and privileges not copied (--no-owner --no-privileges)"
         )
-        return Check("destination", "roles", OK, detail)
+        return Check("destination", "roles", OK, detail), planned
     if unset := plan.without_password():
         detail = f"{plan.describe()}; without a password (unreadable): {listed(unset)}"
-        return Check("destination", "roles", WARNING, detail, "set them after the clone")
-    return Check("destination", "roles", OK, plan.describe())
+        return Check("destination", "roles", WARNING, detail, "set them after the clone"), planned
+    return Check("destination", "roles", OK, plan.describe()), planned
 
 
 def tablespaces_check(src: Conn, dst: Conn, excluded: Sequence[int], copy: bool) -> Check:

@@ -5,8 +5,8 @@ exist before its pre-data script runs. The clone copies the roles *this database
 the source cluster's every role: the ones its schema names (owners, grantees, grantors, roles of
 default privileges), every role that is a member of one of those, directly or not (the login
 users of a group role), and the roles with settings for this database. Of those, it creates the
-ones the destination lacks, with their attributes, comment, settings (role-wide and for this
-database) and password hash (readable when the source's user is a superuser), then grants the
+ones the destination lacks, with their attributes, comment, role-wide settings (those for this
+database are the database's own: `dbsettings`) and password hash (readable when the source's user is a superuser), then grants the
 memberships that involve a role it created. Roles the destination already has are left exactly
 as they are. Everything runs in one transaction: a refused statement creates nothing.
 """
@@ -22,6 +22,7 @@ from psycopg import sql
 from pgmigrator.errors import PreflightError, SchemaError, listed
 from pgmigrator.log import get_logger
 from pgmigrator.pg import Conn
+from pgmigrator.schema.dbsettings import assignment
 
 log = get_logger("schema")
 
@@ -42,13 +43,13 @@ FROM pg_roles WHERE oid IN (SELECT oid FROM wanted) AND rolname NOT LIKE 'pg\_%%
 ORDER BY rolname
 """
 
-# Settings of the roles, role-wide (for any database) or for this database only.
+# Role-wide settings (for any database); those for this database are the database's own
+# (`dbsettings`), copied with the schema whether the role was created or not.
 _SETTINGS_SQL = """
-SELECT r.rolname, s.setdatabase <> 0, s.setconfig
+SELECT r.rolname, s.setconfig
 FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
-WHERE r.rolname = ANY(%s)
-  AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
-ORDER BY 1, 2
+WHERE r.rolname = ANY(%s) AND s.setdatabase = 0
+ORDER BY 1
 """
 
 _MEMBERS_SQL = """
@@ -57,11 +58,6 @@ FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.roleid JOIN pg_roles m ON m.
 WHERE r.rolname = ANY(%(names)s) OR m.rolname = ANY(%(names)s)
 ORDER BY 1, 2
 """
-
-# Settings whose value is a list of names: each element is its own literal (as pg_dumpall does).
-_LIST_SETTINGS = frozenset(
-    {"search_path", "temp_tablespaces", "session_preload_libraries", "local_preload_libraries"}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +86,7 @@ class RolePlan:
     """What ``create_roles`` would do, computed without writing anything."""
 
     create: tuple[SourceRole, ...]
-    settings: tuple[tuple[str, bool, str, str], ...]  # (role, this database only, name, value)
+    settings: tuple[tuple[str, str, str], ...]  # role-wide: (role, name, value)
     grants: tuple[tuple[str, str, bool], ...]  # (role, member, with admin option)
     existing: tuple[str, ...]  # involved, already on the destination: left as they are
     refused: tuple[str, ...]  # why the destination's user cannot create them
@@ -150,8 +146,8 @@ def plan_roles(src: Conn, dst: Conn, named: Iterable[str]) -> RolePlan:
         and (member in made or member in present)
     )
     settings = tuple(
-        (str(role), bool(local), *_split_setting(item))
-        for role, local, config in src.execute(_SETTINGS_SQL, (sorted(made),))
+        (str(role), *str(item).partition("=")[::2])
+        for role, config in src.execute(_SETTINGS_SQL, (sorted(made),))
         for item in config or ()
     )
     return RolePlan(
@@ -204,50 +200,9 @@ def _refusals(dst: Conn, create: tuple[SourceRole, ...]) -> tuple[str, ...]:
     )
 
 
-def _split_setting(item: str) -> tuple[str, str]:
-    name, _, value = item.partition("=")
-    return name, value
-
-
-def _list_elements(value: str) -> list[str]:
-    """A list setting's elements as stored (``a, "$user", "b c"``), double quotes removed."""
-    out: list[str] = []
-    i, n = 0, len(value)
-    while i < n:
-        while i < n and value[i].isspace():
-            i += 1
-        if i < n and value[i] == '"':
-            j, part = i + 1, []
-            while j < n:
-                if value[j] == '"':
-                    if j + 1 < n and value[j + 1] == '"':
-                        part.append('"')
-                        j += 2
-                        continue
-                    break
-                part.append(value[j])
-                j += 1
-            out.append("".join(part))
-            i = value.find(",", j)
-        else:
-            j = value.find(",", i)
-            out.append(value[i : n if j < 0 else j].strip())
-            i = j
-        if i < 0:
-            break
-        i += 1
-    return out
-
-
-def setting_sql(role: str, name: str, value: str, database: str | None) -> sql.Composed:
-    """``ALTER ROLE role [IN DATABASE db] SET name TO value`` with everything quoted."""
-    values = _list_elements(value) if name.lower() in _LIST_SETTINGS else [value]
-    return sql.SQL("ALTER ROLE {}{} SET {} TO {}").format(
-        sql.Identifier(role),
-        sql.SQL(" IN DATABASE {}").format(sql.Identifier(database)) if database else sql.SQL(""),
-        sql.SQL(".").join(sql.Identifier(part) for part in name.split(".")),
-        sql.SQL(", ").join(sql.Literal(v) for v in values),
-    )
+def _role_setting_sql(role: str, name: str, value: str) -> sql.Composed:
+    """``ALTER ROLE role SET name TO value`` (for any database), everything quoted."""
+    return sql.SQL("ALTER ROLE {} SET {}").format(sql.Identifier(role), assignment(name, value))
 
 
 def _create_sql(role: SourceRole) -> sql.Composed:
@@ -269,17 +224,14 @@ def _create_sql(role: SourceRole) -> sql.Composed:
     return sql.SQL(" ").join(parts)
 
 
-def _statements(plan: RolePlan, dbname: str) -> list[sql.Composed]:
+def _statements(plan: RolePlan) -> list[sql.Composed]:
     out: list[sql.Composed] = [_create_sql(r) for r in plan.create]
     out += [
         sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(r.name), sql.Literal(r.comment))
         for r in plan.create
         if r.comment is not None
     ]
-    out += [
-        setting_sql(role, name, value, dbname if local else None)
-        for role, local, name, value in plan.settings
-    ]
+    out += [_role_setting_sql(role, name, value) for role, name, value in plan.settings]
     out += [
         sql.SQL("GRANT {} TO {}{}").format(
             sql.Identifier(role),
@@ -295,10 +247,9 @@ def create_roles(dst: Conn, plan: RolePlan) -> None:
     """Carry ``plan`` out on the destination, in one transaction (nothing is logged but names)."""
     if not plan.create:
         return
-    dbname = str(dst.info.dbname)
     try:
         with dst.transaction():
-            for statement in _statements(plan, dbname):
+            for statement in _statements(plan):
                 dst.execute(statement)
     except psycopg.Error as exc:  # the primary message only: never the statement (a password)
         raise SchemaError(

@@ -1,10 +1,10 @@
-"""Role settings as ``clone --roles`` writes them: list settings split into their elements."""
+"""Database and role settings as the clone writes them: list settings split into their elements."""
 
 from __future__ import annotations
 
 import pytest
 
-from pgmigrator.schema.rolecopy import _list_elements, setting_sql
+from pgmigrator.schema.dbsettings import DatabaseSetting, list_elements
 
 
 @pytest.mark.parametrize(
@@ -17,13 +17,14 @@ from pgmigrator.schema.rolecopy import _list_elements, setting_sql
     ],
 )
 def test_list_settings_split_as_stored(stored: str, elements: list[str]) -> None:
-    assert _list_elements(stored) == elements
+    assert list_elements(stored) == elements
 
 
 def test_setting_statements_quote_everything() -> None:
-    stmt = setting_sql("Odd Role", "search_path", 'app, "$user"', "my db").as_string(None)
+    setting = DatabaseSetting("Odd Role", "search_path", 'app, "$user"')
+    stmt = setting.statement("my db").as_string(None)
     assert (
         stmt == """ALTER ROLE "Odd Role" IN DATABASE "my db" SET "search_path" TO 'app', '$user'"""
     )
-    stmt = setting_sql("r", "myapp.tenant", "it's", None).as_string(None)
-    assert stmt == """ALTER ROLE "r" SET "myapp"."tenant" TO 'it''s'"""
+    stmt = DatabaseSetting(None, "myapp.tenant", "it's").statement("d").as_string(None)
+    assert stmt == """ALTER DATABASE "d" SET "myapp"."tenant" TO 'it''s'"""
