@@ -173,6 +173,7 @@ def test_clone_copies_the_database_settings(pair: Pair, prefix: str) -> None:
         conn.execute(
             f'ALTER DATABASE {db} SET search_path = app, "$user", public;'
             f" ALTER DATABASE {db} SET statement_timeout = '5min';"
+            f" ALTER DATABASE {db} SET default_transaction_read_only = off;"  # never copied
             f" CREATE ROLE {p}_gone NOLOGIN; ALTER ROLE {p}_gone IN DATABASE {db} SET work_mem = '4MB';"
             " CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY)"
         )
@@ -182,13 +183,15 @@ def test_clone_copies_the_database_settings(pair: Pair, prefix: str) -> None:
     res = pgmigrator("preflight", *args, "--json")
     check = {c["name"]: c for c in json.loads(res.stdout)}["database settings"]
     assert check["status"] == "warning", check
-    assert check["detail"] == (
-        f"3 setting(s), not all copied: role {p}_gone does not exist on the destination"
-    )
+    assert check["detail"].startswith(
+        f"4 setting(s), not all copied: role {p}_gone does not exist on the destination;"
+        " default_transaction_read_only is not copied: a read-only default"
+    ), check
     res = pgmigrator("clone", *args)
     assert res.returncode == 0, res.stderr
-    [warned] = [line for line in res.stderr.splitlines() if "database setting not copied" in line]
-    assert f"role {p}_gone in the database" in warned and "does not exist" in warned, warned
+    warned = [line for line in res.stderr.splitlines() if "database setting not copied" in line]
+    assert len(warned) == 2 and "default_transaction_read_only=off" in warned[0], warned
+    assert f"role {p}_gone in the database" in warned[1] and "does not exist" in warned[1]
     with pair.dst() as conn:
         config = conn.execute(
             "SELECT setconfig FROM pg_db_role_setting WHERE setrole = 0"

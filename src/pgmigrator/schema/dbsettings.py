@@ -29,6 +29,13 @@ SELECT r.rolsuper OR pg_has_role(current_user, d.datdba, 'MEMBER')
 FROM pg_database d, pg_roles r WHERE d.datname = current_database() AND r.rolname = current_user
 """
 
+#: Left out, and said why: a read-only default (which the switchover's fence sets on the source)
+#: would make the destination refuse the clone's own writes, then the application's.
+NOT_COPIED = {
+    "default_transaction_read_only": "a read-only default would stop the copy's own writes; set"
+    " it on the destination yourself once it is meant to be read-only",
+}
+
 # Settings whose value is a list of names: each element is its own literal (as pg_dump does).
 _LIST_SETTINGS = frozenset(
     {"search_path", "temp_tablespaces", "session_preload_libraries", "local_preload_libraries"}
@@ -114,6 +121,9 @@ def problems(dst: Conn, settings: list[DatabaseSetting], planned: frozenset[str]
     out += [
         f"role {role} does not exist on the destination" for role in roles if role not in present
     ]
+    out += [
+        f"{s.name} is not copied: {NOT_COPIED[s.name]}" for s in settings if s.name in NOT_COPIED
+    ]
     return out
 
 
@@ -123,6 +133,9 @@ def apply_settings(dst: Conn, settings: list[DatabaseSetting]) -> list[tuple[Dat
     database = str(dst.info.dbname)
     refused = []
     for setting in settings:
+        if setting.name in NOT_COPIED:
+            refused.append((setting, NOT_COPIED[setting.name]))
+            continue
         try:
             with dst.transaction():
                 dst.execute(setting.statement(database))
