@@ -71,11 +71,13 @@ class CopySettings(BaseModel):
         le=2_097_151 // 1024,
         description="maintenance_work_mem of each post-data connection (index builds sort in memory up to this)",
     )
-    index_parallel_workers: int = Field(
-        0,
+    index_parallel_workers: int | None = Field(
+        None,
         ge=0,
         le=1024,
-        description="max_parallel_maintenance_workers of each post-data connection (0: the connections are the parallelism)",
+        description="max_parallel_maintenance_workers of each post-data connection; unset: none"
+        " while the connections and the copy keep the cores busy, the idle cores for a build"
+        " left alone (a big table's key at the end)",
     )
 
 

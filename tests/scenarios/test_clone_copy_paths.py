@@ -18,6 +18,7 @@ from pgmigrator.pipeline.copyworker import ChunkTask, Worker
 from pgmigrator.retry import RetryPolicy
 from pgmigrator.schema.apply import PostDataBuilder
 from pgmigrator.schema.dump import Entry, Script
+from pgmigrator.schema.early import Step, TablePlan
 from pgmigrator.source.catalog import TableInfo
 from pgmigrator.store.state import StateStore
 from tests.conftest import Pair, pgmigrator
@@ -236,3 +237,57 @@ def test_post_data_connections_carry_the_configured_build_settings(pair: Pair) -
         ).fetchall() == [(True,)]
     defaults = clone.build_gucs(Settings())  # type: ignore[call-arg]
     assert defaults == {"maintenance_work_mem": "1024MB", "max_parallel_maintenance_workers": "0"}
+
+
+def _recording_build(seq: int, table: str) -> Entry:
+    """An index build that also records, in its own transaction, the parallel workers it got."""
+    return Entry(
+        seq,
+        "INDEX",
+        f"{table}_i",
+        "public",
+        f"CREATE INDEX {table}_i ON public.{table} (id);\n"
+        f"CREATE TABLE public.{table}_seen AS"
+        " SELECT current_setting('max_parallel_maintenance_workers') AS workers",
+    )
+
+
+def test_idle_cores_go_to_an_index_build_left_alone(pair: Pair) -> None:
+    """Unset copy.index_parallel_workers: a build gets the cores no copy and no other step
+    needs (two connections: none while both copy workers still have tables, one for a build
+    left alone once the copy is over; `CoreBudget`'s unit tests cover the rest)."""
+    with pair.dst() as dst:
+        for table in ("a", "b"):
+            dst.execute(f"CREATE TABLE public.{table} (id int)")
+        store = StateStore(dst, "default")
+        store.ensure_schema()
+        store.create("slot", "publication", "post-data")
+    gucs = clone.build_gucs(Settings())  # type: ignore[call-arg]
+    early = {
+        ("public", t): TablePlan(
+            (Step(_recording_build(i, t), _recording_build(i, t).sql, True),), ()
+        )
+        for i, t in enumerate(("a", "b"), start=1)
+    }
+    builder = PostDataBuilder(
+        Target(pair.dest, "destination"),
+        Script("", tuple(plan.builds[0].entry for plan in early.values())),
+        "default",
+        set(),
+        workers=2,
+        early=early,
+        gucs=gucs,
+        auto_parallel=True,
+    )
+    builder.expect_copies(3, 2)
+    builder.table_copied("public", "a")  # two tables left for two copy workers: no core spare
+    builder._futures[0].result()
+    builder.expect_copies(1, 2)
+    builder.table_copied("public", "b")  # the copy is over, this build is alone: one spare core
+    builder.finish()
+    with pair.dst() as dst:
+        seen = {
+            t: dst.execute(f"SELECT workers FROM public.{t}_seen").fetchone()[0]  # type: ignore[index]
+            for t in ("a", "b")
+        }
+    assert seen == {"a": "0", "b": "1"}

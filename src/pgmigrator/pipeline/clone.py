@@ -158,6 +158,7 @@ class Clone:
             self.progress.set_phase("copy")
             data_tables = [t for t in tables if t.has_data]
             builder = self._post_data_builder(src, store)
+            builder.expect_copies(len(data_tables), run.workers)
             run.copy(
                 store,
                 data_tables,
@@ -293,6 +294,7 @@ class Clone:
             for table in todo:
                 dst.execute(sql.SQL("TRUNCATE ONLY {}").format(table.ident))
             builder = self._post_data_builder(src, store)
+            builder.expect_copies(len(todo), run.workers)
             run.copy(
                 store,
                 todo,
@@ -347,6 +349,7 @@ class Clone:
                 if self.settings.copy_.analyze
                 else fk_checks_by_index(src, script),
                 gucs=build_gucs(self.settings),
+                auto_parallel=self.settings.copy_.index_parallel_workers is None,
             )
         return self._post
 
@@ -374,7 +377,7 @@ def build_gucs(settings: Settings) -> dict[str, str]:
     """
     return {
         "maintenance_work_mem": f"{settings.copy_.index_memory_mb}MB",
-        "max_parallel_maintenance_workers": str(settings.copy_.index_parallel_workers),
+        "max_parallel_maintenance_workers": str(settings.copy_.index_parallel_workers or 0),
     }
 
 

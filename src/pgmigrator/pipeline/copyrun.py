@@ -48,10 +48,12 @@ class CopyRun:
         self._released = False
         self.rows = 0
         self.bytes = 0
+        self.workers = 0  # copy processes started
         self.on_table_copied: Callable[[str, str], None] | None = None
         self.on_tick: Callable[[], None] | None = None  # cheap: it limits its own rate
 
     def start_workers(self, count: int) -> None:
+        self.workers = count
         with _launcher_not_rerun():
             self._start(count)
         log.info("copy workers started", workers=count)

@@ -21,6 +21,7 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, SchemaError
 from pgmigrator.log import get_logger
 from pgmigrator.pg import Conn, ThreadConnections, translate
+from pgmigrator.schema.cores import CoreBudget, is_index_build
 from pgmigrator.schema.dump import Script, waves
 from pgmigrator.schema.early import Step, TablePlan
 from pgmigrator.store.state import post_data_done_sql
@@ -59,6 +60,7 @@ class PostDataBuilder:
         analyze: bool = False,
         fk_by_index: set[int] | None = None,
         gucs: dict[str, str] | None = None,
+        auto_parallel: bool = False,
     ) -> None:
         self.dest = dest
         self.script = script
@@ -72,9 +74,17 @@ class PostDataBuilder:
         self._sessions = ThreadConnections(dest, self._set_up)
         self._futures: list[Future[None]] = []
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="post-data")
+        self.cores = CoreBudget(workers) if auto_parallel else None  # idle cores to index builds
+
+    def expect_copies(self, tables: int, workers: int) -> None:
+        """The copy about to start: ``tables`` to copy on ``workers`` processes (busy cores)."""
+        if self.cores is not None:
+            self.cores.expect_copies(tables, workers)
 
     def table_copied(self, schema: str, name: str) -> None:
         """Start the table's index builds in parallel, then its constraints, then ANALYZE."""
+        if self.cores is not None:
+            self.cores.copied()
         plan = self.early.pop((schema, name), None) or TablePlan((), ())
         if not plan.builds and not plan.then and not self.analyze:
             return
@@ -96,15 +106,19 @@ class PostDataBuilder:
                 if exc is not None:
                     table_done.set_exception(exc)
                 elif left[0] == 0:
+                    self._queued(1)
                     _chain(self._pool.submit(self._finish_table, then, table), table_done)
 
         if not builds:
+            self._queued(1)
             _chain(self._pool.submit(self._finish_table, then, table), table_done)
+        self._queued(len(builds))  # all of them before any starts: each sees the others
         for step in builds:
-            self._pool.submit(self._run, step).add_done_callback(built)
+            self._pool.submit(self._queued_step, step).add_done_callback(built)
 
     def finish(self) -> None:
         try:
+            self.expect_copies(0, 0)  # the copy is over
             for schema, name in list(self.early):  # copied by an earlier run, or nothing to copy
                 self.table_copied(schema, name)
             for future in self._futures:
@@ -115,7 +129,8 @@ class PostDataBuilder:
                 if e.seq not in self.done and e.seq not in self.submitted
             ]
             for wave in waves(rest):
-                list(self._pool.map(self._run, [Step(e, e.sql, True) for e in wave]))
+                self._queued(len(wave))
+                list(self._pool.map(self._queued_step, [Step(e, e.sql, True) for e in wave]))
             log.info(
                 "post-data applied", entries=len(self.submitted) + len(rest), skipped=len(self.done)
             )
@@ -127,6 +142,12 @@ class PostDataBuilder:
         self._sessions.close()
 
     def _finish_table(self, steps: list[Step], table: tuple[str, str]) -> None:
+        try:
+            self._finish_steps(steps, table)
+        finally:
+            self._done()
+
+    def _finish_steps(self, steps: list[Step], table: tuple[str, str]) -> None:
         for step in steps:
             self._run(step)
         if self.analyze:
@@ -136,9 +157,26 @@ class PostDataBuilder:
             # referenced table (2.4 s) or has to be steered to index probes (1.1 s).
             _analyze(self._conn(), table)
 
+    def _queued_step(self, step: Step) -> None:
+        try:
+            self._run(step)
+        finally:
+            self._done()
+
+    def _queued(self, steps: int) -> None:
+        if self.cores is not None:
+            self.cores.queued(steps)
+
+    def _done(self) -> None:
+        if self.cores is not None:
+            self.cores.finished()
+
     def _run(self, step: Step) -> None:
         probe = step.entry.seq in self.fk_by_index
-        _run_step(self._conn(), step, self.pipeline, self.dest, probe)
+        parallel = None
+        if self.cores is not None and is_index_build(step.sql):
+            parallel = self.cores.spare()
+        _run_step(self._conn(), step, self.pipeline, self.dest, probe, parallel)
 
     def _conn(self) -> Conn:
         return self._sessions.get()
@@ -174,13 +212,21 @@ def _chain(source: Future[None], target: Future[None]) -> None:
     source.add_done_callback(copy)
 
 
-def _run_step(conn: Conn, step: Step, pipeline: str, dest: Target, probe_index: bool) -> None:
+def _run_step(
+    conn: Conn, step: Step, pipeline: str, dest: Target, probe_index: bool, parallel: int | None
+) -> None:
     entry = step.entry
     for attempt in range(1, 6):
         try:
             with conn.transaction():
                 if probe_index:
                     conn.execute(_FK_CHECK_SETTINGS)
+                if parallel:  # idle cores (`cores`): this build may use them
+                    conn.execute(
+                        sql.SQL("SET LOCAL max_parallel_maintenance_workers = {}").format(
+                            sql.Literal(parallel)
+                        )
+                    )
                 conn.execute(step.sql)
                 if step.completes:
                     conn.execute(post_data_done_sql(), (pipeline, entry.seq))
@@ -190,6 +236,7 @@ def _run_step(conn: Conn, step: Step, pipeline: str, dest: Target, probe_index: 
                 name=entry.name,
                 completes=step.completes,
                 **({"fk_check": "index probes"} if probe_index else {}),
+                **({"parallel_workers": parallel} if parallel else {}),
             )
             return
         except psycopg.Error as exc:
