@@ -1,29 +1,33 @@
-"""`CoreBudget`: idle cores for an index build, against copies pending and steps queued."""
+"""`CoreBudget`: idle cores for an index build, against copies pending and builds queued."""
 
 from __future__ import annotations
 
 from pgmigrator.schema.cores import CoreBudget, is_index_build
 
 
-def test_spare_cores_follow_the_copy_and_the_queue() -> None:
+def test_idle_cores_follow_the_copy_and_the_queue() -> None:
     budget = CoreBudget(4)
     budget.expect_copies(tables=10, workers=4)
     budget.queued(1)
-    assert budget.spare() == 0  # four copy workers busy
+    assert budget.take() == 0  # four copy workers busy
+    budget.finished(0)
     for _ in range(8):
         budget.copied()
-    assert budget.spare() == 1  # two tables left for two workers; this build; one core idle
-    budget.queued(2)  # two more builds of the same table, queued before any starts
-    assert budget.spare() == 0
-    for _ in range(2):
-        budget.copied()
-        budget.finished()
-    assert budget.spare() == 3  # the copy is over, the build left alone gets the other cores
-    for _ in range(2):
-        budget.finished()
+    budget.queued(1)
+    assert budget.take() == 1  # two tables left for two workers; this build; one core idle
+    budget.finished(1)
+    budget.copied()
+    budget.copied()
+    budget.queued(3)  # three builds of one table, queued before any starts
+    assert budget.take() == 1  # the first to start takes the one idle core...
+    assert budget.take() == 0  # ...and the others find none
+    assert budget.take() == 0
+    budget.finished(1)
+    budget.finished(0)
+    budget.finished(0)
     budget.copied()  # never below zero
     budget.queued(1)
-    assert budget.spare() == 3
+    assert budget.take() == 3  # the copy is over, a build left alone takes the other cores
 
 
 def test_index_builds_are_recognised_after_placement_settings() -> None:

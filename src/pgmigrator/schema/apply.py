@@ -106,13 +106,11 @@ class PostDataBuilder:
                 if exc is not None:
                     table_done.set_exception(exc)
                 elif left[0] == 0:
-                    self._queued(1)
                     _chain(self._pool.submit(self._finish_table, then, table), table_done)
 
         if not builds:
-            self._queued(1)
             _chain(self._pool.submit(self._finish_table, then, table), table_done)
-        self._queued(len(builds))  # all of them before any starts: each sees the others
+        self._queued(builds)  # all of them before any starts: each sees the others
         for step in builds:
             self._pool.submit(self._queued_step, step).add_done_callback(built)
 
@@ -129,8 +127,9 @@ class PostDataBuilder:
                 if e.seq not in self.done and e.seq not in self.submitted
             ]
             for wave in waves(rest):
-                self._queued(len(wave))
-                list(self._pool.map(self._queued_step, [Step(e, e.sql, True) for e in wave]))
+                steps = [Step(e, e.sql, True) for e in wave]
+                self._queued(steps)
+                list(self._pool.map(self._queued_step, steps))
             log.info(
                 "post-data applied", entries=len(self.submitted) + len(rest), skipped=len(self.done)
             )
@@ -142,12 +141,6 @@ class PostDataBuilder:
         self._sessions.close()
 
     def _finish_table(self, steps: list[Step], table: tuple[str, str]) -> None:
-        try:
-            self._finish_steps(steps, table)
-        finally:
-            self._done()
-
-    def _finish_steps(self, steps: list[Step], table: tuple[str, str]) -> None:
         for step in steps:
             self._run(step)
         if self.analyze:
@@ -158,24 +151,24 @@ class PostDataBuilder:
             _analyze(self._conn(), table)
 
     def _queued_step(self, step: Step) -> None:
+        """Run a step counted by `_queued`; an index build may take the idle cores."""
+        build = self.cores is not None and is_index_build(step.sql)
+        taken = self.cores.take() if self.cores is not None and build else 0
         try:
-            self._run(step)
+            self._run(step, taken)
         finally:
-            self._done()
+            if self.cores is not None and build:
+                self.cores.finished(taken)
 
-    def _queued(self, steps: int) -> None:
+    def _queued(self, steps: list[Step]) -> None:
+        """Count the index builds among ``steps`` as busy cores until each is done (the short
+        steps, key attachments and ANALYZE, are left out: they would keep a long build that
+        starts beside them from the cores they free a moment later)."""
         if self.cores is not None:
-            self.cores.queued(steps)
+            self.cores.queued(sum(is_index_build(step.sql) for step in steps))
 
-    def _done(self) -> None:
-        if self.cores is not None:
-            self.cores.finished()
-
-    def _run(self, step: Step) -> None:
+    def _run(self, step: Step, parallel: int = 0) -> None:
         probe = step.entry.seq in self.fk_by_index
-        parallel = None
-        if self.cores is not None and is_index_build(step.sql):
-            parallel = self.cores.spare()
         _run_step(self._conn(), step, self.pipeline, self.dest, probe, parallel)
 
     def _conn(self) -> Conn:
@@ -213,7 +206,7 @@ def _chain(source: Future[None], target: Future[None]) -> None:
 
 
 def _run_step(
-    conn: Conn, step: Step, pipeline: str, dest: Target, probe_index: bool, parallel: int | None
+    conn: Conn, step: Step, pipeline: str, dest: Target, probe_index: bool, parallel: int
 ) -> None:
     entry = step.entry
     for attempt in range(1, 6):

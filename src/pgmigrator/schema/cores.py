@@ -5,7 +5,8 @@ gets no parallel maintenance workers of its own as long as the copy and the othe
 cores busy (they would only compete). But the last table copied often leaves a single long build
 (a big table's primary key) on one core while the others idle: such a build gets the idle cores
 as ``max_parallel_maintenance_workers``. A core counts as busy while a copy worker still has a
-table to copy, or while a post-data step is queued or running.
+table to copy, or while an index build is queued or running (key attachments and ANALYZE are
+short: a long build starting beside them would lose the core they free a moment later).
 """
 
 from __future__ import annotations
@@ -42,12 +43,16 @@ class CoreBudget:
         with self._lock:
             self._steps += steps
 
-    def finished(self) -> None:
+    def finished(self, taken: int = 0) -> None:
+        """A queued build is done, with the cores it had taken (`take`)."""
         with self._lock:
-            self._steps = max(0, self._steps - 1)
+            self._steps = max(0, self._steps - 1 - taken)
 
-    def spare(self) -> int:
-        """Cores no copy and no other step needs now (the asking step counts as queued)."""
+    def take(self) -> int:
+        """The cores no copy and no other build needs now (the asking build counts as queued),
+        reserved for the asker until it is `finished`: two builds never both take them."""
         with self._lock:
             copying = min(self._tables_to_copy, self._copy_workers)
-            return max(0, self.cores - copying - self._steps)
+            spare = max(0, self.cores - copying - self._steps)
+            self._steps += spare
+            return spare
