@@ -202,6 +202,17 @@ def test_clone_copies_the_database_settings(pair: Pair, prefix: str) -> None:
             "statement_timeout=5min",
             "work_mem=7MB",
         ]
+    res = pgmigrator("verify", *args, "--schema", "--json")  # the one not copied is missing
+    assert res.returncode == 1
+    assert json.loads(res.stdout)["schema"]["differences"] == [
+        {
+            "kind": "ROLE SETTING",
+            "schema": "-",
+            "name": f"{p}_gone work_mem",
+            "status": "missing",
+            "detail": "work_mem=4MB",
+        }
+    ], res.stdout
     with pair.dst() as conn:  # a new session of the application's gets them
         row = conn.execute(
             "SELECT current_setting('search_path'), current_setting('statement_timeout'),"

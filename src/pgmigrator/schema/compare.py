@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from pgmigrator.dsn import Target
-from pgmigrator.pg import connect, server_major
+from pgmigrator.pg import Conn, connect, server_major
+from pgmigrator.schema.dbsettings import NOT_COPIED, read_settings
 from pgmigrator.schema.dump import (
     EVERYTHING,
     PLACEMENT,
@@ -59,11 +60,15 @@ def compare(
     options: DumpOptions = EVERYTHING,
 ) -> SchemaComparison:
     """Dump both schemas and compare them entry by entry; tables the patterns leave out (as the
-    clone did) are left out of both dumps."""
+    clone did) are left out of both dumps. The source database's own settings count too (as the
+    clone copies them: settings only the destination has are not differences)."""
     with connect(source) as src:
         everything = catalog.list_tables(src)
         left_out = catalog.left_out(everything, catalog.select(everything, include, exclude))
         major = server_major(src)
+        wanted = _settings(src)
+    with connect(dest) as dst:
+        found = {key: value for key, value in _settings(dst).items() if key in wanted}
     pg_dump, _ = find_pg_dump(major)
     with ThreadPoolExecutor(max_workers=2) as pool:  # one pg_dump a side, both at once
         sides = pool.map(
@@ -79,7 +84,19 @@ def compare(
             ),
             (source, dest),
         )
-        return diff(*sides)
+        source_side, dest_side = sides
+        return diff({**source_side, **wanted}, {**dest_side, **found})
+
+
+def _settings(conn: Conn) -> dict[Key, str]:
+    """The database's settings (`dbsettings`) as comparable entries, those never copied aside."""
+    return {
+        ("ROLE SETTING", "-", f"{s.role} {s.name}")
+        if s.role
+        else ("DATABASE SETTING", "-", s.name): f"{s.name}={s.value}"
+        for s in read_settings(conn)
+        if s.name not in NOT_COPIED
+    }
 
 
 def keyed(script: Script) -> dict[Key, str]:
