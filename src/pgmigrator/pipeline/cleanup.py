@@ -17,9 +17,8 @@ from pgmigrator.config import Settings
 from pgmigrator.log import get_logger
 from pgmigrator.pg import connect
 from pgmigrator.pipeline.bidi import cleanup_reverse
-from pgmigrator.pipeline.identity import noted_full
+from pgmigrator.pipeline.identity import noted_full, retire_source
 from pgmigrator.pipeline.identity import restore as restore_identity
-from pgmigrator.source.slots import drop_publication, drop_slot
 from pgmigrator.store.state import StateStore
 
 log = get_logger("cleanup")
@@ -51,11 +50,7 @@ def cleanup(settings: Settings) -> list[str]:
             dst.execute("DROP SCHEMA pgmigrator CASCADE")
             done.append("dropped schema pgmigrator on the destination")
     with connect(source) as src:
-        if drop_slot(src, slot):
-            done.append(f"dropped replication slot {slot} on the source")
-        if drop_publication(src, publication):
-            done.append(f"dropped publication {publication} on the source")
-        done += restore_identity(src, "source", made_full, publication)
+        done += retire_source(src, slot, publication, made_full, publication)
     for line in done:
         log.info(line)
     return done
@@ -70,11 +65,7 @@ def cleanup_stream(settings: Settings) -> list[str]:
     done: list[str] = []
     with connect(settings.source_target) as src:
         made_full = noted_full(src, publication)
-        if drop_slot(src, slot):
-            done.append(f"dropped replication slot {slot} on the source")
-        if drop_publication(src, publication):
-            done.append(f"dropped publication {publication} on the source")
-        done += restore_identity(src, "source", made_full, publication)
+        done += retire_source(src, slot, publication, made_full, publication)
     marker = marker_path(settings, slot)
     if marker.exists():
         marker.unlink()

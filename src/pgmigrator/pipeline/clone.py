@@ -30,7 +30,7 @@ from pgmigrator.pg import Conn, connect, server_major
 from pgmigrator.pipeline.bidi_guard import refuse_recopy
 from pgmigrator.pipeline.clone_checks import refusals
 from pgmigrator.pipeline.copyrun import CopyRun
-from pgmigrator.pipeline.identity import restore as restore_identity
+from pgmigrator.pipeline.identity import retire_source
 from pgmigrator.pipeline.progress import Progress
 from pgmigrator.pipeline.sequences import refresh_matviews, sync_sequences
 from pgmigrator.schema.apply import PostDataBuilder, apply_pre_data
@@ -43,8 +43,6 @@ from pgmigrator.source.catalog import TableInfo
 from pgmigrator.source.slots import (
     ExportedSlot,
     ReplicationSession,
-    drop_publication,
-    drop_slot,
     ensure_publication,
     publication_exists,
     require_logical,
@@ -227,13 +225,13 @@ class Clone:
             return
         name, publication = self.settings.slot_name, self.settings.publication_name
         try:
-            undone = []
-            if self._slot_created and drop_slot(src, name):
-                undone.append(f"slot {name}")
-            if not had_publication and drop_publication(src, publication):
-                undone.append(f"publication {publication}")
-            full = [(t.schema, t.name) for t in made_full]
-            undone += restore_identity(src, "source", full, publication)
+            undone = retire_source(
+                src,
+                name if self._slot_created else None,
+                None if had_publication else publication,
+                [(t.schema, t.name) for t in made_full],
+                publication,
+            )
         except psycopg.Error as exc:  # the clone's own error is the one to report
             log.warning("could not undo the clone on the source", error=str(exc).strip())
             return

@@ -23,7 +23,12 @@ import psycopg
 from psycopg import sql
 
 from pgmigrator.pg import Conn
-from pgmigrator.source.slots import KEYLESS_LOCK_TIMEOUT, alter_identity
+from pgmigrator.source.slots import (
+    KEYLESS_LOCK_TIMEOUT,
+    alter_identity,
+    drop_publication,
+    drop_slot,
+)
 
 # The table's identity, and the publications (other than the one being dropped) that hold it or
 # one of its ancestors (a partition may publish through its root): pg_publication_tables expands
@@ -57,6 +62,24 @@ def restore(conn: Conn, side: str, tables: Sequence[tuple[str, str]], dropped: s
             continue
         done.append(_set_default(conn, side, schema, name))
     return done
+
+
+def retire_source(
+    src: Conn,
+    slot: str | None,
+    publication: str | None,
+    made_full: Sequence[tuple[str, str]],
+    held_by: str,
+) -> list[str]:
+    """Drop ``slot`` and ``publication`` on the source (None: keep it), then give back the
+    identities in ``made_full`` (`restore`; publication ``held_by`` no longer counts as holding
+    them). One line per thing done."""
+    done = []
+    if slot is not None and drop_slot(src, slot):
+        done.append(f"dropped replication slot {slot} on the source")
+    if publication is not None and drop_publication(src, publication):
+        done.append(f"dropped publication {publication} on the source")
+    return done + restore(src, "source", made_full, held_by)
 
 
 def _set_default(conn: Conn, side: str, schema: str, name: str) -> str:
