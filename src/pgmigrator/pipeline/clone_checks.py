@@ -33,7 +33,16 @@ def refusals(
             f"extension(s) the source uses are not available on the destination: {listed(lacking)}",
             hint=EXTENSIONS_HINT,
         )
-    plan = role_plan(src, dst, settings, excluded)
+    plan, problem = role_plan(
+        src,
+        dst,
+        excluded,
+        owners=settings.owners,
+        privileges=settings.privileges,
+        copy=settings.roles,
+    )
+    if problem is not None:
+        raise problem
     if settings.tablespaces:
         tablespace_problems(src, dst, excluded).raise_if_any()
     return plan
@@ -52,25 +61,17 @@ def lacking_extensions(src: Conn, dst: Conn) -> tuple[list[str], list[str]]:
     return used, [name for name in used if name not in available]
 
 
-def role_plan(src: Conn, dst: Conn, settings: Settings, excluded: Sequence[int]) -> RolePlan | None:
-    """Refuse if a role the schema needs is missing (and not to be created by --roles)."""
-    owners, privileges = settings.owners, settings.privileges
-    plan = None
-    if settings.roles:
-        plan = plan_roles(
-            src, dst, named_roles(src, excluded, owners=owners, privileges=privileges)
-        )
-        if problem := plan.problem():
-            raise problem
-    role_problems(
-        src,
-        dst,
-        excluded,
-        owners=owners,
-        privileges=privileges,
-        planned=plan.names if plan else frozenset(),
-    ).raise_if_any()
-    return plan
+def role_plan(
+    src: Conn, dst: Conn, excluded: Sequence[int], *, owners: bool, privileges: bool, copy: bool
+) -> tuple[RolePlan | None, PreflightError | None]:
+    """The roles ``--roles`` (``copy``) creates first, None without it; and what stops the clone
+    for want of a role (a role the schema needs missing, or one the destination's user may not
+    create or make an owner)."""
+    named = named_roles(src, excluded, owners=owners, privileges=privileges)
+    plan = plan_roles(src, dst, named) if copy else None
+    if plan is not None and (problem := plan.problem()):
+        return plan, problem
+    return plan, role_problems(dst, named, plan.names if plan else frozenset()).problem()
 
 
 def check_destination(dst: Conn, tables: Sequence[TableInfo], drop_if_exists: bool) -> None:

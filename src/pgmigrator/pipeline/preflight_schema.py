@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from pgmigrator.errors import listed
 from pgmigrator.pg import Conn
 from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check
+from pgmigrator.pipeline.clone_checks import role_plan
 from pgmigrator.schema.dbsettings import problems, read_settings
-from pgmigrator.schema.rolecopy import plan_roles
-from pgmigrator.schema.roles import named_roles, role_problems
 from pgmigrator.schema.tablespaces import tablespace_problems
 
 
@@ -37,14 +36,10 @@ def roles_check(
     src: Conn, dst: Conn, excluded: Sequence[int], owners: bool, privileges: bool, copy: bool
 ) -> tuple[Check, frozenset[str]]:
     """The roles the schema's owners and GRANTs name must exist on the destination (or be created)."""
-    named = named_roles(src, excluded, owners=owners, privileges=privileges) if copy else {}
-    plan = plan_roles(src, dst, named) if copy else None
+    plan, problem = role_plan(src, dst, excluded, owners=owners, privileges=privileges, copy=copy)
     planned = plan.names if plan is not None else frozenset()
-    if plan is not None and (problem := plan.problem()):
+    if problem is not None:
         return Check("destination", "roles", BLOCKER, problem.message, problem.hint or ""), planned
-    found = role_problems(src, dst, excluded, owners=owners, privileges=privileges, planned=planned)
-    if found:
-        return Check("destination", "roles", BLOCKER, found.message(), found.hint()), planned
     if plan is None:
         detail = (
             "every owner and grantee of the schema exists"

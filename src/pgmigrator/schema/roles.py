@@ -9,7 +9,7 @@ Setting an owner also needs the destination's user to be a superuser or a member
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -110,10 +110,9 @@ class RoleProblems:
             )
         return "; ".join(parts)
 
-    def raise_if_any(self) -> None:
+    def problem(self) -> PreflightError | None:
         """`PreflightError` naming the roles, when there is a problem."""
-        if self:
-            raise PreflightError(self.message(), hint=self.hint())
+        return PreflightError(self.message(), hint=self.hint()) if self else None
 
     def hint(self) -> str:
         fixes = []
@@ -131,20 +130,14 @@ class RoleProblems:
 
 
 def role_problems(
-    src: Conn,
-    dst: Conn,
-    excluded_oids: Sequence[int],
-    *,
-    owners: bool = True,
-    privileges: bool = True,
-    planned: AbstractSet[str] = frozenset(),
+    dst: Conn, named: Mapping[str, bool], planned: AbstractSet[str] = frozenset()
 ) -> RoleProblems:
-    """What would fail the pre-data script for want of a role on the destination.
+    """What would fail the pre-data script for want of a role on the destination (``named``:
+    `named_roles`).
 
     ``planned``: roles the clone creates first (``--roles``); they count as present, and as
     assumable only by a superuser (PostgreSQL does not make a role's creator a member of it).
     """
-    named = named_roles(src, excluded_oids, owners=owners, privileges=privileges)
     if not named:
         return RoleProblems((), ())
     rows = dst.execute(_DEST_SQL, (sorted(named),)).fetchall()
