@@ -10,12 +10,14 @@ reason and skipped. Settings only the destination has are left alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
 from pgmigrator.pg import Conn
+from pgmigrator.schema.roles import existing_roles
 
 _READ_SQL = """
 SELECT r.rolname, s.setconfig
@@ -44,23 +46,43 @@ _LIST_SETTINGS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class DatabaseSetting:
+    """One ``pg_db_role_setting`` entry: for the database, a role in it, or a role anywhere."""
+
     role: str | None  # None: for the whole database
     name: str
     value: str
+    in_database: bool = True  # False: the role's, for any database (``ALTER ROLE ... SET``)
 
     def __str__(self) -> str:
-        where = f"role {self.role} in the database" if self.role else "the database"
+        if self.role is None:
+            where = "the database"
+        elif self.in_database:
+            where = f"role {self.role} in the database"
+        else:
+            where = f"role {self.role}"
         return f"{self.name}={self.value} ({where})"
 
     def statement(self, database: str) -> sql.Composed:
-        target = (
-            sql.SQL("ROLE {} IN DATABASE {}").format(
+        if self.role is None:
+            target = sql.SQL("DATABASE {}").format(sql.Identifier(database))
+        elif self.in_database:
+            target = sql.SQL("ROLE {} IN DATABASE {}").format(
                 sql.Identifier(self.role), sql.Identifier(database)
             )
-            if self.role
-            else sql.SQL("DATABASE {}").format(sql.Identifier(database))
-        )
+        else:
+            target = sql.SQL("ROLE {}").format(sql.Identifier(self.role))
         return sql.SQL("ALTER {} SET {}").format(target, assignment(self.name, self.value))
+
+
+def parse(
+    role: str | None, config: Sequence[str] | None, in_database: bool = True
+) -> list[DatabaseSetting]:
+    """``pg_db_role_setting.setconfig`` (``name=value`` items) as settings."""
+    out = []
+    for item in config or ():
+        name, _, value = str(item).partition("=")
+        out.append(DatabaseSetting(role, name, value, in_database))
+    return out
 
 
 def assignment(name: str, value: str) -> sql.Composed:
@@ -98,12 +120,11 @@ def list_elements(value: str) -> list[str]:
 
 def read_settings(src: Conn) -> list[DatabaseSetting]:
     """The settings of the connected database, database-wide first."""
-    out = []
-    for role, config in src.execute(_READ_SQL):
-        for item in config or ():
-            name, _, value = str(item).partition("=")
-            out.append(DatabaseSetting(str(role) if role else None, name, value))
-    return out
+    return [
+        setting
+        for role, config in src.execute(_READ_SQL)
+        for setting in parse(str(role) if role else None, config)
+    ]
 
 
 def problems(dst: Conn, settings: list[DatabaseSetting], planned: frozenset[str]) -> list[str]:
@@ -114,10 +135,7 @@ def problems(dst: Conn, settings: list[DatabaseSetting], planned: frozenset[str]
     if any(s.role is None for s in settings) and not (row and row[0]):
         out.append("the destination's user neither owns the database nor is a superuser")
     roles = sorted({s.role for s in settings if s.role} - planned)
-    present = {
-        str(r[0])
-        for r in dst.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (roles,))
-    }
+    present = existing_roles(dst, roles)
     out += [
         f"role {role} does not exist on the destination" for role in roles if role not in present
     ]

@@ -22,7 +22,8 @@ from psycopg import sql
 from pgmigrator.errors import PreflightError, SchemaError, listed
 from pgmigrator.log import get_logger
 from pgmigrator.pg import Conn
-from pgmigrator.schema.dbsettings import assignment
+from pgmigrator.schema.dbsettings import DatabaseSetting, parse
+from pgmigrator.schema.roles import existing_roles
 
 log = get_logger("schema")
 
@@ -77,8 +78,12 @@ class SourceRole:
 
     def privileged(self) -> list[str]:
         """The attributes only a superuser may give."""
-        flags = (("SUPERUSER", self.superuser), ("REPLICATION", self.replication))
-        return [name for name, on in (*flags, ("BYPASSRLS", self.bypassrls)) if on]
+        flags = (
+            ("SUPERUSER", self.superuser),
+            ("REPLICATION", self.replication),
+            ("BYPASSRLS", self.bypassrls),
+        )
+        return [name for name, on in flags if on]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +91,7 @@ class RolePlan:
     """What ``create_roles`` would do, computed without writing anything."""
 
     create: tuple[SourceRole, ...]
-    settings: tuple[tuple[str, str, str], ...]  # role-wide: (role, name, value)
+    settings: tuple[DatabaseSetting, ...]  # role-wide (for any database)
     grants: tuple[tuple[str, str, bool], ...]  # (role, member, with admin option)
     existing: tuple[str, ...]  # involved, already on the destination: left as they are
     refused: tuple[str, ...]  # why the destination's user cannot create them
@@ -131,10 +136,7 @@ def plan_roles(src: Conn, dst: Conn, named: Iterable[str]) -> RolePlan:
     names = [r.name for r in roles]
     members = [(str(a), str(b), bool(c)) for a, b, c in src.execute(_MEMBERS_SQL, {"names": names})]
     involved = sorted({*names, *(a for a, _, _ in members), *(b for _, b, _ in members)})
-    present = {
-        str(r[0])
-        for r in dst.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (involved,))
-    }
+    present = existing_roles(dst, involved)
     passwords = _passwords(src, [r.name for r in roles if r.name not in present])
     create = tuple(_with_password(r, passwords) for r in roles if r.name not in present)
     made = {r.name for r in create}
@@ -146,9 +148,9 @@ def plan_roles(src: Conn, dst: Conn, named: Iterable[str]) -> RolePlan:
         and (member in made or member in present)
     )
     settings = tuple(
-        (str(role), *str(item).partition("=")[::2])
+        setting
         for role, config in src.execute(_SETTINGS_SQL, (sorted(made),))
-        for item in config or ()
+        for setting in parse(str(role), config, in_database=False)
     )
     return RolePlan(
         create,
@@ -200,11 +202,6 @@ def _refusals(dst: Conn, create: tuple[SourceRole, ...]) -> tuple[str, ...]:
     )
 
 
-def _role_setting_sql(role: str, name: str, value: str) -> sql.Composed:
-    """``ALTER ROLE role SET name TO value`` (for any database), everything quoted."""
-    return sql.SQL("ALTER ROLE {} SET {}").format(sql.Identifier(role), assignment(name, value))
-
-
 def _create_sql(role: SourceRole) -> sql.Composed:
     flags = [
         "SUPERUSER" if role.superuser else "NOSUPERUSER",
@@ -224,14 +221,14 @@ def _create_sql(role: SourceRole) -> sql.Composed:
     return sql.SQL(" ").join(parts)
 
 
-def _statements(plan: RolePlan) -> list[sql.Composed]:
+def _statements(plan: RolePlan, database: str) -> list[sql.Composed]:
     out: list[sql.Composed] = [_create_sql(r) for r in plan.create]
     out += [
         sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(r.name), sql.Literal(r.comment))
         for r in plan.create
         if r.comment is not None
     ]
-    out += [_role_setting_sql(role, name, value) for role, name, value in plan.settings]
+    out += [setting.statement(database) for setting in plan.settings]
     out += [
         sql.SQL("GRANT {} TO {}{}").format(
             sql.Identifier(role),
@@ -249,7 +246,7 @@ def create_roles(dst: Conn, plan: RolePlan) -> None:
         return
     try:
         with dst.transaction():
-            for statement in _statements(plan):
+            for statement in _statements(plan, str(dst.info.dbname)):
                 dst.execute(statement)
     except psycopg.Error as exc:  # the primary message only: never the statement (a password)
         raise SchemaError(

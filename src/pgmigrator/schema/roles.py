@@ -9,7 +9,7 @@ Setting an owner also needs the destination's user to be a superuser or a member
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -160,3 +160,9 @@ def named_roles(
         for role, owns, granted in src.execute(_ROLES_SQL, params).fetchall()
         if (owns and owners) or (granted and privileges)
     }
+
+
+def existing_roles(conn: Conn, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` are roles of ``conn``'s cluster."""
+    rows = conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (sorted(names),))
+    return {str(r[0]) for r in rows}
