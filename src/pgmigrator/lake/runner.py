@@ -98,8 +98,9 @@ class LakePipeline:
             require_logical(src)
             tables = self._select(src)
             result = LakeResult(self.slot, tables=[t.qualified for t in tables])
-            made_full = noted_full(src, self.publication)  # carried over a --reset
+            made_full = []
             if reset:
+                made_full = noted_full(src, self.publication)  # carried over to the new one
                 self._reset(src, tables)
             status = slot_status(src, self.slot)
             if self.collector is not None:
