@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import Pair, pgmigrator, wait_for
-from tests.scenarios.test_stream import read_events, start_stream, stop, wait_events
+from tests.scenarios.test_stream import _slot_active, read_events, start_stream, stop, wait_events
 
 
 def _identities(pair: Pair) -> dict[str, str]:
@@ -35,13 +35,8 @@ def test_cleanup_stream_drops_slot_and_publication_and_gives_identities_back(
     proc = start_stream(
         pair, procs, "--create", "--keyless-tables", "full", "--sink", f"file:path={out}"
     )
+    wait_for(lambda: _slot_active(pair), what="the stream to start")
     with pair.src() as conn:
-        wait_for(
-            lambda: conn.execute(
-                "SELECT count(*) FROM pg_replication_slots WHERE active"
-            ).fetchone()[0],  # type: ignore[index]
-            what="the stream to start",
-        )
         conn.execute("UPDATE logs SET msg = 'b'")  # FULL: the source accepts it, old row included
     wait_events(out, proc, lambda ev: any(e["op"] == "u" for e in ev), "the update's event")
     assert read_events(out)[-1]["before"] == {"msg": "a"}
