@@ -91,6 +91,24 @@ def pair(clusters: tuple[devcluster.Cluster, devcluster.Cluster]) -> Iterator[Pa
         _drop_everything(dest, dbname)
 
 
+@pytest.fixture
+def prefix(pair: Pair) -> Iterator[str]:
+    """A prefix for this test's roles; they are dropped from both clusters afterwards."""
+    p = "r" + uuid.uuid4().hex[:8]
+    yield p
+    for cluster in (pair.source_cluster, pair.dest_cluster):
+        with cluster.connect(pair.dbname) as conn:
+            names = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT quote_ident(rolname) FROM pg_roles WHERE rolname LIKE %s", (p + "%",)
+                )
+            ]
+            if names:  # in one statement: one role's objects hold another's
+                conn.execute(f"DROP OWNED BY {', '.join(names)}")
+                conn.execute(f"DROP ROLE {', '.join(names)}")
+
+
 def wait_for(
     condition: Callable[[], object],
     timeout: float = 30.0,

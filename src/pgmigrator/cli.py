@@ -122,6 +122,7 @@ def preflight(
         privileges=settings.privileges,
         copy_roles=settings.roles,
         tablespaces=settings.tablespaces,
+        large_objects=settings.large_objects,
     )
     if as_json:
         click.echo(orjson.dumps([c.to_dict() for c in checks], option=orjson.OPT_INDENT_2).decode())

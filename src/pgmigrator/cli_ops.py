@@ -142,7 +142,7 @@ def verify(
                 f"waited {point.paused_s:.3f} s{groups})"
             )
     else:
-        checks = vf.verify(source, dest, *args)
+        checks = vf.verify(source, dest, *args, large_objects=settings.large_objects)
     failed = any(c.status != "ok" for c in checks)
     if with_schema:
         from pgmigrator.schema import compare

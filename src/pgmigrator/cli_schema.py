@@ -22,7 +22,16 @@ def keyless_option(fn: F) -> F:
 
 
 def owner_options(fn: F) -> F:
-    """``--no-owner`` / ``--no-privileges`` / ``--no-tablespaces``: what of the schema is left out."""
+    """``--no-owner`` / ``--no-privileges`` / ``--no-tablespaces`` / ``--no-large-objects``: what
+    of the schema is left out."""
+    fn = click.option(
+        "--no-large-objects",
+        "large_objects",
+        flag_value=False,
+        default=None,
+        help="leave the source's large objects out (by default the clone copies them, the"
+        " switchover brings them up to date and verify compares them)",
+    )(fn)
     fn = click.option(
         "--no-tablespaces",
         "tablespaces",

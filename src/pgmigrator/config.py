@@ -229,6 +229,12 @@ class Settings(BaseSettings):
         description="clone: place tables and indexes in the source's tablespaces (they must exist"
         " on the destination); false: everything in the destination database's default",
     )
+    large_objects: bool = Field(
+        True,
+        description="clone: copy the source's large objects (with owners, privileges, comments)"
+        " after its tables; switchover: bring them up to date while the source is fenced (logical"
+        " replication does not carry them); verify: compare them",
+    )
     roles: bool = Field(
         False,
         description="clone: create on the destination the roles this database involves that it"

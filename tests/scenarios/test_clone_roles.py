@@ -7,11 +7,8 @@ on both clusters.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 
 import psycopg
-import pytest
 
 from tests.conftest import Pair, pgmigrator
 
@@ -29,24 +26,6 @@ _SETTINGS = (
     "SELECT r.rolname, s.setdatabase <> 0, s.setconfig FROM pg_db_role_setting s"
     " JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname LIKE %s ORDER BY 1, 2"
 )
-
-
-@pytest.fixture
-def prefix(pair: Pair) -> Iterator[str]:
-    """A prefix for this test's roles; they are dropped from both clusters afterwards."""
-    p = "r" + uuid.uuid4().hex[:8]
-    yield p
-    for cluster in (pair.source_cluster, pair.dest_cluster):
-        with cluster.connect(pair.dbname) as conn:
-            names = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT quote_ident(rolname) FROM pg_roles WHERE rolname LIKE %s", (p + "%",)
-                )
-            ]
-            if names:  # in one statement: one role's objects hold another's
-                conn.execute(f"DROP OWNED BY {', '.join(names)}")
-                conn.execute(f"DROP ROLE {', '.join(names)}")
 
 
 def _source_schema(pair: Pair, p: str) -> None:

@@ -58,6 +58,7 @@ KNOWN_PHASES = (
     "copy",
     "post-data",
     "sequences",
+    "large objects",
     "streaming",
     "switchover",
     "switchover-complete",

@@ -42,7 +42,7 @@ from pgmigrator.store.state import StateStore
 
 log = get_logger("bidi")
 
-_CLONING = ("connecting", "schema", "copy", "post-data", "sequences")
+_CLONING = ("connecting", "schema", "copy", "post-data", "sequences", "large objects")
 _DDL = """
 CREATE SCHEMA IF NOT EXISTS pgmigrator;
 CREATE TABLE IF NOT EXISTS pgmigrator.bidi (

@@ -27,6 +27,7 @@ from pgmigrator.errors import PreflightError, StateError
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect, server_major
+from pgmigrator.pipeline import largeobjects
 from pgmigrator.pipeline.bidi_guard import refuse_recopy
 from pgmigrator.pipeline.clone_checks import refusals
 from pgmigrator.pipeline.copyrun import CopyRun
@@ -358,10 +359,17 @@ class Clone:
         self.progress.set_phase("sequences")
         synced = sync_sequences(src, dst)
         refreshed = refresh_matviews(src, dst)
+        self.progress.set_phase("large objects")
+        large = largeobjects.sync_pipeline(src, dst, self.settings)
         require_usable_slot(src, store.require().slot, self.settings.name)  # still streamable
         store.set_phase("copied")
         self.progress.set_phase("done")
-        log.info("clone finished", sequences=synced, materialized_views=refreshed)
+        log.info(
+            "clone finished",
+            sequences=synced,
+            materialized_views=refreshed,
+            large_objects="left out" if large is None else str(large),
+        )
 
 
 def build_gucs(settings: Settings) -> dict[str, str]:

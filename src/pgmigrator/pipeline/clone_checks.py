@@ -1,6 +1,6 @@
 """What a fresh clone refuses before it creates anything: destination tables that exist, extensions,
 roles and tablespaces the destination cannot give the schema (with ``--roles``, the roles it will
-create). ``preflight`` reports the same checks."""
+create), large objects it could not read or would overwrite. ``preflight`` reports the same checks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from psycopg import sql
 from pgmigrator.config import Settings
 from pgmigrator.errors import PreflightError, listed
 from pgmigrator.pg import Conn
+from pgmigrator.pipeline import largeobjects
 from pgmigrator.schema.rolecopy import RolePlan, plan_roles
 from pgmigrator.schema.roles import named_roles, role_problems
 from pgmigrator.schema.tablespaces import tablespace_problems
@@ -40,12 +41,29 @@ def refusals(
         owners=settings.owners,
         privileges=settings.privileges,
         copy=settings.roles,
+        large_objects=settings.large_objects,
     )
     if problem is not None:
         raise problem
     if settings.tablespaces:
         tablespace_problems(src, dst, excluded).raise_if_any()
+    if settings.large_objects:
+        check_large_objects(src, dst, drop_if_exists)
     return plan
+
+
+def check_large_objects(src: Conn, dst: Conn, drop_if_exists: bool) -> None:
+    """Refuse large objects the source's user may not read, and destination large objects that
+    the source's would replace (the same oid), unless asked to."""
+    if problem := largeobjects.unreadable_problem(src):
+        raise problem
+    taken = [] if drop_if_exists else largeobjects.collisions(src, dst)
+    if taken:
+        raise PreflightError(
+            f"the destination already has large object(s) with the source's oids: {listed([str(o) for o in taken])}",
+            hint="pass --drop-if-exists to replace them, unlink them on the destination, or"
+            " leave large objects out (--no-large-objects)",
+        )
 
 
 EXTENSIONS_HINT = "install the extension packages on the destination server"
@@ -62,12 +80,21 @@ def lacking_extensions(src: Conn, dst: Conn) -> tuple[list[str], list[str]]:
 
 
 def role_plan(
-    src: Conn, dst: Conn, excluded: Sequence[int], *, owners: bool, privileges: bool, copy: bool
+    src: Conn,
+    dst: Conn,
+    excluded: Sequence[int],
+    *,
+    owners: bool,
+    privileges: bool,
+    copy: bool,
+    large_objects: bool = True,
 ) -> tuple[RolePlan | None, PreflightError | None]:
     """The roles ``--roles`` (``copy``) creates first, None without it; and what stops the clone
     for want of a role (a role the schema needs missing, or one the destination's user may not
     create or make an owner)."""
-    named = named_roles(src, excluded, owners=owners, privileges=privileges)
+    named = named_roles(
+        src, excluded, owners=owners, privileges=privileges, large_objects=large_objects
+    )
     plan = plan_roles(src, dst, named) if copy else None
     if plan is not None and (problem := plan.problem()):
         return plan, problem

@@ -14,7 +14,12 @@ from pgmigrator.errors import PgMigratorError, listed
 from pgmigrator.pg import Conn, connect, server_major
 from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check, render
 from pgmigrator.pipeline.clone_checks import EXTENSIONS_HINT, lacking_extensions
-from pgmigrator.pipeline.preflight_schema import roles_check, settings_check, tablespaces_check
+from pgmigrator.pipeline.preflight_schema import (
+    large_objects_check,
+    roles_check,
+    settings_check,
+    tablespaces_check,
+)
 from pgmigrator.schema.dump import find_pg_dump
 from pgmigrator.source import catalog
 from pgmigrator.source.slots import keyless_error, keyless_tables
@@ -201,14 +206,6 @@ def _table_checks(
             f"copied once but never replicated: {listed(unlogged)}",
             "ALTER TABLE ... SET LOGGED to replicate them",
         )
-    lobs = int(str(_one(src, "SELECT count(*) FROM pg_largeobject_metadata")))
-    if lobs:
-        add(
-            "large objects",
-            WARNING,
-            f"{lobs} large object(s): neither copied nor replicated",
-            "migrate them with pg_dump --large-objects",
-        )
     foreign = int(str(_one(src, "SELECT count(*) FROM pg_class WHERE relkind = 'f'")))
     if foreign:
         add(
@@ -316,6 +313,7 @@ def run(
     privileges: bool = True,
     copy_roles: bool = False,
     tablespaces: bool = True,
+    large_objects: bool = True,
 ) -> list[Check]:
     out: list[Check] = []
     src, dst = _connect(source, out), _connect(dest, out)
@@ -329,9 +327,12 @@ def run(
         if src is not None and dst is not None:
             chosen = catalog.select(everything, include, exclude)
             excluded = [t.oid for t in catalog.left_out(everything, chosen)]
-            roles, planned = roles_check(src, dst, excluded, owners, privileges, copy_roles)
+            roles, planned = roles_check(
+                src, dst, excluded, owners, privileges, copy_roles, large_objects
+            )
             out += [roles, settings_check(src, dst, planned)]
             out.append(tablespaces_check(src, dst, excluded, tablespaces))
+            out.append(large_objects_check(src, dst, large_objects))
     finally:
         for conn in (src, dst):
             if conn is not None:

@@ -1,14 +1,15 @@
-"""Preflight's checks of what the copied schema needs on the destination: roles, tablespaces, and
-whether the database's own settings can be copied."""
+"""Preflight's checks of what the copied schema needs on the destination: roles, tablespaces,
+whether the database's own settings can be copied, and the large objects."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pgmigrator.errors import listed
+from pgmigrator.errors import PreflightError, listed
 from pgmigrator.pg import Conn
+from pgmigrator.pipeline import largeobjects
 from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check
-from pgmigrator.pipeline.clone_checks import role_plan
+from pgmigrator.pipeline.clone_checks import check_large_objects, role_plan
 from pgmigrator.schema.dbsettings import problems, read_settings
 from pgmigrator.schema.tablespaces import tablespace_problems
 
@@ -33,10 +34,24 @@ def settings_check(src: Conn, dst: Conn, planned: frozenset[str]) -> Check:
 
 
 def roles_check(
-    src: Conn, dst: Conn, excluded: Sequence[int], owners: bool, privileges: bool, copy: bool
+    src: Conn,
+    dst: Conn,
+    excluded: Sequence[int],
+    owners: bool,
+    privileges: bool,
+    copy: bool,
+    large_objects: bool = True,
 ) -> tuple[Check, frozenset[str]]:
     """The roles the schema's owners and GRANTs name must exist on the destination (or be created)."""
-    plan, problem = role_plan(src, dst, excluded, owners=owners, privileges=privileges, copy=copy)
+    plan, problem = role_plan(
+        src,
+        dst,
+        excluded,
+        owners=owners,
+        privileges=privileges,
+        copy=copy,
+        large_objects=large_objects,
+    )
     planned = plan.names if plan is not None else frozenset()
     if problem is not None:
         return Check("destination", "roles", BLOCKER, problem.message, problem.hint or ""), planned
@@ -63,3 +78,26 @@ def tablespaces_check(src: Conn, dst: Conn, excluded: Sequence[int], copy: bool)
     if not found.used:
         return Check("destination", "tablespaces", OK, "only the database's default is used")
     return Check("destination", "tablespaces", OK, f"present: {listed(found.used)}")
+
+
+def large_objects_check(src: Conn, dst: Conn, copy: bool) -> Check:
+    """Large objects are copied by the clone and brought up to date at the switchover, not
+    streamed; those the source's user may not read stop the clone."""
+    name = "large objects"
+    found = largeobjects.count(src)
+    if not found:
+        return Check("source", name, OK, "none on the source")
+    if not copy:
+        return Check("source", name, WARNING, f"{found} left out (--no-large-objects)")
+    try:
+        check_large_objects(src, dst, drop_if_exists=False)
+    except PreflightError as exc:
+        return Check("source", name, BLOCKER, exc.message, exc.hint or "")
+    return Check(
+        "source",
+        name,
+        WARNING,
+        f"{found} large object(s): copied by the clone after the tables and brought up to date by"
+        " the switchover; changes made to them in between are not streamed",
+        "`pgmigrator switchover` carries their latest state while the source is fenced",
+    )

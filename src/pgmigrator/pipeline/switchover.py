@@ -5,7 +5,8 @@ default to read-only, open sessions of the database are terminated: reversible w
 emit a transactional sentinel with ``pg_logical_emit_message(true, 'pgmigrator', ...)``. The
 follower writes the sentinel's id into ``pgmigrator.sentinels`` in the same destination transaction
 that applies everything committed before it, so seeing that row is proof. Then sequences are synced
-(plus a safety margin), tables verified, and a cutover report written. On a timeout or a
+(plus a safety margin), large objects brought up to date (logical replication does not carry them),
+tables verified, and a cutover report written. On a timeout or a
 verification failure the command exits non-zero and unfences the source unless told otherwise.
 """
 
@@ -24,7 +25,7 @@ from pgmigrator.config import Settings
 from pgmigrator.errors import PgMigratorError, PreflightError
 from pgmigrator.log import get_logger
 from pgmigrator.pg import Conn, connect
-from pgmigrator.pipeline import sentinel
+from pgmigrator.pipeline import largeobjects, sentinel
 from pgmigrator.pipeline import verify as verifymod
 from pgmigrator.pipeline.sequences import sync_sequences
 from pgmigrator.pipeline.verify_live import LiveOptions
@@ -82,6 +83,7 @@ class Report:
     write_downtime_s: float | None = None
     sequences_synced: int = 0
     sequence_margin: int = 0
+    large_objects: str | None = None  # what the large objects' sync did (None: left out)
     verification: list[dict[str, Any]] = field(default_factory=list)
     verified_at_lsn: str | None = None  # --verify live: the source LSN both sides were read at
     schema: dict[str, Any] | None = None  # --schema: what `schema.compare` found
@@ -136,6 +138,10 @@ class Switchover:
                     src, dst, self.options.sequence_margin
                 )
                 self._mark("sequences")
+                large = largeobjects.sync_pipeline(src, dst, self.settings)
+                if large is not None:
+                    self.report.large_objects = str(large)
+                    self._mark("large_objects")
                 if self.report.fenced:
                     self.report.write_downtime_s = round(time.monotonic() - fence_t0, 3)
                 self._verify()
@@ -237,6 +243,7 @@ class Switchover:
             self.settings.exclude,
             self.settings.workers,
             sample=(mode == "sample"),
+            large_objects=self.settings.large_objects,
         )
         self._record(checks)
 
@@ -308,6 +315,8 @@ def render(report: Report) -> str:
     )
     lines += [f"  fence: {a}" for a in report.fence_actions]
     lines.append(f"  sequences synced: {report.sequences_synced} (margin {report.sequence_margin})")
+    if report.large_objects is not None:
+        lines.append(f"  large objects: {report.large_objects}")
     if report.schema is not None:
         differ = len(report.schema["differences"])
         lines.append(f"  schema: {report.schema['compared']} object(s) compared, {differ} differ")

@@ -24,6 +24,7 @@ from pgmigrator.errors import listed
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, ThreadConnections, connect
+from pgmigrator.pipeline import largeobjects
 from pgmigrator.pipeline.verify_live import (
     GROUP_TABLES,
     LineUp,
@@ -155,8 +156,10 @@ def verify(
     workers: int = 2,
     sample: bool = False,
     chunk_rows: int = CHUNK_ROWS,
+    large_objects: bool = False,
 ) -> list[TableCheck]:
-    """Check every selected table, each side read when its turn comes (a quiet source)."""
+    """Check every selected table, each side read when its turn comes (a quiet source); with
+    ``large_objects``, the source's large objects as well (a line of their own)."""
     tables, shared, parts = _plan(source, dest, include, exclude, sample, chunk_rows)
     with ThreadConnections(source) as on_source, ThreadConnections(dest) as on_dest:
         results = _run(
@@ -165,7 +168,36 @@ def verify(
             lambda q: _sums(on_dest.get(), q),
             workers,
         )
-    return [_check(t, shared[i], results.get(i, [])) for i, t in enumerate(tables)]
+        checks = [_check(t, shared[i], results.get(i, [])) for i, t in enumerate(tables)]
+        if large_objects:
+            checks += _large_objects(on_source.get(), on_dest.get())
+    return checks
+
+
+LARGE_OBJECTS = "(large objects)"
+
+
+def _large_objects(src: Conn, dst: Conn) -> list[TableCheck]:
+    """One line for the large objects: those of the source, equal on the destination."""
+    found = largeobjects.compare(src, dst)
+    if not (found.source or found.dest):
+        return []
+    extra = f"; {found.dest_only} on the destination only" if found.dest_only else ""
+    status, detail = "ok", extra.lstrip("; ")
+    if found.differing:
+        shown = listed([str(o) for o in found.differing])
+        status, detail = "differs", f"{len(found.differing)} missing or different: {shown}{extra}"
+    return [
+        TableCheck(
+            LARGE_OBJECTS,
+            found.source,
+            found.dest,
+            found.source_sum,
+            found.dest_sum,
+            status,
+            detail,
+        )
+    ]
 
 
 def verify_live(

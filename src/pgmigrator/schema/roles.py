@@ -39,6 +39,7 @@ _OWNED = (
     ("pg_event_trigger", "evtowner", None, None, ""),
     ("pg_language", "lanowner", "lanacl", None, "lanispl AND oid >= 16384"),
     ("pg_default_acl", "defaclrole", "defaclacl", None, ""),
+    ("pg_largeobject_metadata", "lomowner", "lomacl", None, "%(large_objects)s"),
 )  # fmt: skip
 
 
@@ -149,12 +150,22 @@ def role_problems(
 
 
 def named_roles(
-    src: Conn, excluded_oids: Sequence[int], *, owners: bool = True, privileges: bool = True
+    src: Conn,
+    excluded_oids: Sequence[int],
+    *,
+    owners: bool = True,
+    privileges: bool = True,
+    large_objects: bool = True,
 ) -> dict[str, bool]:
-    """The roles the schema's dump will name: role -> whether it must be able to own objects."""
+    """The roles the schema's dump (and the large objects, when copied) will name: role ->
+    whether it must be able to own objects."""
     if not (owners or privileges):
         return {}
-    params = {"system": list(SYSTEM_SCHEMAS), "excluded": list(excluded_oids)}
+    params = {
+        "system": list(SYSTEM_SCHEMAS),
+        "excluded": list(excluded_oids),
+        "large_objects": large_objects,
+    }
     return {
         str(role): owns and owners
         for role, owns, granted in src.execute(_ROLES_SQL, params).fetchall()

@@ -11,7 +11,7 @@ Table states follow supabase/etl's machine: ``init -> copying -> copied -> ready
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -75,6 +75,12 @@ CREATE TABLE IF NOT EXISTS pgmigrator.sentinels (
     pipeline text NOT NULL,
     source_lsn pg_lsn NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
+);
+-- large objects the pipeline copied: those the source unlinks since are unlinked at the switchover
+CREATE TABLE IF NOT EXISTS pgmigrator.large_objects (
+    pipeline text NOT NULL REFERENCES pgmigrator.pipelines (name) ON DELETE CASCADE,
+    loid oid NOT NULL,
+    PRIMARY KEY (pipeline, loid)
 );
 CREATE TABLE IF NOT EXISTS pgmigrator.post_data (
     pipeline text NOT NULL REFERENCES pgmigrator.pipelines (name) ON DELETE CASCADE,
@@ -274,6 +280,28 @@ class StateStore:
             return []
         pairs = orjson.loads(row[0]) if row else []
         return sorted({(str(p[0]), str(p[1])) for p in pairs})
+
+    def large_objects(self) -> set[int]:
+        """The large objects this pipeline copied to the destination."""
+        rows = self.conn.execute(
+            "SELECT loid::bigint FROM pgmigrator.large_objects WHERE pipeline = %s",
+            (self.pipeline,),
+        )
+        return {int(r[0]) for r in rows}
+
+    def record_large_objects(self, added: Sequence[int], removed: Sequence[int]) -> None:
+        """Remember the large objects copied (``added``) and unlinked (``removed``)."""
+        if added:
+            self.conn.execute(
+                "INSERT INTO pgmigrator.large_objects (pipeline, loid)"
+                " SELECT %s, o FROM unnest(%s::oid[]) AS u(o) ON CONFLICT DO NOTHING",
+                (self.pipeline, list(added)),
+            )
+        if removed:
+            self.conn.execute(
+                "DELETE FROM pgmigrator.large_objects WHERE pipeline = %s AND loid = ANY(%s::oid[])",
+                (self.pipeline, list(removed)),
+            )
 
     def drop_pipeline(self) -> None:
         if self.exists():
