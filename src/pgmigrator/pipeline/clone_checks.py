@@ -11,7 +11,6 @@ from psycopg import sql
 from pgmigrator.config import Settings
 from pgmigrator.errors import PreflightError, listed
 from pgmigrator.pg import Conn
-from pgmigrator.pipeline import largeobjects
 from pgmigrator.schema.rolecopy import RolePlan, plan_roles
 from pgmigrator.schema.roles import named_roles, role_problems
 from pgmigrator.schema.tablespaces import tablespace_problems
@@ -55,9 +54,9 @@ def refusals(
 def check_large_objects(src: Conn, dst: Conn, drop_if_exists: bool) -> None:
     """Refuse large objects the source's user may not read, and destination large objects that
     the source's would replace (the same oid), unless asked to."""
-    if problem := largeobjects.unreadable_problem(src):
+    if problem := _unreadable_problem(src):
         raise problem
-    taken = [] if drop_if_exists else largeobjects.collisions(src, dst)
+    taken = [] if drop_if_exists else _collisions(src, dst)
     if taken:
         raise PreflightError(
             f"the destination already has large object(s) with the source's oids: {listed([str(o) for o in taken])}",
@@ -125,3 +124,43 @@ def check_destination(dst: Conn, tables: Sequence[TableInfo], drop_if_exists: bo
             f"destination already has table(s): {listed(present)}",
             hint="pass --drop-if-exists to drop and recreate them, or clone into an empty database",
         )
+
+
+# Large objects the session's user may not read (PostgreSQL 15 has no has_largeobject_privilege).
+_UNREADABLE_SQL = """
+SELECT m.oid::bigint FROM pg_largeobject_metadata m
+WHERE NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+  AND current_setting('lo_compat_privileges')::bool IS NOT TRUE
+  AND NOT EXISTS (SELECT 1 FROM aclexplode(coalesce(m.lomacl, acldefault('L', m.lomowner))) a
+                  WHERE a.privilege_type = 'SELECT'
+                    AND (a.grantee = 0 OR pg_has_role(a.grantee, 'USAGE')))
+ORDER BY 1
+"""
+
+
+def _unreadable(src: Conn) -> list[int]:
+    """The source's large objects that its user may not read (a clone would fail on them)."""
+    return [int(r[0]) for r in src.execute(_UNREADABLE_SQL).fetchall()]
+
+
+def _unreadable_problem(src: Conn) -> PreflightError | None:
+    oids = _unreadable(src)
+    if not oids:
+        return None
+    return PreflightError(
+        f"the source's user may not read {len(oids)} large object(s): {listed([str(o) for o in oids])}",
+        hint="GRANT SELECT ON LARGE OBJECT ... to it, connect as the objects' owner or a"
+        " superuser, or leave large objects out (--no-large-objects)",
+    )
+
+
+def _collisions(src: Conn, dst: Conn) -> list[int]:
+    """Oids that name a large object on both sides (a fresh clone would replace the destination's)."""
+    on_source = [int(r[0]) for r in src.execute("SELECT oid FROM pg_largeobject_metadata")]
+    if not on_source:
+        return []
+    rows = dst.execute(
+        "SELECT oid::bigint FROM pg_largeobject_metadata WHERE oid = ANY(%s::oid[]) ORDER BY 1",
+        (on_source,),
+    )
+    return [int(r[0]) for r in rows]

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from pgmigrator.config import Settings
-from pgmigrator.errors import PreflightError, SchemaError, listed
+from pgmigrator.errors import SchemaError
 from pgmigrator.log import get_logger
 from pgmigrator.pg import Conn
 from pgmigrator.store.state import StateStore
@@ -60,17 +60,6 @@ FROM pg_largeobject_metadata m JOIN sums s ON s.oid = m.oid
 LEFT JOIN pg_description d
        ON d.objoid = m.oid AND d.classoid = 'pg_largeobject'::regclass AND d.objsubid = 0
 ORDER BY m.oid
-"""
-
-# Large objects the session's user may not read (PostgreSQL 15 has no has_largeobject_privilege).
-_UNREADABLE_SQL = """
-SELECT m.oid::bigint FROM pg_largeobject_metadata m
-WHERE NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-  AND current_setting('lo_compat_privileges')::bool IS NOT TRUE
-  AND NOT EXISTS (SELECT 1 FROM aclexplode(coalesce(m.lomacl, acldefault('L', m.lomowner))) a
-                  WHERE a.privilege_type = 'SELECT'
-                    AND (a.grantee = 0 OR pg_has_role(a.grantee, 'USAGE')))
-ORDER BY 1
 """
 
 
@@ -118,34 +107,6 @@ def listing(conn: Conn) -> dict[int, LargeObject]:
         )
         for oid, size, digest, owner, acl, has_acl, comment in rows
     }
-
-
-def unreadable(src: Conn) -> list[int]:
-    """The source's large objects that its user may not read (a clone would fail on them)."""
-    return [int(r[0]) for r in src.execute(_UNREADABLE_SQL).fetchall()]
-
-
-def unreadable_problem(src: Conn) -> PreflightError | None:
-    oids = unreadable(src)
-    if not oids:
-        return None
-    return PreflightError(
-        f"the source's user may not read {len(oids)} large object(s): {listed([str(o) for o in oids])}",
-        hint="GRANT SELECT ON LARGE OBJECT ... to it, connect as the objects' owner or a"
-        " superuser, or leave large objects out (--no-large-objects)",
-    )
-
-
-def collisions(src: Conn, dst: Conn) -> list[int]:
-    """Oids that name a large object on both sides (a fresh clone would replace the destination's)."""
-    on_source = [int(r[0]) for r in src.execute("SELECT oid FROM pg_largeobject_metadata")]
-    if not on_source:
-        return []
-    rows = dst.execute(
-        "SELECT oid::bigint FROM pg_largeobject_metadata WHERE oid = ANY(%s::oid[]) ORDER BY 1",
-        (on_source,),
-    )
-    return [int(r[0]) for r in rows]
 
 
 #: Objects per destination transaction: each one's owner and grants lock it until the commit,
