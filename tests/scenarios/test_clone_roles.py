@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import psycopg
+import pytest
 
 from tests.conftest import Pair, pgmigrator
 
@@ -198,3 +199,57 @@ def test_clone_copies_the_database_settings(pair: Pair, prefix: str) -> None:
             " to_regclass('t') IS NOT NULL"
         ).fetchone()
         assert row == ('app, "$user", public', "5min", True)
+
+
+def test_clone_copies_the_database_privileges_and_comment(pair: Pair, prefix: str) -> None:
+    p, db = prefix, pair.dbname
+    with pair.src() as conn:
+        conn.execute(
+            f"REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC;"
+            f" CREATE ROLE {p}_app LOGIN PASSWORD 'app-pw'; CREATE ROLE {p}_ops NOLOGIN;"
+            f" GRANT CONNECT ON DATABASE {db} TO {p}_app;"
+            f" GRANT CREATE, TEMPORARY ON DATABASE {db} TO {p}_ops WITH GRANT OPTION;"
+            f" COMMENT ON DATABASE {db} IS 'orders, since 2019'; CREATE TABLE t (id int PRIMARY KEY)"
+        )
+    with pair.dest_cluster.connect() as conn:  # a login the source's privileges keep out
+        conn.execute(f"CREATE ROLE {p}_stranger LOGIN PASSWORD 'stranger-pw'")
+    args = ("--source", pair.source, "--dest", pair.dest, "--roles")
+    res = pgmigrator("preflight", *args, "--json")
+    check = {c["name"]: c for c in json.loads(res.stdout)}["database privileges"]
+    assert check["status"] == "ok", check
+    assert check["detail"] == (
+        "copied with the schema: REVOKE CREATE, CONNECT, TEMPORARY FROM PUBLIC;"
+        f" GRANT CONNECT TO {p}_app; GRANT CREATE, TEMPORARY TO {p}_ops WITH GRANT OPTION; COMMENT"
+    )
+
+    res = pgmigrator("clone", *args)  # --roles: the grantees are created first
+    assert res.returncode == 0, res.stderr
+    with pair.dst() as conn:
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database'), has_database_privilege(%s, oid, 'CONNECT'),"
+            " has_database_privilege(%s, oid, 'CONNECT'), has_database_privilege(%s, oid, 'CREATE WITH GRANT OPTION')"
+            " FROM pg_database WHERE datname = current_database()",
+            (f"{p}_stranger", f"{p}_app", f"{p}_ops"),
+        ).fetchone()
+    assert row == ("orders, since 2019", False, True, True)
+    with psycopg.connect(pair.dest_cluster.dsn(db, user=f"{p}_app", password="app-pw")) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (f"{p}_app",)
+    stranger = pair.dest_cluster.dsn(db, user=f"{p}_stranger", password="stranger-pw")
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        psycopg.connect(stranger)
+    res = pgmigrator("verify", "--source", pair.source, "--dest", pair.dest, "--schema")
+    assert res.returncode == 0, res.stdout
+
+    with pair.dst() as conn:  # a difference the comparison must see
+        conn.execute(f"GRANT CONNECT ON DATABASE {db} TO PUBLIC")
+    res = pgmigrator("verify", "--source", pair.source, "--dest", pair.dest, "--schema", "--json")
+    assert res.returncode == 1
+    assert json.loads(res.stdout)["schema"]["differences"] == [
+        {
+            "kind": "DATABASE PRIVILEGES",
+            "schema": "-",
+            "name": "PUBLIC",
+            "status": "differs",
+            "detail": "source: (nothing) / destination: CONNECT",
+        }
+    ], res.stdout

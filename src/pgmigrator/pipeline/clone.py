@@ -35,7 +35,8 @@ from pgmigrator.pipeline.identity import retire_source
 from pgmigrator.pipeline.progress import Progress
 from pgmigrator.pipeline.sequences import refresh_matviews, sync_sequences
 from pgmigrator.schema.apply import PostDataBuilder, apply_pre_data
-from pgmigrator.schema.dbsettings import DatabaseSetting, apply_settings, read_settings
+from pgmigrator.schema.dbacl import DatabaseOwn, read_acl
+from pgmigrator.schema.dbsettings import read_settings
 from pgmigrator.schema.dump import Script, dump_section, find_pg_dump, split
 from pgmigrator.schema.early import fk_checks_by_index, plan_by_table
 from pgmigrator.schema.rolecopy import create_roles
@@ -148,7 +149,8 @@ class Clone:
         try:
             if roles is not None:
                 create_roles(dst, roles)
-            slot, run = self._start(dst, tables, pg_dump, made_full, read_settings(src))
+            own = DatabaseOwn(read_settings(src), read_acl(src))
+            slot, run = self._start(dst, tables, pg_dump, made_full, own)
         except BaseException:
             self._undo_source(src, had_publication, made_full)
             raise
@@ -184,10 +186,10 @@ class Clone:
         tables: list[TableInfo],
         pg_dump: Path,
         made_full: list[TableInfo],
-        db_settings: list[DatabaseSetting],
+        own: DatabaseOwn,
     ) -> tuple[ExportedSlot, CopyRun]:
         """Slot and snapshot, copy workers importing it, pre-data applied with the database's
-        settings and the state row."""
+        settings, privileges and comment, and the state row."""
         self.progress.set_phase("schema")
         session = ReplicationSession(self.source)
         run: CopyRun | None = None
@@ -198,10 +200,10 @@ class Clone:
             run.start_workers(min(self.settings.workers, max(1, sum(t.has_data for t in tables))))
             pre, post = self._dump_sections(pg_dump, slot.snapshot)
 
-            refused: list[tuple[DatabaseSetting, str]] = []
+            refused: list[tuple[object, str]] = []
 
             def record(conn: Conn) -> None:
-                refused[:] = apply_settings(conn, db_settings)
+                refused[:] = own.apply(conn, self.settings.privileges)
                 store = StateStore(conn, self.settings.name)
                 store.create(slot.name, self.settings.publication_name, "copy")
                 store.update(consistent_lsn=slot.consistent_lsn, post_data=post.text)
@@ -209,7 +211,7 @@ class Clone:
 
             apply_pre_data(dst, pre, record)  # while the workers start and import the snapshot
             self._recorded = True
-            _report_settings(db_settings, refused)
+            own.report(refused)
             run.wait_ready()
         except BaseException:
             session.close()
@@ -385,12 +387,3 @@ def build_gucs(settings: Settings) -> dict[str, str]:
         "maintenance_work_mem": f"{settings.copy_.index_memory_mb}MB",
         "max_parallel_maintenance_workers": str(settings.copy_.index_parallel_workers or 0),
     }
-
-
-def _report_settings(
-    copied: list[DatabaseSetting], refused: list[tuple[DatabaseSetting, str]]
-) -> None:
-    for setting, reason in refused:
-        log.warning("database setting not copied", setting=str(setting), reason=reason)
-    if len(copied) > len(refused):
-        log.info("database settings copied", count=len(copied) - len(refused))

@@ -16,6 +16,7 @@ from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check, render
 from pgmigrator.pipeline.clone_checks import EXTENSIONS_HINT, lacking_extensions
 from pgmigrator.pipeline.preflight_schema import (
     large_objects_check,
+    privileges_check,
     roles_check,
     settings_check,
     tablespaces_check,
@@ -330,7 +331,11 @@ def run(
             roles, planned = roles_check(
                 src, dst, excluded, owners, privileges, copy_roles, large_objects
             )
-            out += [roles, settings_check(src, dst, planned)]
+            out += [
+                roles,
+                settings_check(src, dst, planned),
+                privileges_check(src, dst, privileges),
+            ]
             out.append(tablespaces_check(src, dst, excluded, tablespaces))
             out.append(large_objects_check(src, dst, large_objects))
     finally:

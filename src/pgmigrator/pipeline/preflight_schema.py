@@ -10,7 +10,8 @@ from pgmigrator.pg import Conn
 from pgmigrator.pipeline import largeobjects
 from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check
 from pgmigrator.pipeline.clone_checks import check_large_objects, role_plan
-from pgmigrator.schema.dbsettings import problems, read_settings
+from pgmigrator.schema import dbacl
+from pgmigrator.schema.dbsettings import may_alter_database, problems, read_settings
 from pgmigrator.schema.tablespaces import tablespace_problems
 
 
@@ -31,6 +32,26 @@ def settings_check(src: Conn, dst: Conn, planned: frozenset[str]) -> Check:
             " roles (--roles), or set them there yourself after the clone",
         )
     return Check("destination", "database settings", OK, f"{len(found)} copied with the schema")
+
+
+def privileges_check(src: Conn, dst: Conn, privileges: bool) -> Check:
+    """The database's own privileges (when copied) and comment, which the clone sets as the
+    database's owner: what it will do, or why it cannot."""
+    name = "database privileges"
+    todo = dbacl.statements(dbacl.read_acl(src), "-", privileges)
+    if not todo:
+        return Check("destination", name, OK, "the default privileges, no comment: nothing to copy")
+    what = "; ".join(what for what, _ in todo)
+    if not may_alter_database(dst):
+        return Check(
+            "destination",
+            name,
+            WARNING,
+            f"not copied (the destination's user neither owns the database nor is a superuser): {what}",
+            "connect to the destination as the database's owner or a superuser, or set them there"
+            " yourself after the clone",
+        )
+    return Check("destination", name, OK, f"copied with the schema: {what}")
 
 
 def roles_check(

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from pgmigrator.dsn import Target
 from pgmigrator.pg import Conn, connect, server_major
+from pgmigrator.schema.dbacl import read_acl
 from pgmigrator.schema.dbsettings import NOT_COPIED, read_settings
 from pgmigrator.schema.dump import (
     EVERYTHING,
@@ -60,15 +61,20 @@ def compare(
     options: DumpOptions = EVERYTHING,
 ) -> SchemaComparison:
     """Dump both schemas and compare them entry by entry; tables the patterns leave out (as the
-    clone did) are left out of both dumps. The source database's own settings count too (as the
-    clone copies them: settings only the destination has are not differences)."""
+    clone did) are left out of both dumps. The source database's own settings, privileges and
+    comment count too (as the clone copies them: those only the destination has are not
+    differences)."""
     with connect(source) as src:
         everything = catalog.list_tables(src)
         left_out = catalog.left_out(everything, catalog.select(everything, include, exclude))
         major = server_major(src)
-        wanted = _settings(src)
+        wanted = _database_own(src, options.privileges)
     with connect(dest) as dst:
-        found = {key: value for key, value in _settings(dst).items() if key in wanted}
+        found = {
+            key: value
+            for key, value in _database_own(dst, options.privileges).items()
+            if key in wanted
+        }
     pg_dump, _ = find_pg_dump(major)
     with ThreadPoolExecutor(max_workers=2) as pool:  # one pg_dump a side, both at once
         sides = pool.map(
@@ -88,15 +94,23 @@ def compare(
         return diff({**source_side, **wanted}, {**dest_side, **found})
 
 
-def _settings(conn: Conn) -> dict[Key, str]:
-    """The database's settings (`dbsettings`) as comparable entries, those never copied aside."""
-    return {
+def _database_own(conn: Conn, privileges: bool) -> dict[Key, str]:
+    """The database's settings (`dbsettings`, those never copied aside), privileges (its owner's
+    aside) and comment (`dbacl`) as comparable entries."""
+    out: dict[Key, str] = {
         ("ROLE SETTING", "-", f"{s.role} {s.name}")
         if s.role
         else ("DATABASE SETTING", "-", s.name): f"{s.name}={s.value}"
         for s in read_settings(conn)
         if s.name not in NOT_COPIED
     }
+    acl = read_acl(conn)
+    if privileges:
+        for role, privs in acl.by_role().items():
+            out[("DATABASE PRIVILEGES", "-", role)] = ", ".join(privs)
+    if acl.comment is not None:
+        out[("DATABASE COMMENT", "-", "-")] = acl.comment
+    return out
 
 
 def keyed(script: Script) -> dict[Key, str]:

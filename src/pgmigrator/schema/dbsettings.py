@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import psycopg
 from psycopg import sql
 
 from pgmigrator.pg import Conn
 from pgmigrator.schema.roles import existing_roles
+
+T = TypeVar("T")
 
 _READ_SQL = """
 SELECT r.rolname, s.setconfig
@@ -127,12 +130,17 @@ def read_settings(src: Conn) -> list[DatabaseSetting]:
     ]
 
 
+def may_alter_database(dst: Conn) -> bool:
+    """Whether the session's user owns the connected database (or is a superuser)."""
+    row = dst.execute(_MAY_ALTER_SQL).fetchone()
+    return bool(row and row[0])
+
+
 def problems(dst: Conn, settings: list[DatabaseSetting], planned: frozenset[str]) -> list[str]:
     """What will not be copied, known before trying: no right to ALTER DATABASE, missing roles
     (``planned``: roles the clone creates first)."""
     out = []
-    row = dst.execute(_MAY_ALTER_SQL).fetchone()
-    if any(s.role is None for s in settings) and not (row and row[0]):
+    if any(s.role is None for s in settings) and not may_alter_database(dst):
         out.append("the destination's user neither owns the database nor is a superuser")
     roles = sorted({s.role for s in settings if s.role} - planned)
     present = existing_roles(dst, roles)
@@ -149,14 +157,20 @@ def apply_settings(dst: Conn, settings: list[DatabaseSetting]) -> list[tuple[Dat
     """Set each of ``settings`` on the destination database, in the caller's transaction, each in
     a savepoint; the ones refused, with PostgreSQL's reason."""
     database = str(dst.info.dbname)
+    refused = [(s, NOT_COPIED[s.name]) for s in settings if s.name in NOT_COPIED]
+    return refused + apply_each(
+        dst, [(s, s.statement(database)) for s in settings if s.name not in NOT_COPIED]
+    )
+
+
+def apply_each(dst: Conn, items: Sequence[tuple[T, sql.Composed]]) -> list[tuple[T, str]]:
+    """Run each statement in its own savepoint of the caller's transaction; the items whose
+    statement the destination refused, with PostgreSQL's reason."""
     refused = []
-    for setting in settings:
-        if setting.name in NOT_COPIED:
-            refused.append((setting, NOT_COPIED[setting.name]))
-            continue
+    for item, statement in items:
         try:
             with dst.transaction():
-                dst.execute(setting.statement(database))
+                dst.execute(statement)
         except psycopg.Error as exc:
-            refused.append((setting, exc.diag.message_primary or type(exc).__name__))
+            refused.append((item, exc.diag.message_primary or type(exc).__name__))
     return refused

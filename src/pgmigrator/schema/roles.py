@@ -61,6 +61,7 @@ def _objects() -> str:
 # own privileges and the grants it made are written without naming it (a plain GRANT by whoever
 # restores), so with --no-owner the owners need not exist; other grantors are named (SET SESSION
 # AUTHORIZATION), and so is the role of default privileges (ALTER DEFAULT PRIVILEGES FOR ROLE).
+# The grantees of the database's own privileges are named too (the clone copies those, `dbacl`).
 _ROLES_SQL = f"""
 WITH ns AS (
   SELECT oid FROM pg_namespace WHERE nspname <> ALL(%(system)s) AND nspname NOT LIKE 'pg\\_%%'
@@ -74,6 +75,8 @@ WITH ns AS (
   UNION ALL SELECT a.grantee, false FROM mine, aclexplode(mine.acl) a WHERE a.grantee <> owner
   UNION ALL SELECT a.grantor, false FROM mine, aclexplode(mine.acl) a WHERE a.grantor <> owner
   UNION ALL SELECT owner, false FROM mine WHERE cls = 'pg_default_acl'::regclass  -- FOR ROLE
+  UNION ALL SELECT a.grantee, false FROM pg_database d, aclexplode(d.datacl) a  -- the database's
+    WHERE d.datname = current_database() AND a.grantee <> d.datdba
 )
 SELECT r.rolname, bool_or(owns), bool_or(NOT owns) FROM named JOIN pg_roles r ON r.oid = named.role
 WHERE r.rolname NOT LIKE 'pg\\_%%'
