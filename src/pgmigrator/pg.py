@@ -25,9 +25,12 @@ from pgmigrator.errors import (
 )
 
 Conn = psycopg.Connection[tuple[Any, ...]]
+#: ``row_security = off``: a statement that row-level security would filter fails instead (the
+#: copy, the checksums and the applier must see and touch every row, or say they cannot).
 SESSION_SETTINGS = (
     "SET application_name = 'pgmigrator'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; "
-    "SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET bytea_output = 'hex'"
+    "SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET bytea_output = 'hex'; "
+    "SET row_security = off"
 )
 
 #: Timeouts a role or database may set for every session (managed servers often do), off for

@@ -126,6 +126,61 @@ def test_role_without_replication_privilege(pair: Pair) -> None:
             conn.execute("DROP TABLE t; DROP OWNED BY pgm_norepl; DROP ROLE pgm_norepl")
 
 
+def test_row_level_security_that_would_hide_rows(pair: Pair, prefix: str) -> None:
+    """A query row-level security filters returns fewer rows without an error: before sessions
+    set row_security = off, a clone by a table owner under FORCE ROW LEVEL SECURITY copied none
+    of them, and verify, filtered the same way, found both sides equal."""
+    p = prefix
+    with pair.src() as conn:
+        conn.execute(
+            f"CREATE ROLE {p}_owner LOGIN REPLICATION PASSWORD 'pw';"
+            " CREATE TABLE t (id int PRIMARY KEY, tenant text);"
+            " INSERT INTO t SELECT g, 'a' || g % 3 FROM generate_series(1, 300) g;"
+            " ALTER TABLE t ENABLE ROW LEVEL SECURITY; ALTER TABLE t FORCE ROW LEVEL SECURITY;"
+            " CREATE POLICY mine ON t USING (tenant = current_user);"
+            f" ALTER TABLE t OWNER TO {p}_owner; GRANT CREATE ON DATABASE {pair.dbname} TO {p}_owner"
+        )
+    source = pair.source_cluster.dsn(pair.dbname, user=f"{p}_owner", password="pw")
+    res = pgmigrator("preflight", "--source", source, "--dest", pair.dest, "--json")
+    found = [c for c in json.loads(res.stdout) if c["name"] == "row-level security"]
+    assert [(c["side"], c["status"]) for c in found] == [("source", "blocker")], found
+    _assert_clean_failure(
+        pgmigrator(
+            "clone", "--source", source, "--dest", pair.dest, "--no-owner", "--no-privileges"
+        ),
+        f"row-level security would restrict the source's user '{p}_owner' on: t",
+        f'ALTER ROLE "{p}_owner" BYPASSRLS on the source',
+    )
+    with pair.src() as conn:  # refused before anything was created
+        assert conn.execute("SELECT count(*) FROM pg_publication").fetchone()[0] == 0
+
+    # The destination's user is no superuser either: it would not own the copied table.
+    with pair.dest_cluster.connect() as conn:
+        conn.execute(f"CREATE ROLE {p}_dest LOGIN PASSWORD 'pw' CREATEROLE")
+        conn.execute(f"GRANT CREATE ON DATABASE {pair.dbname} TO {p}_dest")
+    dest = pair.dest_cluster.dsn(pair.dbname, user=f"{p}_dest", password="pw")
+    res = pgmigrator("preflight", "--source", pair.source, "--dest", dest, "--json")
+    found = [c for c in json.loads(res.stdout) if c["name"] == "row-level security"]
+    assert [(c["side"], c["status"]) for c in found] == [("destination", "blocker")], found
+    assert f"the destination's user '{p}_dest' on: t" in found[0]["detail"]
+
+    # Once the source's user bypasses it, the verification reads every row, and says so when
+    # it may not (instead of comparing what a policy let through).
+    with pair.src() as conn:
+        conn.execute(f"ALTER ROLE {p}_owner BYPASSRLS")
+    res = pgmigrator(
+        "clone", "--source", source, "--dest", pair.dest, "--no-owner", "--no-privileges"
+    )
+    assert res.returncode == 0, res.stderr
+    with pair.dst() as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 300
+    with pair.src() as conn:
+        conn.execute(f"ALTER ROLE {p}_owner NOBYPASSRLS")
+    res = pgmigrator("verify", "--source", source, "--dest", pair.dest)
+    assert res.returncode == 1
+    assert 'query would be affected by row-level security policy for table "t"' in res.stdout
+
+
 @pytest.fixture(scope="module")
 def replica_level_cluster() -> Iterator[devcluster.Cluster]:
     base = Path(tempfile.mkdtemp(prefix="pgm-replica-", dir="/tmp"))

@@ -48,6 +48,8 @@ def refusals(
         tablespace_problems(src, dst, excluded).raise_if_any()
     if settings.large_objects:
         check_large_objects(src, dst, drop_if_exists)
+    for _, problem in row_security_problems(src, dst, tables, settings.owners):
+        raise problem
     return plan
 
 
@@ -164,3 +166,66 @@ def _collisions(src: Conn, dst: Conn) -> list[int]:
         (on_source,),
     )
     return [int(r[0]) for r in rows]
+
+
+# Selected tables with row-level security that the session's user does not bypass: not a
+# superuser nor BYPASSRLS, and not their owner (or the table forces it on its owner too).
+_RLS_SQL = """
+SELECT c.oid::regclass::text FROM pg_class c
+WHERE c.oid = ANY(%s) AND c.relrowsecurity
+  AND NOT (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user)
+  AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE'))
+ORDER BY 1
+"""
+
+
+def row_security_problems(
+    src: Conn, dst: Conn, tables: Sequence[TableInfo], owners: bool = True
+) -> list[tuple[str, PreflightError]]:
+    """("source" or "destination", error) for each side whose user row-level security would
+    restrict on a selected table: the copy would miss rows, the applier miss or refuse them.
+
+    On the destination the user owns the copied tables without ``owners`` (else when a member of
+    the source's owner there); an owner is restricted only by FORCE ROW LEVEL SECURITY.
+    """
+    oids = [t.oid for t in tables]
+    out = []
+    if hidden := [str(r[0]) for r in src.execute(_RLS_SQL, (oids,))]:
+        out.append(("source", _rls_error("source", src, hidden)))
+    protected = src.execute(
+        "SELECT oid::regclass::text, pg_get_userbyid(relowner), relforcerowsecurity"
+        " FROM pg_class WHERE oid = ANY(%s) AND relrowsecurity ORDER BY 1",
+        (oids,),
+    ).fetchall()
+    if not protected:
+        return out
+    row = dst.execute(
+        "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if row and row[0]:
+        return out
+    member = {
+        str(r[0])
+        for r in dst.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND pg_has_role(oid, 'USAGE')",
+            (sorted({str(owner) for _, owner, _ in protected}),),
+        )
+    }
+    restricted = [
+        str(table)
+        for table, owner, force in protected
+        if force or (owners and str(owner) not in member)
+    ]
+    if restricted:
+        out.append(("destination", _rls_error("destination", dst, restricted)))
+    return out
+
+
+def _rls_error(side: str, conn: Conn, tables: list[str]) -> PreflightError:
+    user = str(conn.info.user)
+    return PreflightError(
+        f"row-level security would restrict the {side}'s user {user!r} on: {listed(tables)}",
+        hint=f"ALTER ROLE {sql.Identifier(user).as_string(conn)} BYPASSRLS on the {side} (or"
+        " connect as a superuser); native logical replication needs the same, and pgmigrator"
+        " reads and writes every row or none",
+    )

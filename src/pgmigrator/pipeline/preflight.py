@@ -18,6 +18,7 @@ from pgmigrator.pipeline.preflight_schema import (
     large_objects_check,
     privileges_check,
     roles_check,
+    row_security_checks,
     settings_check,
     tablespaces_check,
 )
@@ -338,6 +339,7 @@ def run(
             ]
             out.append(tablespaces_check(src, dst, excluded, tablespaces))
             out.append(large_objects_check(src, dst, large_objects))
+            out += row_security_checks(src, dst, chosen, owners)
     finally:
         for conn in (src, dst):
             if conn is not None:

@@ -9,10 +9,11 @@ from pgmigrator.errors import PreflightError, listed
 from pgmigrator.pg import Conn
 from pgmigrator.pipeline import largeobjects
 from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check
-from pgmigrator.pipeline.clone_checks import check_large_objects, role_plan
+from pgmigrator.pipeline.clone_checks import check_large_objects, role_plan, row_security_problems
 from pgmigrator.schema import dbacl
 from pgmigrator.schema.dbsettings import may_alter_database, problems, read_settings
 from pgmigrator.schema.tablespaces import tablespace_problems
+from pgmigrator.source.catalog import TableInfo
 
 
 def settings_check(src: Conn, dst: Conn, planned: frozenset[str]) -> Check:
@@ -122,3 +123,16 @@ def large_objects_check(src: Conn, dst: Conn, copy: bool) -> Check:
         " the switchover; changes made to them in between are not streamed",
         "`pgmigrator switchover` carries their latest state while the source is fenced",
     )
+
+
+def row_security_checks(
+    src: Conn, dst: Conn, tables: Sequence[TableInfo], owners: bool
+) -> list[Check]:
+    """Row-level security must not restrict either side's user on a selected table."""
+    found = row_security_problems(src, dst, tables, owners)
+    if not found:
+        return [Check("source", "row-level security", OK, "restricts neither side's user")]
+    return [
+        Check(side, "row-level security", BLOCKER, problem.message, problem.hint or "")
+        for side, problem in found
+    ]
