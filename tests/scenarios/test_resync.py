@@ -156,6 +156,11 @@ def test_resync_add_takes_a_table_created_since_the_clone_while_following(
     assert res.returncode == 1 and "not on the destination: public.later" in res.stderr
     with pair.dst() as conn:
         conn.execute(ddl)
+    # Not replicated yet: a switchover would leave its rows behind, so it refuses.
+    res = pgmigrator("switchover", *dsns, "--timeout", "30s")
+    assert res.returncode == 1
+    assert "does not replicate (created since the clone?): public.later" in res.stderr
+    assert "resync --add" in res.stderr
     stop = threading.Event()
 
     def writes() -> None:  # its rows keep changing while it joins the pipeline
@@ -192,3 +197,9 @@ def test_resync_add_takes_a_table_created_since_the_clone_while_following(
     assert "--keyless-tables full" in res.stderr
     with pair.src() as conn:  # not published: the application still updates it
         conn.execute("UPDATE later_log SET msg = 'b'")
+    # The follower said so for each table as soon as it was created on the source.
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    warned = [line for line in err.splitlines() if "table not replicated" in line]
+    assert len(warned) == 2, err
+    assert "table=public.later " in warned[0] and "table=public.later_log " in warned[1]

@@ -206,6 +206,7 @@ class Clone:
                 refused[:] = own.apply(conn, self.settings.privileges)
                 store = StateStore(conn, self.settings.name)
                 store.create(slot.name, self.settings.publication_name, "copy")
+                store.set_selection(self.settings.tables, self.settings.exclude)
                 store.update(consistent_lsn=slot.consistent_lsn, post_data=post.text)
                 store.add_identity_full((t.schema, t.name) for t in made_full)
 

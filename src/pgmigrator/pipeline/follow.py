@@ -40,6 +40,7 @@ from pgmigrator.pipeline.commands import (
 )
 from pgmigrator.pipeline.followstate import load_state
 from pgmigrator.pipeline.gate import RunGate
+from pgmigrator.pipeline.newtables import watcher
 from pgmigrator.pipeline.origins import OriginFilter
 from pgmigrator.pipeline.reader import Reader
 from pgmigrator.pipeline.resync import load_sync_lsns
@@ -80,6 +81,7 @@ class Follow:
         settings.require("source", "dest")
         self.settings = settings
         self.origin_filter = origin_filter  # bidirectional: drop our own changes (pipeline/bidi.py)
+        self._selection: tuple[list[str], list[str]] | None = None  # the clone's table patterns
         self.conflicts = conflicts
         self.collector = collector or Collector(settings.name)
         self.limits = limits or BatchLimits()
@@ -129,6 +131,8 @@ class Follow:
     async def _run(self) -> FollowStats:
         state = await asyncio.to_thread(load_state, self.settings, self.source, self.dest)
         slot, publication, sync_lsns = state.slot, state.publication, state.sync_lsns
+        # (bidirectional: each direction's own publication, not the clone's patterns' business)
+        self._selection = state.selection if self.origin_filter is None else None
         self.applied_lsn = max(self.applied_lsn, state.confirmed)
         self.collector.set_info("slot", slot)
         backoff = self._backoff = Backoff(self.settings.retry.policy())
@@ -217,7 +221,12 @@ class Follow:
                         confirm_durable(progress, stream, applied, lambda: self.applied_lsn)
                     )
                     group.create_task(
-                        watch_source(self.source, applied, lambda at: self._source_at(at, stream))
+                        watch_source(
+                            self.source,
+                            applied,
+                            lambda at: self._source_at(at, stream),
+                            watcher(publication, self._selection),
+                        )
                     )
                     await self._read_loop(stream, reader, runner, out, queue, apply_task)
             except BaseExceptionGroup as group_error:

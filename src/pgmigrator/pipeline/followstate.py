@@ -24,6 +24,7 @@ class FollowState:
     publication: str
     sync_lsns: dict[tuple[str, str], Lsn]  # tables copied under a later snapshot (rule 2)
     confirmed: Lsn  # the slot's confirmed flush position: the stream never starts before it
+    selection: tuple[list[str], list[str]] | None = None  # the clone's table patterns
 
 
 def load_state(settings: Settings, source: Target, dest: Target) -> FollowState:
@@ -41,6 +42,7 @@ def load_state(settings: Settings, source: Target, dest: Target) -> FollowState:
             if row
             else {}
         )
+        selection = store.selection() if row else None
     with connect(source) as src:
         status = slot_status(src, slot)
         has_publication = src.execute(
@@ -70,4 +72,5 @@ def load_state(settings: Settings, source: Target, dest: Target) -> FollowState:
         publication,
         {k: v for k, v in sync.items() if v is not None},
         status.confirmed_flush or Lsn(0),
+        selection,
     )

@@ -27,11 +27,15 @@ INTERVAL_S = 1.0
 
 
 async def watch_source(
-    source: Target, ended: asyncio.Event, tick: Callable[[Lsn | None], None]
+    source: Target,
+    ended: asyncio.Event,
+    tick: Callable[[Lsn | None], None],
+    check: Callable[[Conn], None] | None = None,
 ) -> None:
-    """Call ``tick`` with the source's WAL position at once, then every second (None: unknown).
+    """Call ``tick`` with the source's WAL position at once, then every second (None: unknown),
+    and ``check`` with the session after it (it decides itself when to do something).
 
-    The session is for the lag only: when it fails (a switchover's fence ends it), the stream
+    The session is for monitoring only: when it fails (a switchover's fence ends it), the stream
     goes on and the session is opened again next time.
     """
     monitor: Conn | None = None
@@ -42,6 +46,8 @@ async def watch_source(
                 if monitor is None or monitor.closed:
                     monitor = await asyncio.to_thread(connect, source)
                 position = await asyncio.to_thread(current_lsn, monitor)
+                if check is not None:
+                    await asyncio.to_thread(check, monitor)
             except PgMigratorError as exc:
                 log.debug("source position unknown this time", error=exc.message)
                 if monitor is not None:

@@ -27,6 +27,7 @@ from pgmigrator.log import get_logger
 from pgmigrator.pg import Conn, connect
 from pgmigrator.pipeline import largeobjects, sentinel
 from pgmigrator.pipeline import verify as verifymod
+from pgmigrator.pipeline.newtables import refuse_unreplicated
 from pgmigrator.pipeline.sequences import sync_sequences
 from pgmigrator.pipeline.verify_live import LiveOptions
 from pgmigrator.schema import compare
@@ -116,12 +117,14 @@ class Switchover:
         with connect(self.source) as src, connect(self.dest) as dst:
             store = StateStore(dst, self.settings.name)
             pipeline = store.require()
+            store.ensure_schema()  # (a store older than the columns read below)
             if pipeline.phase not in ("streaming", "switchover", "switchover-complete"):
                 raise PreflightError(
                     f"pipeline {self.settings.name!r} is in phase {pipeline.phase!r}, not streaming",
                     hint="wait for the clone to finish and `follow` to start, then retry",
                 )
             self._precheck(src, pipeline.slot)
+            refuse_unreplicated(src, pipeline.publication, store.selection())
             try:
                 if self.options.schema:
                     self._compare_schema()

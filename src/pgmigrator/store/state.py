@@ -43,6 +43,11 @@ DO $$ BEGIN
                    AND attname = 'identity_full' AND NOT attisdropped) THEN
         ALTER TABLE pgmigrator.pipelines ADD COLUMN identity_full jsonb NOT NULL DEFAULT '[]';
     END IF;
+    -- the clone's table patterns: {"tables": [...], "exclude": [...]} (NULL: an older clone)
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'pgmigrator.pipelines'::regclass
+                   AND attname = 'selection' AND NOT attisdropped) THEN
+        ALTER TABLE pgmigrator.pipelines ADD COLUMN selection jsonb;
+    END IF;
 END $$;
 CREATE TABLE IF NOT EXISTS pgmigrator.tables (
     pipeline text NOT NULL REFERENCES pgmigrator.pipelines (name) ON DELETE CASCADE,
@@ -184,6 +189,23 @@ class StateStore:
                 "_name": self.pipeline,
             },
         )
+
+    def set_selection(self, include: Sequence[str], exclude: Sequence[str]) -> None:
+        """Record the clone's table patterns (which tables the pipeline means to carry)."""
+        doc = orjson.dumps({"tables": list(include), "exclude": list(exclude)}).decode()
+        self.conn.execute(
+            "UPDATE pgmigrator.pipelines SET selection = %s::jsonb WHERE name = %s",
+            (doc, self.pipeline),
+        )
+
+    def selection(self) -> tuple[list[str], list[str]] | None:
+        """The clone's (include, exclude) table patterns; None for a clone that did not record them."""
+        row = self.conn.execute(
+            "SELECT selection FROM pgmigrator.pipelines WHERE name = %s", (self.pipeline,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return list(row[0].get("tables", [])), list(row[0].get("exclude", []))
 
     def set_phase(self, phase: str) -> None:
         self.update(phase=phase)
