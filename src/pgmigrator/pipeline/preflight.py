@@ -13,7 +13,7 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, listed
 from pgmigrator.pg import Conn, connect, server_major
 from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check, render
-from pgmigrator.pipeline.clone_checks import EXTENSIONS_HINT, lacking_extensions
+from pgmigrator.pipeline.clone_checks import EXTENSIONS_HINT, lacking_extensions, role_plan
 from pgmigrator.pipeline.preflight_schema import (
     large_objects_check,
     privileges_check,
@@ -329,9 +329,16 @@ def run(
         if src is not None and dst is not None:
             chosen = catalog.select(everything, include, exclude)
             excluded = [t.oid for t in catalog.left_out(everything, chosen)]
-            roles, planned = roles_check(
-                src, dst, excluded, owners, privileges, copy_roles, large_objects
+            plan, problem = role_plan(
+                src,
+                dst,
+                excluded,
+                owners=owners,
+                privileges=privileges,
+                copy=copy_roles,
+                large_objects=large_objects,
             )
+            roles, planned = roles_check(plan, problem, owners or privileges)
             out += [
                 roles,
                 settings_check(src, dst, planned),

@@ -9,9 +9,10 @@ from pgmigrator.errors import PreflightError, listed
 from pgmigrator.pg import Conn
 from pgmigrator.pipeline import largeobjects
 from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check
-from pgmigrator.pipeline.clone_checks import check_large_objects, role_plan, row_security_problems
+from pgmigrator.pipeline.clone_checks import check_large_objects, row_security_problems
 from pgmigrator.schema import dbacl
 from pgmigrator.schema.dbsettings import may_alter_database, problems, read_settings
+from pgmigrator.schema.rolecopy import RolePlan
 from pgmigrator.schema.tablespaces import tablespace_problems
 from pgmigrator.source.catalog import TableInfo
 
@@ -56,31 +57,17 @@ def privileges_check(src: Conn, dst: Conn, privileges: bool) -> Check:
 
 
 def roles_check(
-    src: Conn,
-    dst: Conn,
-    excluded: Sequence[int],
-    owners: bool,
-    privileges: bool,
-    copy: bool,
-    large_objects: bool = True,
+    plan: RolePlan | None, problem: PreflightError | None, copied: bool
 ) -> tuple[Check, frozenset[str]]:
-    """The roles the schema's owners and GRANTs name must exist on the destination (or be created)."""
-    plan, problem = role_plan(
-        src,
-        dst,
-        excluded,
-        owners=owners,
-        privileges=privileges,
-        copy=copy,
-        large_objects=large_objects,
-    )
+    """The roles the schema's owners and GRANTs name must exist on the destination (or be
+    created): `clone_checks.role_plan`'s outcome (``copied``: owners or privileges are)."""
     planned = plan.names if plan is not None else frozenset()
     if problem is not None:
         return Check("destination", "roles", BLOCKER, problem.message, problem.hint or ""), planned
     if plan is None:
         detail = (
             "every owner and grantee of the schema exists"
-            if owners or privileges
+            if copied
             else "owners and privileges not copied (--no-owner --no-privileges)"
         )
         return Check("destination", "roles", OK, detail), planned
