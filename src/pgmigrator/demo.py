@@ -74,7 +74,11 @@ def run_demo(base: Path, scale: int, keep: bool, live_seconds: int = 10) -> None
             )
         click.echo("\n== verify ==")
         click.echo(
-            verify.render(verify.verify(Target(source, "source"), Target(dest, "destination")))
+            verify.render(
+                verify.verify(
+                    Target(source, "source"), Target(dest, "destination"), large_objects=True
+                )
+            )
         )
         if keep:
             click.echo(
@@ -133,7 +137,8 @@ async def _follow_live(
         if not checked and time.monotonic() - started > seconds / 2:
             checked = True
             click.echo(await asyncio.to_thread(_live_verify, settings))
-    with src.connect("app") as conn:
+    with src.connect("app") as conn:  # not streamed: the switchover copies it
+        conn.execute("SELECT lo_put(body, 0, 'HELLO') FROM documents WHERE id = 1")
         conn.execute("INSERT INTO demo_marker VALUES (1)")
     started = time.monotonic()
     while not await asyncio.to_thread(_marker_seen, dst):
@@ -144,7 +149,7 @@ async def _follow_live(
         f"  caught up {time.monotonic() - started:.1f} s after the writes stopped: "
         f"{follow.stats.transactions:,} transactions, {follow.stats.rows:,} rows applied"
     )
-    click.echo("\n== switchover: fence the source, sentinel, sequences ==")
+    click.echo("\n== switchover: fence the source, sentinel, sequences, large objects ==")
     options = SwitchoverOptions(fence=True, verify="none", report_path=base / "cutover.json")
     report = await asyncio.to_thread(Switchover(settings, options).run)
     click.echo(render(report))

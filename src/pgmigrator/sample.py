@@ -3,7 +3,8 @@
 Used by ``pgmigrator demo`` and by the test suite: every common type (numeric NaN, infinite dates,
 arrays with NULLs, jsonb, bytea, enums, domains, composites, ranges, inet, uuid, tsvector, TOASTed
 values), quoted/unicode/reserved identifiers, several schemas, a partitioned table, generated and
-identity columns, sequences, foreign keys, triggers, views and a materialized view.
+identity columns, sequences, foreign keys, triggers, views, a materialized view and large objects
+(one larger than the pieces they are copied in, one with a comment, one empty).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ CREATE TABLE public.no_key (a int, b text);
 CREATE TABLE public.full_identity (a int, b text);
 ALTER TABLE public.full_identity REPLICA IDENTITY FULL;
 
+CREATE TABLE public.documents (id int PRIMARY KEY, title text, body oid);
+
 CREATE VIEW sales.order_totals AS SELECT customer_id, sum(amount) AS total FROM sales.orders GROUP BY customer_id;
 CREATE MATERIALIZED VIEW sales.big_customers AS SELECT customer_id, total FROM sales.order_totals WHERE total > 100;
 '''
@@ -97,6 +100,14 @@ INSERT INTO public.events SELECT g, DATE '2024-01-01' + (g % 700), 'payload ' ||
 INSERT INTO public.no_key SELECT g % 10, 'dup' FROM generate_series(1, 100) g;
 INSERT INTO public.full_identity SELECT g % 10, 'dup' FROM generate_series(1, 100) g;
 REFRESH MATERIALIZED VIEW sales.big_customers;
+INSERT INTO public.documents VALUES
+    (1, 'greeting', lo_from_bytea(0, convert_to('hello from a large object', 'UTF8'))),
+    (2, 'scan', lo_from_bytea(0, decode(repeat(md5('scan'), 20000), 'hex'))),
+    (3, 'empty', lo_create(0));
+DO $$ BEGIN
+    EXECUTE format('COMMENT ON LARGE OBJECT %s IS %L',
+                   (SELECT body FROM public.documents WHERE id = 1), 'the first document');
+END $$;
 '''
 
 

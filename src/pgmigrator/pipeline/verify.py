@@ -356,11 +356,10 @@ def render(checks: Sequence[TableCheck]) -> str:
             f"{c.table:<{width}}  {c.status:<8} {_n(c.source_rows):>12} {_n(c.dest_rows):>12}  {c.detail}"
         )
     bad = sum(c.status != "ok" for c in checks)
-    lines.append(
-        f"{len(checks)} table(s) checked, {bad} differ"
-        if bad
-        else f"{len(checks)} table(s) checked, all equal"
-    )
+    what = f"{sum(c.table != LARGE_OBJECTS for c in checks)} table(s)"
+    if any(c.table == LARGE_OBJECTS for c in checks):
+        what += " and the large objects"
+    lines.append(f"{what} checked, {bad} differ" if bad else f"{what} checked, all equal")
     return "\n".join(lines)
 
 
