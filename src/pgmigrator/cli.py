@@ -330,14 +330,29 @@ def status(name: str, state_dir: Path | None, as_json: bool, watch: bool) -> Non
     help="retire a stream (`stream`, `lake`): only --source; drop its slot and publication,"
     " give back the replica identities it made FULL, remove its marker file",
 )
+@click.option(
+    "--lake",
+    "lake",
+    is_flag=True,
+    help="retire a `lake`: --stream with the lake's names (slot and publication"
+    " pgmigrator_lake_<name> unless --slot / --publication); its tables stay in the warehouse",
+)
 @handle_errors
-def cleanup(config_file: Path | None, stream: bool, **flags: Any) -> None:
+def cleanup(config_file: Path | None, stream: bool, lake: bool, **flags: Any) -> None:
     """Drop the slot, publication, replication origin and state of a pipeline (never your tables)."""
     from pgmigrator.pipeline.cleanup import cleanup as do_cleanup
     from pgmigrator.pipeline.cleanup import cleanup_stream
 
     settings = load_settings(config_file, **flags)
-    done = (cleanup_stream if stream else do_cleanup)(settings)
+    if lake:
+        default = f"pgmigrator_lake_{settings.name}"
+        settings = settings.model_copy(
+            update={
+                "slot": settings.slot or default,
+                "publication": settings.publication or default,
+            }
+        )
+    done = (cleanup_stream if stream or lake else do_cleanup)(settings)
     click.echo("\n".join(done) if done else "nothing to clean up")
 
 

@@ -378,10 +378,9 @@ def test_keyless_tables_made_full_survive_a_reset_and_cleanup_gives_them_back(
             )  # type: ignore[index]
 
     assert identity() == "f"
-    name = f"pgmigrator_lake_{pair.dbname}"
-    res = pgmigrator(
-        "cleanup", "--stream", "--source", pair.source, "--slot", name, "--publication", name
-    )
+    res = pgmigrator("cleanup", "--lake", "--source", pair.source, "--name", pair.dbname)
     assert res.returncode == 0, res.stderr
+    name = f"pgmigrator_lake_{pair.dbname}"
+    assert f"dropped replication slot {name}" in res.stdout, res.stdout
     assert "reset REPLICA IDENTITY of public.k to DEFAULT on the source" in res.stdout
     assert identity() == "d"
