@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pgmigrator.pipeline.largeobjects import LargeObject, _metadata_statements, _same
+from pgmigrator.pipeline.largeobjects import (
+    BATCH_BYTES,
+    CHUNK,
+    LargeObject,
+    _by_bytes,
+    _metadata_statements,
+    _same,
+)
 
 OBJ = LargeObject(
     16390,
@@ -67,3 +74,15 @@ def test_statements_quote_roles_and_comments() -> None:
         "GRANT UPDATE ON LARGE OBJECT 16390 TO CURRENT_USER",
     ]
     assert _metadata_statements(replace(OBJ, comment=None), owners=False, privileges=False) == []
+
+
+def test_first_pieces_are_fetched_in_groups_of_bounded_size() -> None:
+    sizes = [CHUNK * 5] * 100 + [10, 0] * 50  # big ones weigh one piece each here
+    objects = [replace(OBJ, oid=i, size=size) for i, size in enumerate(sizes)]
+    groups = [[o.oid for o in g] for g in _by_bytes(objects)]
+    assert [oid for g in groups for oid in g] == list(range(len(sizes)))  # all, in order
+    assert [len(g) for g in groups] == [BATCH_BYTES // CHUNK, 200 - BATCH_BYTES // CHUNK]
+    for g in groups:
+        assert sum(min(objects[i].size, CHUNK) for i in g) <= BATCH_BYTES
+    small = [replace(OBJ, oid=i, size=100) for i in range(10_000)]
+    assert len(list(_by_bytes(small))) == 1  # 1 MB of first pieces: one round trip

@@ -15,7 +15,8 @@ The source is read in one REPEATABLE READ transaction: one consistent state of e
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
@@ -31,8 +32,8 @@ log = get_logger("largeobjects")
 
 #: Bytes of an object read (and written) at a time: the memory a piece takes on either side.
 CHUNK = 256 * 1024
-#: Objects fetched from the source per round trip: at most `FETCH` x `CHUNK` bytes held at once.
-FETCH = 64
+#: First pieces fetched from the source (and written) together: the bytes held at once.
+BATCH_BYTES = 16 * 1024 * 1024
 
 # Per object: size and an md5 over the md5s of its pieces, from a recursive walk that reads one
 # piece of each object per step (lo_get(oid, offset, length) returns a short piece at the end).
@@ -131,13 +132,11 @@ def sync(
     ``record(added, removed)``: called in each destination transaction with the oids it copied
     and unlinked (to remember them: a failed sync runs again from where it stopped).
     """
-    step = "reading the source's large objects"
+    step = "reading and comparing both sides' large objects"
     try:
         with src.transaction():
             src.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            source = listing(src)
-            step = "comparing the destination's large objects"
-            ours = listing(dst)
+            source, ours = both_listings(src, dst)
             todo = [o for o in source.values() if not _same(o, ours.get(o.oid), owners, privileges)]
             gone = sorted(set(copied_before) & (set(ours) - set(source)))
             step = "unlinking large objects the source no longer has"
@@ -184,7 +183,7 @@ def _copy_batch(
     oids = [o.oid for o in batch]
     with dst.transaction():
         _unlink(dst, [oid for oid in oids if oid in existing])
-        written = _copy_contents(src, dst, oids)
+        written = _copy_contents(src, dst, batch)
         _set_metadata(dst, batch, owners, privileges)
         if record is not None:
             record(oids, ())
@@ -219,31 +218,54 @@ def _acl(obj: LargeObject, owners: bool) -> tuple[bool, frozenset[tuple[str, str
     return obj.has_acl, frozenset((who(g), p, b) for g, p, b in obj.acl)
 
 
+def both_listings(src: Conn, dst: Conn) -> tuple[dict[int, LargeObject], dict[int, LargeObject]]:
+    """`listing` of both sides at once (each reads every object: at a switchover this is most of
+    the time the source stays fenced, so the two servers read in parallel)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="large-objects") as pool:
+        ours = pool.submit(listing, dst)
+        return listing(src), ours.result()
+
+
 def _unlink(dst: Conn, oids: Sequence[int]) -> None:
     if oids:
         dst.execute("SELECT lo_unlink(o) FROM unnest(%s::oid[]) AS u(o)", (list(oids),))
 
 
-def _copy_contents(src: Conn, dst: Conn, oids: Sequence[int]) -> int:
-    """Create each object on the destination under its source oid, `CHUNK` bytes at a time."""
-    if not oids:
-        return 0
+def _copy_contents(src: Conn, dst: Conn, objects: Sequence[LargeObject]) -> int:
+    """Create each object on the destination under its source oid: first pieces fetched and
+    written together, up to `BATCH_BYTES` at a time (the listing gave each one's size, in the
+    same snapshot), the rest of a bigger object `CHUNK` bytes at a time."""
     written = 0
-    with src.cursor(name="pgmigrator_large_objects") as cur:
-        cur.itersize = FETCH
-        cur.execute(
+    for group in _by_bytes(objects):
+        rows = src.execute(
             "SELECT o::bigint, lo_get(o, 0, %s) FROM unnest(%s::oid[]) WITH ORDINALITY AS u(o, i)"
             " ORDER BY i",
-            (CHUNK, list(oids)),
+            (CHUNK, [o.oid for o in group]),
+        ).fetchall()
+        dst.execute(
+            "SELECT count(lo_from_bytea(o, d)) FROM unnest(%s::oid[], %s::bytea[]) AS u(o, d)",
+            ([oid for oid, _ in rows], [data for _, data in rows]),
         )
-        while rows := cur.fetchmany(FETCH):
-            with dst.pipeline(), dst.cursor() as out:
-                out.executemany("SELECT lo_from_bytea(%s, %s)", rows)
-            written += sum(len(data) for _, data in rows)
-            for oid, data in rows:
-                if len(data) == CHUNK:
-                    written += _copy_rest(src, dst, int(oid))
+        written += sum(len(data) for _, data in rows)
+        for oid, data in rows:
+            if len(data) == CHUNK:
+                written += _copy_rest(src, dst, int(oid))
     return written
+
+
+def _by_bytes(objects: Sequence[LargeObject]) -> Iterator[list[LargeObject]]:
+    """``objects`` in groups whose first pieces add up to `BATCH_BYTES` at most (or one object)."""
+    group: list[LargeObject] = []
+    size = 0
+    for obj in objects:
+        piece = min(obj.size, CHUNK)
+        if group and size + piece > BATCH_BYTES:
+            yield group
+            group, size = [], 0
+        group.append(obj)
+        size += piece
+    if group:
+        yield group
 
 
 def _copy_rest(src: Conn, dst: Conn, oid: int) -> int:
@@ -264,17 +286,23 @@ def _set_metadata(
     dst: Conn, objects: Sequence[LargeObject], owners: bool, privileges: bool
 ) -> None:
     """Owner, privileges and comment of each copied object, in one pipeline of statements."""
-    statements = [s for o in objects for s in _metadata_statements(o, owners, privileges)]
+    row = dst.execute("SELECT current_user").fetchone()
+    me = str(row[0]) if row else None
+    statements = [s for o in objects for s in _metadata_statements(o, owners, privileges, me)]
     if statements:
         with dst.pipeline():
             for statement in statements:
                 dst.execute(statement)
 
 
-def _metadata_statements(obj: LargeObject, owners: bool, privileges: bool) -> list[sql.Composed]:
+def _metadata_statements(
+    obj: LargeObject, owners: bool, privileges: bool, me: str | None = None
+) -> list[sql.Composed]:
+    """Owner (unless ``me``, the destination's user who created it, owns it on the source too),
+    privileges and comment."""
     target = sql.SQL("LARGE OBJECT {}").format(sql.SQL(str(int(obj.oid))))
     out: list[sql.Composed] = []
-    if owners:
+    if owners and obj.owner != me:
         out.append(sql.SQL("ALTER {} OWNER TO {}").format(target, sql.Identifier(obj.owner)))
     if privileges and obj.has_acl:
         out += _grants(obj, target, owners)
@@ -343,8 +371,7 @@ def compare(src: Conn, dst: Conn) -> Comparison:
     """Compare both sides' large objects (reads every object's contents on each side)."""
     with src.transaction():
         src.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        theirs = listing(src)
-    ours = listing(dst)
+        theirs, ours = both_listings(src, dst)
     differing = tuple(
         oid
         for oid, obj in theirs.items()
