@@ -39,6 +39,7 @@ from pgmigrator.schema.dbacl import DatabaseOwn, read_acl
 from pgmigrator.schema.dbsettings import read_settings
 from pgmigrator.schema.dump import Script, dump_section, find_pg_dump, split
 from pgmigrator.schema.early import fk_checks_by_index, plan_by_table
+from pgmigrator.schema.extconfig import sync_config_rows
 from pgmigrator.schema.rolecopy import create_roles
 from pgmigrator.source import catalog
 from pgmigrator.source.catalog import TableInfo
@@ -362,6 +363,7 @@ class Clone:
         self.progress.set_phase("sequences")
         synced = sync_sequences(src, dst)
         refreshed = refresh_matviews(src, dst)
+        sync_config_rows(src, dst)  # the rows users added to extensions' configuration tables
         self.progress.set_phase("large objects")
         large = largeobjects.sync_pipeline(src, dst, self.settings)
         require_usable_slot(src, store.require().slot, self.settings.name)  # still streamable

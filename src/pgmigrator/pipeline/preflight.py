@@ -15,6 +15,7 @@ from pgmigrator.pg import Conn, connect, server_major
 from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check, render
 from pgmigrator.pipeline.clone_checks import EXTENSIONS_HINT, lacking_extensions, role_plan
 from pgmigrator.pipeline.preflight_schema import (
+    extension_rows_check,
     large_objects_check,
     privileges_check,
     roles_check,
@@ -346,6 +347,7 @@ def run(
             ]
             out.append(tablespaces_check(src, dst, excluded, tablespaces))
             out.append(large_objects_check(src, dst, large_objects))
+            out.append(extension_rows_check(src))
             out += row_security_checks(src, dst, chosen, owners)
     finally:
         for conn in (src, dst):

@@ -12,6 +12,7 @@ from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check
 from pgmigrator.pipeline.clone_checks import check_large_objects, row_security_problems
 from pgmigrator.schema import dbacl
 from pgmigrator.schema.dbsettings import may_alter_database, problems, read_settings
+from pgmigrator.schema.extconfig import config_tables, user_rows
 from pgmigrator.schema.rolecopy import RolePlan
 from pgmigrator.schema.tablespaces import tablespace_problems
 from pgmigrator.source.catalog import TableInfo
@@ -123,3 +124,22 @@ def row_security_checks(
         Check(side, "row-level security", BLOCKER, problem.message, problem.hint or "")
         for side, problem in found
     ]
+
+
+def extension_rows_check(src: Conn) -> Check:
+    """Rows users added to extensions' configuration tables: copied by the clone and the
+    switchover, not streamed."""
+    name = "extension configuration tables"
+    found = [(t, user_rows(src, t)) for t in config_tables(src)]
+    if not found:
+        return Check("source", name, OK, "none")
+    detail = "; ".join(f"{t} ({rows} user row(s))" for t, rows in found)
+    if not any(rows for _, rows in found):
+        return Check("source", name, OK, f"no user rows: {detail}")
+    return Check(
+        "source",
+        name,
+        WARNING,
+        f"copied by the clone and again by the switchover, not streamed: {detail}",
+        "change them before the clone or let the switchover carry them",
+    )

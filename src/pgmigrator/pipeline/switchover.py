@@ -31,6 +31,7 @@ from pgmigrator.pipeline.newtables import refuse_unreplicated
 from pgmigrator.pipeline.sequences import sync_sequences
 from pgmigrator.pipeline.verify_live import LiveOptions
 from pgmigrator.schema import compare
+from pgmigrator.schema.extconfig import sync_config_rows
 from pgmigrator.source.slots import slot_status
 from pgmigrator.store.state import StateStore
 
@@ -85,6 +86,7 @@ class Report:
     sequences_synced: int = 0
     sequence_margin: int = 0
     large_objects: str | None = None  # what the large objects' sync did (None: left out)
+    extension_rows: list[str] = field(default_factory=list)  # configuration tables' user rows
     verification: list[dict[str, Any]] = field(default_factory=list)
     verified_at_lsn: str | None = None  # --verify live: the source LSN both sides were read at
     schema: dict[str, Any] | None = None  # --schema: what `schema.compare` found
@@ -141,6 +143,7 @@ class Switchover:
                     src, dst, self.options.sequence_margin
                 )
                 self._mark("sequences")
+                self.report.extension_rows = sync_config_rows(src, dst)
                 large = largeobjects.sync_pipeline(src, dst, self.settings)
                 if large is not None:
                     self.report.large_objects = str(large)
@@ -320,6 +323,7 @@ def render(report: Report) -> str:
     lines.append(f"  sequences synced: {report.sequences_synced} (margin {report.sequence_margin})")
     if report.large_objects is not None:
         lines.append(f"  large objects: {report.large_objects}")
+    lines += [f"  extension configuration rows: {line}" for line in report.extension_rows]
     if report.schema is not None:
         differ = len(report.schema["differences"])
         lines.append(f"  schema: {report.schema['compared']} object(s) compared, {differ} differ")
