@@ -130,10 +130,45 @@ def test_switchover_on_an_idle_source(
 
     with pair.dst() as dst:
         dst.execute("DROP INDEX items_v")
+    # sequences the margin must move their own way, and not past their bounds
+    sequences = (
+        "CREATE SEQUENCE down_seq INCREMENT -1 MAXVALUE -1 START -1;"
+        " CREATE SEQUENCE small_seq AS smallint START 32000"
+    )
+    with pair.dst() as dst:
+        dst.execute(sequences)
+    with pair.src() as src:
+        src.execute(sequences)
+        src.execute("SELECT nextval('down_seq') FROM generate_series(1, 500)")
+        src.execute("SELECT nextval('small_seq')")
     res = pgmigrator(*args, "--verify", "sample", "--report", str(tmp_path / "r2.json"))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "COMPLETE" in res.stdout and "not fenced" in res.stdout
     assert "schema: " in res.stdout and "compared, 0 differ" in res.stdout
+    with pair.dst() as dst:
+        assert dst.execute(
+            "SELECT (SELECT last_value FROM down_seq), (SELECT last_value FROM small_seq)"
+        ).fetchone() == (-1500, 32767)  # (not -500 + 1000, nor 32000 + 1000: out of bounds)
+
+
+def test_switchover_failing_on_a_sequence_unfences_the_source(
+    pair: Pair, following: subprocess.Popen[str], tmp_path: Path
+) -> None:
+    with pair.src() as src:  # the destination's copy of it is narrower: setval fails there
+        src.execute("CREATE SEQUENCE wide_seq START 40000; SELECT nextval('wide_seq')")
+    with pair.dst() as dst:
+        dst.execute("CREATE SEQUENCE wide_seq AS smallint")
+    res = pgmigrator(
+        "switchover", "--source", pair.source, "--dest", pair.dest, "--fence", "--yes",
+        "--report", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "could not set sequence public.wide_seq to 41000 on the destination" in res.stderr
+    assert "Traceback" not in res.stderr and "internal error" not in res.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["status"] == "failed" and report["fenced"] is False
+    with pair.src() as fresh:
+        fresh.execute("INSERT INTO items (v) VALUES ('unfenced after the failure')")
 
 
 def test_switchover_refused_when_follower_is_down(

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg import sql
 
 from pgmigrator.config import Settings
-from pgmigrator.errors import PgMigratorError, PreflightError
+from pgmigrator.errors import DatabaseError, PgMigratorError, PreflightError
 from pgmigrator.log import get_logger
 from pgmigrator.pg import Conn, connect
 from pgmigrator.pipeline import largeobjects, sentinel
@@ -153,11 +154,14 @@ class Switchover:
                 self._verify()
                 store.set_phase("switchover-complete")
                 self.report.status = "complete"
-            except PgMigratorError as exc:
-                self.report.status, self.report.error = "failed", exc.message
+            except (PgMigratorError, psycopg.Error) as exc:
+                error = _as_error(exc)
+                self.report.status, self.report.error = "failed", error.message
                 if self.report.fenced and not self.options.keep_fence_on_failure:
                     self.report.fence_actions += unfence(src)
                     self.report.fenced = False
+                if error is not exc:
+                    raise error from exc
                 raise
             finally:
                 self.report.finished_at = _now()
@@ -270,6 +274,14 @@ class Switchover:
             path = Path.cwd() / f"pgmigrator-switchover-{self.settings.name}-{stamp}.json"
         path.write_bytes(self.report.to_json())
         self.report_file = path
+
+
+def _as_error(exc: PgMigratorError | psycopg.Error) -> PgMigratorError:
+    """A server error no step translated, as one of ours (the fence is undone either way)."""
+    if isinstance(exc, PgMigratorError):
+        return exc
+    primary = exc.diag.message_primary or str(exc).strip() or type(exc).__name__
+    return DatabaseError(f"switchover failed: {primary}", sqlstate=exc.sqlstate)
 
 
 def _database(conn: Conn) -> sql.Identifier:
