@@ -72,6 +72,8 @@ def handle_errors(fn: F) -> F:
             sys.exit(130)
         except Exception as exc:  # a bug: say so plainly, keep the traceback for --log-level debug
             logging.getLogger("pgmigrator").debug("unexpected error", exc_info=True)
+            if _server_error(exc):
+                sys.exit(1)
             click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
             click.echo(
                 "  hint: this is a bug in pgmigrator; re-run with --log-level debug for details and report it",
@@ -80,6 +82,19 @@ def handle_errors(fn: F) -> F:
             sys.exit(70)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _server_error(exc: Exception) -> bool:
+    """Report a server error no step turned into one of ours (psycopg is imported lazily: if it
+    is not loaded, ``exc`` is not one of its errors)."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None or not isinstance(exc, psycopg.Error):
+        return False
+    primary = exc.diag.message_primary or str(exc).strip() or type(exc).__name__
+    click.echo(f"error: the server said: {primary}", err=True)
+    hint = exc.diag.message_hint or "re-run with --log-level debug to see at which step"
+    click.echo(f"  hint: {hint}", err=True)
+    return True
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
