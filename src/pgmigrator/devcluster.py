@@ -33,6 +33,7 @@ DEFAULT_SETTINGS = {
     "logging_collector": "off",
     "log_min_messages": "warning",
     "track_commit_timestamp": "on",
+    "max_prepared_transactions": "8",  # (the tests leave one behind on purpose)
 }
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +16,11 @@ import psycopg
 import pytest
 
 from pgmigrator import devcluster
+from pgmigrator.dsn import Target
 from pgmigrator.errors import PreflightError
 from pgmigrator.source import catalog, slots
-from tests.conftest import Pair, pgmigrator
+from pgmigrator.source.blockers import SlotWait
+from tests.conftest import Pair, pgmigrator, wait_for
 
 
 def _assert_clean_failure(res: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -179,6 +183,54 @@ def test_row_level_security_that_would_hide_rows(pair: Pair, prefix: str) -> Non
     res = pgmigrator("verify", "--source", source, "--dest", pair.dest)
     assert res.returncode == 1
     assert 'query would be affected by row-level security policy for table "t"' in res.stdout
+
+
+def test_a_forgotten_prepared_transaction_is_named_while_the_slot_waits(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A logical slot's creation waits for every transaction holding an xid, in every database:
+    a prepared transaction nobody commits holds a clone in its schema phase silently."""
+    with pair.src() as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    holder = pair.src()
+    holder.autocommit = False
+    holder.execute("INSERT INTO t VALUES (1)")
+    holder.execute("PREPARE TRANSACTION 'pgm_forgotten'")
+    holder.close()  # prepared: it outlives its session
+    try:
+        res = pgmigrator("preflight", "--source", pair.source, "--dest", pair.dest, "--json")
+        check = {c["name"]: c for c in json.loads(res.stdout)}["open transactions"]
+        assert check["status"] == "warning", check
+        assert (
+            "creating the slot waits for: prepared transaction 'pgm_forgotten'" in check["detail"]
+        )
+        assert "ROLLBACK PREPARED" in check["hint"]
+
+        source = Target(pair.source, "source")
+        session = slots.ReplicationSession(source)
+        made: list[slots.ExportedSlot] = []
+        creating = threading.Thread(target=lambda: made.append(session.create_slot("pgm_waits")))
+        with caplog.at_level(logging.WARNING, logger="pgmigrator"), SlotWait(source, every_s=0.2):
+            creating.start()
+            wait_for(
+                lambda: any(
+                    "pgm_forgotten" in str(getattr(r, "fields", "")) for r in caplog.records
+                ),
+                timeout=30,
+                what="the warning naming the prepared transaction",
+            )
+            assert not made  # still waiting
+            with pair.source_cluster.connect(pair.dbname) as conn:
+                conn.execute("ROLLBACK PREPARED 'pgm_forgotten'")
+            creating.join(30)
+        assert [s.name for s in made] == ["pgm_waits"]
+        session.close()
+    finally:
+        with pair.source_cluster.connect(pair.dbname) as conn:
+            if conn.execute(
+                "SELECT 1 FROM pg_prepared_xacts WHERE gid = 'pgm_forgotten'"
+            ).fetchone():
+                conn.execute("ROLLBACK PREPARED 'pgm_forgotten'")
 
 
 @pytest.fixture(scope="module")

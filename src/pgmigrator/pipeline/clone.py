@@ -42,6 +42,7 @@ from pgmigrator.schema.early import fk_checks_by_index, plan_by_table
 from pgmigrator.schema.extconfig import sync_config_rows
 from pgmigrator.schema.rolecopy import create_roles
 from pgmigrator.source import catalog
+from pgmigrator.source.blockers import SlotWait
 from pgmigrator.source.catalog import TableInfo
 from pgmigrator.source.slots import (
     ExportedSlot,
@@ -195,7 +196,8 @@ class Clone:
         session = ReplicationSession(self.source)
         run: CopyRun | None = None
         try:
-            slot = session.create_slot(self.settings.slot_name)
+            with SlotWait(self.source):
+                slot = session.create_slot(self.settings.slot_name)
             self._slot_created = True
             run = CopyRun(self.settings, self.source, self.dest, slot.snapshot, self.progress)
             run.start_workers(min(self.settings.workers, max(1, sum(t.has_data for t in tables))))
@@ -287,7 +289,8 @@ class Clone:
         self.progress.set_phase("copy")
         session = ReplicationSession(self.source)
         try:
-            helper = session.create_slot(f"{slot_name}_resync", temporary=True)
+            with SlotWait(self.source):
+                helper = session.create_slot(f"{slot_name}_resync", temporary=True)
             run = CopyRun(self.settings, self.source, self.dest, helper.snapshot, self.progress)
             run.start_workers(min(self.settings.workers, len(todo)))
             run.wait_ready()

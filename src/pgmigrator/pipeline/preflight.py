@@ -25,6 +25,7 @@ from pgmigrator.pipeline.preflight_schema import (
 )
 from pgmigrator.schema.dump import find_pg_dump
 from pgmigrator.source import catalog
+from pgmigrator.source.blockers import blockers
 from pgmigrator.source.slots import keyless_error, keyless_tables
 
 __all__ = ["BLOCKER", "OK", "WARNING", "Check", "render", "run"]
@@ -222,7 +223,23 @@ def _table_checks(
         OK,
         "sequence values are copied at the end of the clone and at switchover (not streamed)",
     )
+    waits = blockers(src, OPEN_FOR_S)
+    add(
+        "open transactions",
+        WARNING if waits else OK,
+        "creating the slot waits for: " + "; ".join(waits)
+        if waits
+        else f"none prepared, none open for more than {OPEN_FOR_S:g} s",
+        "COMMIT PREPARED / ROLLBACK PREPARED a forgotten prepared transaction, or end the"
+        " session (pg_terminate_backend): the clone waits for them, in every database"
+        if waits
+        else "",
+    )
     return out
+
+
+#: Sessions with a transaction open for longer than this are named (a slot waits for them).
+OPEN_FOR_S = 60.0
 
 
 def dest_checks(src: Conn | None, dst: Conn) -> list[Check]:
