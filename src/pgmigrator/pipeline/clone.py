@@ -42,7 +42,6 @@ from pgmigrator.schema.early import fk_checks_by_index, plan_by_table
 from pgmigrator.schema.extconfig import sync_config_rows
 from pgmigrator.schema.rolecopy import create_roles
 from pgmigrator.source import catalog
-from pgmigrator.source.blockers import SlotWait
 from pgmigrator.source.catalog import TableInfo
 from pgmigrator.source.slots import (
     ExportedSlot,
@@ -196,8 +195,7 @@ class Clone:
         session = ReplicationSession(self.source)
         run: CopyRun | None = None
         try:
-            with SlotWait(self.source):
-                slot = session.create_slot(self.settings.slot_name)
+            slot = session.create_slot(self.settings.slot_name)
             self._slot_created = True
             run = CopyRun(self.settings, self.source, self.dest, slot.snapshot, self.progress)
             run.start_workers(min(self.settings.workers, max(1, sum(t.has_data for t in tables))))
@@ -289,8 +287,7 @@ class Clone:
         self.progress.set_phase("copy")
         session = ReplicationSession(self.source)
         try:
-            with SlotWait(self.source):
-                helper = session.create_slot(f"{slot_name}_resync", temporary=True)
+            helper = session.create_slot(f"{slot_name}_resync", temporary=True)
             run = CopyRun(self.settings, self.source, self.dest, helper.snapshot, self.progress)
             run.start_workers(min(self.settings.workers, len(todo)))
             run.wait_ready()

@@ -21,6 +21,7 @@ from pgmigrator.errors import PreflightError, ReplicationError, listed
 from pgmigrator.log import get_logger
 from pgmigrator.lsn import Lsn
 from pgmigrator.pg import Conn, connect
+from pgmigrator.source.blockers import SlotWait
 from pgmigrator.source.catalog import TableInfo
 
 log = get_logger("slots")
@@ -85,7 +86,8 @@ class ReplicationSession:
         ident = sql.Identifier(name).as_string(self.conn)
         temp = "TEMPORARY " if temporary else ""
         command = f"CREATE_REPLICATION_SLOT {ident} {temp}LOGICAL pgoutput (SNAPSHOT 'export')"
-        res = self.conn.pgconn.exec_(command.encode())
+        with SlotWait(self.target):  # (it waits for the transactions open now to end)
+            res = self.conn.pgconn.exec_(command.encode())
         if res.status != pq.ExecStatus.TUPLES_OK:
             raise _slot_error(name, res, self.target)
         values = [(res.get_value(0, i) or b"").decode() for i in range(res.nfields)]
