@@ -280,6 +280,11 @@ def test_preflight_flags_a_destination_encoding_or_collation_that_differs(pair: 
         assert "destination LATIN1" in checks["encoding"]["detail"]
         assert "ENCODING 'UTF8'" in checks["encoding"]["hint"]
         assert "destination C/C" in checks["collation"]["detail"]  # a warning when they differ
+        latin1 = pair.dest_cluster.dsn(name)
+        res = pgmigrator("clone", "--source", pair.source, "--dest", latin1)  # refused up front
+        _assert_clean_failure(res, "source UTF8, destination LATIN1: text the destination's")
+        with psycopg.connect(latin1) as conn:  # nothing created there
+            assert conn.execute("SELECT to_regclass('pgmigrator.pipelines')").fetchone() == (None,)
         res = pgmigrator("preflight", "--source", pair.source, "--dest", pair.dest, "--json")
         checks = {c["name"]: c for c in json.loads(res.stdout)}
         assert checks["encoding"]["status"] == "ok", checks["encoding"]  # same encoding

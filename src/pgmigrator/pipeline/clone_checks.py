@@ -26,6 +26,9 @@ def refusals(
     drop_if_exists: bool,
 ) -> RolePlan | None:
     """Raise `PreflightError` for the first refusal; the roles to create (``--roles``), if any."""
+    source, dest = (str(c.execute(_ENCODING).fetchone()[0]) for c in (src, dst))  # type: ignore[index]
+    if problem := encoding_problem(source, dest):
+        raise problem
     check_destination(dst, tables, drop_if_exists)
     _, lacking = lacking_extensions(src, dst)
     if lacking:
@@ -228,4 +231,24 @@ def _rls_error(side: str, conn: Conn, tables: list[str]) -> PreflightError:
         hint=f"ALTER ROLE {sql.Identifier(user).as_string(conn)} BYPASSRLS on the {side} (or"
         " connect as a superuser); native logical replication needs the same, and pgmigrator"
         " reads and writes every row or none",
+    )
+
+
+_ENCODING = (
+    "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()"
+)
+
+
+def encoding_problem(source: str, dest: str) -> PreflightError | None:
+    """Text the destination's encoding cannot hold fails to copy (UTF8 holds any but SQL_ASCII's
+    bytes)."""
+    if source == dest or (dest == "UTF8" and source != "SQL_ASCII"):
+        return None
+    return PreflightError(
+        f"source {source}, destination {dest}: text the destination's encoding cannot hold"
+        + (" (SQL_ASCII stores any bytes)" if source == "SQL_ASCII" else "")
+        + " fails to copy",
+        hint=f"create the destination database with ENCODING '{source}'"
+        + (" (or UTF8)" if source != "SQL_ASCII" else "")
+        + " (CREATE DATABASE ... TEMPLATE template0)",
     )

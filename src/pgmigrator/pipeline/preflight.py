@@ -13,7 +13,12 @@ from pgmigrator.dsn import Target
 from pgmigrator.errors import PgMigratorError, listed
 from pgmigrator.pg import Conn, connect, server_major
 from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check, render
-from pgmigrator.pipeline.clone_checks import EXTENSIONS_HINT, lacking_extensions, role_plan
+from pgmigrator.pipeline.clone_checks import (
+    EXTENSIONS_HINT,
+    encoding_problem,
+    lacking_extensions,
+    role_plan,
+)
 from pgmigrator.pipeline.preflight_schema import (
     extension_rows_check,
     large_objects_check,
@@ -297,19 +302,11 @@ def _locale_checks(src: Conn, dst: Conn, add: _Add) -> None:
     (s_enc, s_coll, s_ctype), (d_enc, d_coll, d_ctype) = (
         c.execute(_LOCALE).fetchone() or ("?", "?", "?") for c in (src, dst)
     )
-    if s_enc == d_enc or (d_enc == "UTF8" and s_enc != "SQL_ASCII"):
+    problem = encoding_problem(str(s_enc), str(d_enc))
+    if problem is None:
         add("encoding", OK, f"source {s_enc}, destination {d_enc}")
     else:
-        add(
-            "encoding",
-            BLOCKER,
-            f"source {s_enc}, destination {d_enc}: text the destination's encoding cannot hold"
-            + (" (SQL_ASCII stores any bytes)" if s_enc == "SQL_ASCII" else "")
-            + " fails to copy",
-            f"create the destination database with ENCODING '{s_enc}'"
-            + (" (or UTF8)" if s_enc != "SQL_ASCII" else "")
-            + " (CREATE DATABASE ... TEMPLATE template0)",
-        )
+        add("encoding", BLOCKER, problem.message, problem.hint or "")
     same = (s_coll, s_ctype) == (d_coll, d_ctype)
     add(
         "collation",
