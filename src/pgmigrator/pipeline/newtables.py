@@ -57,8 +57,12 @@ def refuse_unreplicated(src: Conn, publication: str, selection: Selection | None
         )
 
 
-# Changes when a table is created or dropped: the full check runs only then.
-_FINGERPRINT_SQL = "SELECT count(*), max(oid::bigint) FROM pg_class WHERE relkind IN ('r', 'p')"
+# Changes when a table is created or dropped (temporary ones aside: an application may make
+# them all the time): the full check runs only then.
+_FINGERPRINT_SQL = (
+    "SELECT count(*), max(oid::bigint) FROM pg_class"
+    " WHERE relkind IN ('r', 'p') AND relpersistence <> 't'"
+)
 
 
 def watcher(publication: str, selection: Selection | None) -> Callable[[Conn], None]:
