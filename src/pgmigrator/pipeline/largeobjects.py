@@ -146,9 +146,10 @@ def sync(
                     if record is not None:
                         record((), gone[start : start + BATCH])
             step = "copying large objects"
+            existing = set(ours)
             written = sum(
                 _copy_batch(
-                    src, dst, todo[start : start + BATCH], set(ours), owners, privileges, record
+                    src, dst, todo[start : start + BATCH], existing, owners, privileges, record
                 )
                 for start in range(0, len(todo), BATCH)
             )
