@@ -76,8 +76,17 @@ def test_user_rows_of_a_configuration_table_are_copied_then_kept_current(
                 (1001, "mine"),
                 (1002, "mine too"),
             ]
+        line = f"{extension}: public.refs"
+        res = pgmigrator("verify", *args)
+        assert res.returncode == 0, res.stdout
+        assert any(ln.startswith(line) and " ok " in ln for ln in res.stdout.splitlines())
         with pair.src() as conn:  # not streamed: the switchover carries them
             conn.execute("DELETE FROM refs WHERE id = 1001; INSERT INTO refs VALUES (1003, 'new')")
+        res = pgmigrator("verify", *args)
+        assert res.returncode == 1
+        assert any(
+            ln.startswith(line) and "user rows differ" in ln for ln in res.stdout.splitlines()
+        )
         report = tmp_path / "cutover.json"
         res = pgmigrator("switchover", *args, "--report", str(report))
         assert res.returncode == 0, res.stdout + res.stderr
@@ -86,6 +95,8 @@ def test_user_rows_of_a_configuration_table_are_copied_then_kept_current(
         ]
         with pair.dst() as conn:
             assert [r for r in _rows(conn) if r[0] > 1000] == [(1002, "mine too"), (1003, "new")]
+        verified = json.loads(report.read_text())["verification"]
+        assert [v["status"] for v in verified if v["table"] == line] == ["ok"]
     finally:
         if proc.poll() is None:
             proc.terminate()

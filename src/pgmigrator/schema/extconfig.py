@@ -66,15 +66,14 @@ def sync_config_rows(src: Conn, dst: Conn) -> list[str]:
     """Give every configuration table on the destination the source's user rows; what was done."""
     done = []
     for table in config_tables(src):
-        columns = _columns(src, table)
-        theirs = set(_columns(dst, table))
-        if not theirs:
+        columns = shared_columns(src, dst, table)
+        if not columns:
             log.warning(
                 "extension configuration table missing on the destination", table=str(table)
             )
             done.append(f"{table}: missing on the destination, not copied")
             continue
-        shared = sql.SQL(", ").join(sql.Identifier(c) for c in columns if c in theirs)
+        shared = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
         with dst.transaction():
             dst.execute(
                 sql.SQL("DELETE FROM ONLY {} {}").format(table.ident, sql.SQL(table.condition))
@@ -93,6 +92,20 @@ def sync_config_rows(src: Conn, dst: Conn) -> list[str]:
         log.info("extension configuration rows copied", table=str(table), rows=copied)
         done.append(f"{table}: {copied} row(s)")
     return done
+
+
+def checksum(conn: Conn, table: ConfigTable, columns: list[str]) -> tuple[int, str]:
+    """Count and order-independent checksum of the user rows over ``columns`` (as `verify`)."""
+    row = sql.SQL("ROW({})::text").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+    what = sql.SQL("count(*), coalesce(sum(hashtextextended({}, 0)), 0)::text").format(row)
+    found = conn.execute(_select(table, what)).fetchone()
+    return (int(found[0]), str(found[1])) if found else (0, "0")
+
+
+def shared_columns(src: Conn, dst: Conn, table: ConfigTable) -> list[str]:
+    """The table's columns on both sides, in the source's order (none: missing on ``dst``)."""
+    theirs = set(_columns(dst, table))
+    return [c for c in _columns(src, table) if c in theirs]
 
 
 def _select(table: ConfigTable, what: sql.Composable) -> sql.Composed:
