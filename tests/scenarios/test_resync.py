@@ -156,6 +156,13 @@ def test_resync_add_takes_a_table_created_since_the_clone_while_following(
     assert res.returncode == 1 and "not on the destination: public.later" in res.stderr
     with pair.dst() as conn:
         conn.execute(ddl)
+
+    def reported() -> bool:  # the follower's status names it too
+        res = pgmigrator("status", "--json")
+        info = json.loads(res.stdout).get("info", {}) if res.returncode == 0 else {}
+        return bool(info.get("not_replicated") == "public.later")
+
+    wait_for(reported, timeout=30, interval=0.3, what="the table in the follower's status")
     # Not replicated yet: a switchover would leave its rows behind, so it refuses.
     res = pgmigrator("switchover", *dsns, "--timeout", "30s")
     assert res.returncode == 1

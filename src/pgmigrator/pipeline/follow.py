@@ -225,7 +225,13 @@ class Follow:
                             self.source,
                             applied,
                             lambda at: self._source_at(at, stream),
-                            watcher(publication, self._selection),
+                            watcher(
+                                publication,
+                                self._selection,
+                                lambda missed: self.collector.set_info(
+                                    "not_replicated", ", ".join(missed) or "none"
+                                ),
+                            ),
                         )
                     )
                     await self._read_loop(stream, reader, runner, out, queue, apply_task)

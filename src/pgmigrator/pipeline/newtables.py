@@ -65,9 +65,14 @@ _FINGERPRINT_SQL = (
 )
 
 
-def watcher(publication: str, selection: Selection | None) -> Callable[[Conn], None]:
+def watcher(
+    publication: str,
+    selection: Selection | None,
+    report: Callable[[list[str]], None] | None = None,
+) -> Callable[[Conn], None]:
     """A check for `sidetasks.watch_source`'s session (each second): when the source's set of
-    tables changed, warns once about each table the pipeline misses."""
+    tables changed, warns once about each table the pipeline misses, and ``report``s the list
+    whenever it changes (the status shows it)."""
     warned: set[str] = set()
     seen: tuple[object, ...] | None = None
 
@@ -87,6 +92,8 @@ def watcher(publication: str, selection: Selection | None) -> Callable[[Conn], N
         for table in missed:
             if table not in warned:
                 log.warning("table not replicated", table=table, hint=HINT)
+        if report is not None and set(missed) != warned:
+            report(missed)
         warned.intersection_update(missed)
         warned.update(missed)
 
