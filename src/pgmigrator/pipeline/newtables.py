@@ -45,15 +45,21 @@ def not_replicated(src: Conn, publication: str, selection: Selection) -> list[st
     )
 
 
-def refuse_unreplicated(src: Conn, publication: str, selection: Selection | None) -> None:
+def refuse_unreplicated(
+    src: Conn, publication: str, selection: Selection | None, also_exclude: Sequence[str] = ()
+) -> None:
     """`PreflightError` naming the tables the pipeline misses (nothing for a clone that did not
-    record its patterns)."""
-    missed = [] if selection is None else not_replicated(src, publication, selection)
+    record its patterns); ``also_exclude``: patterns the operator leaves out on purpose now."""
+    if selection is None:
+        return
+    include, exclude = selection
+    missed = not_replicated(src, publication, (include, [*exclude, *also_exclude]))
     if missed:
         raise PreflightError(
             f"table(s) on the source that the pipeline does not replicate (created since the"
             f" clone?): {listed(missed)}",
-            hint=HINT + "; the switchover would leave their rows behind",
+            hint=HINT + "; the switchover would leave their rows behind (to leave them out on"
+            " purpose: `exclude` in the config, or PGMIGRATOR_EXCLUDE)",
         )
 
 

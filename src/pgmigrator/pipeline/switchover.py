@@ -127,7 +127,7 @@ class Switchover:
                     hint="wait for the clone to finish and `follow` to start, then retry",
                 )
             self._precheck(src, pipeline.slot)
-            refuse_unreplicated(src, pipeline.publication, store.selection())
+            refuse_unreplicated(src, pipeline.publication, store.selection(), self.settings.exclude)
             try:
                 if self.options.schema:
                     self._compare_schema()
