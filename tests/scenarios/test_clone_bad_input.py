@@ -233,6 +233,32 @@ def test_a_forgotten_prepared_transaction_is_named_while_the_slot_waits(
                 conn.execute("ROLLBACK PREPARED 'pgm_forgotten'")
 
 
+def test_a_foreign_key_to_a_table_left_out_is_refused_before_the_copy(pair: Pair) -> None:
+    """pg_dump writes the foreign keys of the tables it dumps, to whatever they reference: one
+    to a table left out failed at the very end, after the whole copy, every retry alike."""
+    with pair.src() as conn:
+        conn.execute(
+            'CREATE TABLE parent (id int PRIMARY KEY); CREATE TABLE "Child" (id int PRIMARY KEY,'
+            " p int CONSTRAINT child_parent REFERENCES parent);"
+            ' INSERT INTO parent VALUES (1); INSERT INTO "Child" VALUES (1, 1)'
+        )
+    args = ("--source", pair.source, "--dest", pair.dest, "--tables", "public.Child")
+    res = pgmigrator("preflight", *args, "--json")
+    check = {c["name"]: c for c in json.loads(res.stdout)}["foreign keys"]
+    assert check["status"] == "blocker", check
+    expected = 'public."Child" child_parent -> public.parent'
+    assert check["detail"].endswith(expected), check
+    _assert_clean_failure(pgmigrator("clone", *args), expected, "--tables / --exclude")
+    with pair.src() as conn:  # refused before anything was created
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+    with pair.dst() as conn:  # the referenced table prepared on the destination: allowed
+        conn.execute("CREATE TABLE parent (id int PRIMARY KEY); INSERT INTO parent VALUES (1)")
+    res = pgmigrator("clone", *args)
+    assert res.returncode == 0, res.stderr
+    with pair.dst() as conn:
+        assert conn.execute('SELECT count(*) FROM "Child"').fetchone()[0] == 1
+
+
 @pytest.fixture(scope="module")
 def replica_level_cluster() -> Iterator[devcluster.Cluster]:
     base = Path(tempfile.mkdtemp(prefix="pgm-replica-", dir="/tmp"))

@@ -30,6 +30,8 @@ def refusals(
     if problem := encoding_problem(source, dest):
         raise problem
     check_destination(dst, tables, drop_if_exists)
+    if problem := dangling_problem(src, dst, tables):
+        raise problem
     _, lacking = lacking_extensions(src, dst)
     if lacking:
         raise PreflightError(
@@ -251,4 +253,41 @@ def encoding_problem(source: str, dest: str) -> PreflightError | None:
         hint=f"create the destination database with ENCODING '{source}'"
         + (" (or UTF8)" if source != "SQL_ASCII" else "")
         + " (CREATE DATABASE ... TEMPLATE template0)",
+    )
+
+
+# Foreign keys of the selected tables that reference a table the selection leaves out.
+_DANGLING_SQL = """
+SELECT format('%%s.%%s', quote_ident(n.nspname), quote_ident(t.relname)), c.conname,
+       fn.nspname, f.relname
+FROM pg_constraint c
+JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+JOIN pg_class f ON f.oid = c.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace
+WHERE c.contype = 'f' AND c.conparentid = 0
+  AND c.conrelid = ANY(%(selected)s) AND NOT c.confrelid = ANY(%(selected)s)
+ORDER BY 1, 2
+"""
+
+
+def dangling_foreign_keys(src: Conn, dst: Conn, tables: Sequence[TableInfo]) -> list[str]:
+    """Foreign keys of the selected tables that reference a table neither selected nor already
+    on the destination: pg_dump writes them, and they fail at the end of the copy."""
+    rows = src.execute(_DANGLING_SQL, {"selected": [t.oid for t in tables]}).fetchall()
+    out = []
+    for table, name, schema, referenced in rows:
+        ident = sql.Identifier(schema, referenced).as_string(dst)
+        present = dst.execute("SELECT to_regclass(%s)", (ident,)).fetchone()
+        if not (present and present[0]):
+            out.append(f"{table} {name} -> {schema}.{referenced}")
+    return out
+
+
+def dangling_problem(src: Conn, dst: Conn, tables: Sequence[TableInfo]) -> PreflightError | None:
+    found = dangling_foreign_keys(src, dst, tables)
+    if not found:
+        return None
+    return PreflightError(
+        f"foreign key(s) reference tables the clone leaves out: {listed(found)}",
+        hint="select the referenced tables too (--tables / --exclude), or create them on the"
+        " destination first",
     )

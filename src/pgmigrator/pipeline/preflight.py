@@ -21,6 +21,7 @@ from pgmigrator.pipeline.clone_checks import (
 )
 from pgmigrator.pipeline.preflight_schema import (
     extension_rows_check,
+    foreign_keys_check,
     large_objects_check,
     privileges_check,
     roles_check,
@@ -362,6 +363,7 @@ def run(
             out.append(tablespaces_check(src, dst, excluded, tablespaces))
             out.append(large_objects_check(src, dst, large_objects))
             out.append(extension_rows_check(src))
+            out.append(foreign_keys_check(src, dst, chosen))
             out += row_security_checks(src, dst, chosen, owners)
     finally:
         for conn in (src, dst):

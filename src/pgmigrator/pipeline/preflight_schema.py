@@ -9,7 +9,11 @@ from pgmigrator.errors import PreflightError, listed
 from pgmigrator.pg import Conn
 from pgmigrator.pipeline import largeobjects
 from pgmigrator.pipeline.checks import BLOCKER, OK, WARNING, Check
-from pgmigrator.pipeline.clone_checks import check_large_objects, row_security_problems
+from pgmigrator.pipeline.clone_checks import (
+    check_large_objects,
+    dangling_problem,
+    row_security_problems,
+)
 from pgmigrator.schema import dbacl
 from pgmigrator.schema.dbsettings import may_alter_database, problems, read_settings
 from pgmigrator.schema.extconfig import config_tables, user_rows
@@ -143,3 +147,11 @@ def extension_rows_check(src: Conn) -> Check:
         f"copied by the clone and again by the switchover, not streamed: {detail}",
         "change them before the clone or let the switchover carry them",
     )
+
+
+def foreign_keys_check(src: Conn, dst: Conn, tables: Sequence[TableInfo]) -> Check:
+    """A foreign key to a table the clone leaves out would fail after the whole copy."""
+    problem = dangling_problem(src, dst, tables)
+    if problem is None:
+        return Check("source", "foreign keys", OK, "every referenced table is copied or present")
+    return Check("source", "foreign keys", BLOCKER, problem.message, problem.hint or "")
