@@ -19,7 +19,7 @@ from pgmigrator.retry import RetryPolicy
 from pgmigrator.schema.apply import PostDataBuilder
 from pgmigrator.schema.dump import Entry, Script
 from pgmigrator.schema.early import Step, TablePlan
-from pgmigrator.source.catalog import TableInfo
+from pgmigrator.source.catalog import TableInfo, list_tables
 from pgmigrator.store.state import StateStore
 from tests.conftest import Pair, pgmigrator
 
@@ -291,3 +291,35 @@ def test_idle_cores_go_to_an_index_build_left_alone(pair: Pair) -> None:
             for t in ("a", "b")
         }
     assert seen == {"a": "0", "b": "1"}
+
+
+def test_types_without_binary_io_are_copied_in_text(pair: Pair) -> None:
+    """contrib's isn (isbn, ean13, ...) and seg types have no binary send/receive functions:
+    binary COPY of a table holding one fails ("no binary output function"), so that table is
+    copied in text, its neighbours in binary."""
+    ddl = (
+        "CREATE EXTENSION isn; CREATE EXTENSION seg; CREATE DOMAIN book AS isbn;"
+        " CREATE TABLE shelf (id int PRIMARY KEY, i isbn, b book, many isbn[], s seg);"
+        " CREATE TABLE plain (id int PRIMARY KEY, v text)"
+    )
+    with pair.src() as conn:
+        conn.execute(ddl)
+        conn.execute(
+            "INSERT INTO shelf SELECT g, '978-0-393-04002-9', '0-393-04002-X',"
+            " ARRAY['978-0-393-04002-9'::isbn, NULL], (g || ' .. ' || g + 1)::seg"
+            " FROM generate_series(1, 500) g;"
+            " INSERT INTO plain SELECT g, 'v' || g FROM generate_series(1, 500) g"
+        )
+        tables = {t.name: t for t in list_tables(conn)}
+    assert (tables["shelf"].binary, tables["plain"].binary) == (False, True)
+    assert "FORMAT text" in plan.copy_out_sql(tables["shelf"], None, None).as_string(None)
+    args = ("--source", pair.source, "--dest", pair.dest)
+    res = pgmigrator("clone", *args)
+    assert res.returncode == 0, res.stderr
+    res = pgmigrator("verify", *args)
+    assert res.returncode == 0 and "all equal" in res.stdout, res.stdout
+    with pair.dst() as conn:
+        assert conn.execute("SELECT count(*), min(s::text) FROM shelf").fetchone() == (
+            500,
+            "1 .. 2",
+        )

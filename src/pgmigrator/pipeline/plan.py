@@ -33,24 +33,30 @@ def block_ranges(
     return ranges
 
 
+def _format(table: TableInfo) -> sql.SQL:
+    """Binary COPY, or text for a table with a type that has no binary I/O (contrib's ``isn``
+    and ``seg`` types: binary COPY of them fails)."""
+    return sql.SQL("binary" if table.binary else "text")
+
+
 def copy_out_sql(table: TableInfo, lo: int | None, hi: int | None) -> sql.Composable:
     if lo is None and hi is None:
-        return sql.SQL("COPY {} ({}) TO STDOUT (FORMAT binary)").format(
-            table.ident, table.column_list()
+        return sql.SQL("COPY {} ({}) TO STDOUT (FORMAT {})").format(
+            table.ident, table.column_list(), _format(table)
         )
     conds = []
     if lo is not None:
         conds.append(sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({lo},0)")))
     if hi is not None:
         conds.append(sql.SQL("ctid < {}::tid").format(sql.Literal(f"({hi},0)")))
-    return sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT (FORMAT binary)").format(
-        table.column_list(), table.ident, sql.SQL(" AND ").join(conds)
+    return sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT (FORMAT {})").format(
+        table.column_list(), table.ident, sql.SQL(" AND ").join(conds), _format(table)
     )
 
 
 def copy_in_sql(table: TableInfo, freeze: bool = False) -> sql.Composable:
-    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary{})").format(
-        table.ident, table.column_list(), sql.SQL(", FREEZE" if freeze else "")
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {}{})").format(
+        table.ident, table.column_list(), _format(table), sql.SQL(", FREEZE" if freeze else "")
     )
 
 

@@ -27,7 +27,15 @@ SELECT c.oid::int8, n.nspname, c.relname, c.relkind, c.relispartition, c.relpers
        ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
              AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum) AS columns,
        ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
-             AND NOT a.attisdropped AND a.attgenerated <> '' ORDER BY a.attnum) AS generated
+             AND NOT a.attisdropped AND a.attgenerated <> '' ORDER BY a.attnum) AS generated,
+       NOT EXISTS (  -- a copied column's type (a domain's base, an array's element) lacks binary I/O
+         SELECT 1 FROM pg_attribute a
+         JOIN pg_type t0 ON t0.oid = a.atttypid
+         JOIN pg_type t1 ON t1.oid = CASE WHEN t0.typtype = 'd' THEN t0.typbasetype ELSE t0.oid END
+         JOIN pg_type t2 ON t2.oid = CASE WHEN t1.typelem <> 0 AND t1.typlen = -1
+                                          THEN t1.typelem ELSE t1.oid END
+         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+           AND (t2.typsend = 0 OR t2.typreceive = 0)) AS binary_copy
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_class rc ON rc.oid = COALESCE(pg_partition_root(c.oid), c.oid)
@@ -57,6 +65,7 @@ class TableInfo:
     root_name: str
     columns: tuple[str, ...]
     generated: tuple[str, ...]
+    binary: bool = True  # every copied column's type has binary I/O (else COPY in text)
 
     @property
     def qualified(self) -> str:
@@ -102,6 +111,7 @@ def list_tables(conn: Conn) -> list[TableInfo]:
             r[12],
             tuple(r[13]),
             tuple(r[14]),
+            bool(r[15]),
         )
         for r in rows
     ]
