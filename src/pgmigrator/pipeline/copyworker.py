@@ -41,8 +41,8 @@ class ChunkTask:
     schema: str
     table: str
     chunk: int
-    copy_out: str  # COPY ... TO STDOUT (FORMAT binary)
-    copy_in: str  # COPY ... FROM STDIN (FORMAT binary)
+    copy_out: str  # COPY ... TO STDOUT (FORMAT binary, or text: plan.copy_out_sql)
+    copy_in: str  # COPY ... FROM STDIN (the same format)
     # A whole-table chunk may load frozen: TRUNCATE the (empty) table in the chunk's transaction,
     # then COPY with FREEZE. ``truncate`` is that TRUNCATE, ``copy_in_plain`` the COPY to use
     # instead when the TRUNCATE is refused (a foreign key points at the table, no privilege).
