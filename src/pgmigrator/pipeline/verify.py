@@ -66,19 +66,24 @@ def _checksum_query(
 ) -> sql.Composed:
     """Count every row; checksum every row, or (``sample``) a deterministic 1-in-16 subset by
     content; ``where`` (`` WHERE ...``) restricts both to a key range."""
-    row = (
-        sql.SQL("ROW({})::text").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
-        if columns
-        else sql.SQL("''")
-    )
+    row = _row_text(columns)
     if sample:
         return sql.SQL(
             "SELECT count(*), coalesce(sum(h) FILTER (WHERE h % {} = 0), 0)::text"
             " FROM (SELECT hashtextextended({}, 0) AS h FROM ONLY {}{}) s"
         ).format(sql.Literal(SAMPLE_ONE_IN), row, table.ident, where)
-    return sql.SQL(
-        "SELECT count(*), coalesce(sum(hashtextextended({}, 0)), 0)::text FROM ONLY {}{}"
-    ).format(row, table.ident, where)
+    return sql.SQL("SELECT {} FROM ONLY {}{}").format(_count_and_sum(row), table.ident, where)
+
+
+def _row_text(columns: Sequence[str]) -> sql.Composable:
+    """A row's text form over ``columns`` (in that order), what the checksum hashes."""
+    if not columns:
+        return sql.SQL("''")
+    return sql.SQL("ROW({})::text").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+
+
+def _count_and_sum(row: sql.Composable) -> sql.Composed:
+    return sql.SQL("count(*), coalesce(sum(hashtextextended({}, 0)), 0)::text").format(row)
 
 
 def _dest_columns(dst: Conn) -> dict[tuple[str, str], tuple[str, ...]]:
@@ -183,18 +188,29 @@ def _extension_rows(src: Conn, dst: Conn) -> list[TableCheck]:
     for table in extconfig.config_tables(src):
         columns = extconfig.shared_columns(src, dst, table)
         if not columns:
-            rows, total = extconfig.checksum(src, table, extconfig.shared_columns(src, src, table))
+            rows, total = _user_row_sums(src, table, extconfig.columns(src, table))
             out.append(
-                TableCheck(str(table), rows, None, total, None, "missing", "not on the destination")
+                TableCheck(
+                    str(table), rows, None, str(total), None, "missing", "not on the destination"
+                )
             )
             continue
-        s_rows, s_sum = extconfig.checksum(src, table, columns)
-        d_rows, d_sum = extconfig.checksum(dst, table, columns)
+        s_rows, s_sum = _user_row_sums(src, table, columns)
+        d_rows, d_sum = _user_row_sums(dst, table, columns)
         if s_rows or d_rows:
             same = (s_rows, s_sum) == (d_rows, d_sum)
             status, detail = ("ok", "user rows") if same else ("differs", "user rows differ")
-            out.append(TableCheck(str(table), s_rows, d_rows, s_sum, d_sum, status, detail))
+            out.append(
+                TableCheck(str(table), s_rows, d_rows, str(s_sum), str(d_sum), status, detail)
+            )
     return out
+
+
+def _user_row_sums(
+    conn: Conn, table: extconfig.ConfigTable, columns: Sequence[str]
+) -> tuple[int, int]:
+    what = _count_and_sum(_row_text(columns))
+    return _sums(conn, extconfig.select_user_rows(table, what))
 
 
 LARGE_OBJECTS = "(large objects)"

@@ -58,7 +58,7 @@ def config_tables(conn: Conn) -> list[ConfigTable]:
 
 def user_rows(conn: Conn, table: ConfigTable) -> int:
     """How many rows of ``table`` its extension's condition selects (the ones to copy)."""
-    row = conn.execute(_select(table, sql.SQL("count(*)"))).fetchone()
+    row = conn.execute(select_user_rows(table, sql.SQL("count(*)"))).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -80,7 +80,7 @@ def sync_config_rows(src: Conn, dst: Conn) -> list[str]:
             )
             with (
                 src.cursor().copy(
-                    sql.SQL("COPY ({}) TO STDOUT").format(_select(table, shared))
+                    sql.SQL("COPY ({}) TO STDOUT").format(select_user_rows(table, shared))
                 ) as out,
                 dst.cursor().copy(
                     sql.SQL("COPY {} ({}) FROM STDIN").format(table.ident, shared)
@@ -94,25 +94,19 @@ def sync_config_rows(src: Conn, dst: Conn) -> list[str]:
     return done
 
 
-def checksum(conn: Conn, table: ConfigTable, columns: list[str]) -> tuple[int, str]:
-    """Count and order-independent checksum of the user rows over ``columns`` (as `verify`)."""
-    row = sql.SQL("ROW({})::text").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
-    what = sql.SQL("count(*), coalesce(sum(hashtextextended({}, 0)), 0)::text").format(row)
-    found = conn.execute(_select(table, what)).fetchone()
-    return (int(found[0]), str(found[1])) if found else (0, "0")
-
-
 def shared_columns(src: Conn, dst: Conn, table: ConfigTable) -> list[str]:
     """The table's columns on both sides, in the source's order (none: missing on ``dst``)."""
-    theirs = set(_columns(dst, table))
-    return [c for c in _columns(src, table) if c in theirs]
+    theirs = set(columns(dst, table))
+    return [c for c in columns(src, table) if c in theirs]
 
 
-def _select(table: ConfigTable, what: sql.Composable) -> sql.Composed:
+def select_user_rows(table: ConfigTable, what: sql.Composable) -> sql.Composed:
+    """``SELECT what`` over the rows the extension's condition selects."""
     # The condition is the extension's own SQL, from the source's catalog, as pg_dump uses it.
     return sql.SQL("SELECT {} FROM ONLY {} {}").format(what, table.ident, sql.SQL(table.condition))
 
 
-def _columns(conn: Conn, table: ConfigTable) -> list[str]:
+def columns(conn: Conn, table: ConfigTable) -> list[str]:
+    """The table's copied columns on ``conn`` (none: it has no such table)."""
     name = table.ident.as_string(conn)
     return [str(r[0]) for r in conn.execute(_COLUMNS_SQL, (name,))]
